@@ -1,0 +1,31 @@
+# Entry points of the README. uv comes from PyPI; everything else from uv.lock.
+PYTHON ?= python3.11
+UV := $(PYTHON) -m uv
+export OPENBLAS_NUM_THREADS := 1
+export BENTOML_DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: demo test test-fast lint bench setup
+
+setup:
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check "uv>=0.5"
+	@$(UV) sync --frozen --quiet
+
+demo: setup
+	$(UV) run --frozen nbo demo
+
+# the whole suite, real-data and slow tests included (real-data tests skip where
+# ../shared/data is absent); pytest's "no tests collected" is not a failure
+test: setup
+	$(UV) run --frozen pytest -m "" ; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+test-fast: setup
+	$(UV) run --frozen pytest -m "not slow and not realdata"
+
+lint: setup
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen mypy features training serving nbo
+
+bench: setup
+	$(UV) run --frozen python bench/pipeline.py

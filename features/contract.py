@@ -1,0 +1,470 @@
+"""The input data contract: reading a dataset folder, validating it, quarantining bad rows.
+
+Every row read ends up either kept or quarantined with a reason; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.columns import (
+    CHANNELS,
+    FEEDBACK_ACTIONS,
+    OFFER_TYPES,
+    PURPOSES,
+    Columns,
+    EventType,
+    Stage,
+)
+
+C = Columns
+
+TABLES = ("events", "products", "customers", "consents", "feedback")
+REQUIRED_TABLES = ("events", "products")
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "events": (C.customer, C.product, C.event_type, C.timestamp),
+    "products": (C.product, C.title, C.category),
+    "customers": (C.customer,),
+    "consents": (C.customer, C.purpose, C.granted),
+    "feedback": (C.customer, C.product, C.action, C.timestamp),
+}
+OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
+    "events": (C.quantity, C.rating, C.order, C.channel),
+    "products": (
+        C.brand, C.price, C.margin, C.offer_type, C.lifecycle_stages, C.channels, C.valid_from,
+        C.valid_to, C.stock, C.region, C.min_age, C.sensitive, C.repurchase_days,
+    ),
+    "customers": (
+        C.signup_date, C.birth_year, C.gender, C.region, C.postcode, C.country,
+        C.preferred_channel,
+    ),
+    "consents": (C.double_opt_in, C.updated_at, C.source),
+    "feedback": (C.channel, C.request_id, C.position, C.model_version),
+}
+EVENT_KEY = (C.customer, C.product, C.event_type, C.timestamp, C.quantity, C.rating, C.order)
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f", ""}
+
+
+class ContractError(ValueError):
+    """The dataset cannot be used as it is; the message says what to fix."""
+
+
+@dataclass
+class TableReport:
+    file: str
+    read: int
+    kept: int
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def quarantined(self) -> int:
+        return self.read - self.kept
+
+    @property
+    def bad_share(self) -> float:
+        return self.quarantined / self.read if self.read else 0.0
+
+
+@dataclass
+class Dataset:
+    """Validated tables (optional ones empty when absent) and what validation set aside."""
+
+    events: pd.DataFrame
+    products: pd.DataFrame
+    customers: pd.DataFrame
+    consents: pd.DataFrame
+    feedback: pd.DataFrame
+    reports: dict[str, TableReport]
+    quarantine: dict[str, pd.DataFrame]
+    files: dict[str, Path]
+
+    def check_bad_share(self, max_bad_share: float) -> None:
+        """Raise when any table has more bad rows than the configured share allows."""
+        for name, report in self.reports.items():
+            if report.bad_share > max_bad_share:
+                top = ", ".join(
+                    f"{reason}: {n}" for reason, n in _most_common(report.reasons, 3)
+                )
+                raise ContractError(
+                    f"{report.file}: {report.quarantined} of {report.read} {name} rows "
+                    f"({report.bad_share:.1%}) break the data contract, more than the allowed "
+                    f"{max_bad_share:.1%} (NBO_MAX_BAD_SHARE / --max-bad-share). Most common: "
+                    f"{top}. The rows are in the quarantine files with their reasons."
+                )
+
+    def write_quarantine(self, folder: Path) -> list[Path]:
+        """Write one CSV per table with quarantined rows; return the files written."""
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, frame in self.quarantine.items():
+            path = folder / f"{name}.csv"
+            if len(frame):
+                frame.to_csv(path, index=False)
+                written.append(path)
+            elif path.exists():
+                path.unlink()
+        return written
+
+
+def _most_common(counts: dict[str, int], n: int) -> list[tuple[str, int]]:
+    return sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+
+
+def find_table(folder: Path, name: str) -> Path | None:
+    for suffix in (".parquet", ".csv", ".csv.gz"):
+        path = folder / f"{name}{suffix}"
+        if path.exists():
+            return path
+    return None
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except Exception as exc:  # parser errors name neither the file nor what to do
+        raise ContractError(f"{path}: cannot be read as a table ({exc}).") from exc
+
+
+def load_dataset(folder: Path | str, now: pd.Timestamp | None = None) -> Dataset:
+    """Read and validate every table of a dataset folder.
+
+    ``now`` bounds plausible birth years; it defaults to the wall clock.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such dataset folder.")
+    raw: dict[str, pd.DataFrame] = {}
+    files: dict[str, Path] = {}
+    for name in TABLES:
+        path = find_table(folder, name)
+        if path is None:
+            if name in REQUIRED_TABLES:
+                raise ContractError(
+                    f"{folder}: the required table '{name}' is missing "
+                    f"(expected {name}.parquet or {name}.csv)."
+                )
+            continue
+        frame = read_table(path)
+        missing = [c for c in REQUIRED_COLUMNS[name] if c not in frame.columns]
+        if missing:
+            raise ContractError(
+                f"{path}: required column(s) {', '.join(missing)} missing; "
+                f"found {', '.join(map(str, frame.columns))}."
+            )
+        raw[name] = frame
+        files[name] = path
+    return validate_tables(raw, files, now=now)
+
+
+def validate_tables(
+    raw: dict[str, pd.DataFrame],
+    files: dict[str, Path] | None = None,
+    now: pd.Timestamp | None = None,
+) -> Dataset:
+    """Validate tables already in memory (``raw`` must hold events and products)."""
+    files = files or {}
+    now = now if now is not None else pd.Timestamp.now(tz="UTC").tz_localize(None)
+    results: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
+    products_kept, products_bad = _split(raw["products"], _product_reasons)
+    results["products"] = (products_kept, products_bad)
+    known = pd.Index(products_kept[C.product].unique())
+    results["events"] = _split(raw["events"], lambda f: _event_reasons(f, known))
+    for name, check in (
+        ("customers", lambda f: _customer_reasons(f, now)),
+        ("consents", _consent_reasons),
+        ("feedback", _feedback_reasons),
+    ):
+        frame = raw.get(name)
+        if frame is None:
+            frame = pd.DataFrame(columns=list(REQUIRED_COLUMNS[name]))
+        results[name] = _split(frame, check)
+
+    reports = {}
+    for name, (kept, bad) in results.items():
+        reports[name] = TableReport(
+            file=str(files.get(name, name)),
+            read=len(kept) + len(bad),
+            kept=len(kept),
+            reasons=bad[C.reason].value_counts().to_dict() if len(bad) else {},
+        )
+    return Dataset(
+        events=results["events"][0],
+        products=results["products"][0],
+        customers=results["customers"][0],
+        consents=results["consents"][0],
+        feedback=results["feedback"][0],
+        reports=reports,
+        quarantine={name: bad for name, (_, bad) in results.items()},
+        files=files,
+    )
+
+
+Rule = Callable[[pd.DataFrame], tuple[pd.DataFrame, pd.Series]]
+
+
+def _split(frame: pd.DataFrame, rule: Rule) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Apply a rule returning (normalised frame, reason or NA per row) and split the rows."""
+    source = frame.reset_index(drop=True)
+    normal, reason = rule(source)
+    bad = reason.notna().to_numpy()
+    kept = normal.loc[~bad].reset_index(drop=True)
+    quarantined = source.loc[bad].copy()
+    quarantined.insert(0, C.source_row, np.flatnonzero(bad) + 1)
+    quarantined.insert(1, C.reason, reason[bad].to_numpy())
+    return kept, quarantined.reset_index(drop=True)
+
+
+class _Reasons:
+    """First failing rule wins: later checks never overwrite an earlier reason."""
+
+    def __init__(self, n: int) -> None:
+        self.values = np.full(n, None, dtype=object)
+
+    def add(self, mask: pd.Series | np.ndarray, reason: str) -> None:
+        mask = np.asarray(mask, dtype=bool) & (self.values == None)  # noqa: E711
+        self.values[mask] = reason
+
+    @property
+    def ok(self) -> np.ndarray:
+        return self.values == None  # noqa: E711
+
+    def series(self) -> pd.Series:
+        return pd.Series(self.values, dtype=object)
+
+
+# --- column normalisers -----------------------------------------------------------------
+
+
+def as_id(values: pd.Series) -> pd.Series:
+    """Identifiers as trimmed strings; integral floats lose their ``.0``; empty is NA."""
+    if pd.api.types.is_float_dtype(values):
+        whole = values.notna() & (values == values.round())
+        text = values.astype(object)
+        text[whole] = values[whole].astype("int64").astype(str)
+        values = text
+    out = values.astype("str").str.strip()
+    return out.where(values.notna() & (out != "") & (out.str.lower() != "nan"))
+
+
+def as_text(values: pd.Series) -> pd.Series:
+    out = values.astype("str").str.strip()
+    return out.where(values.notna() & (out != ""))
+
+
+def parse_timestamps(values: pd.Series) -> pd.Series:
+    """ISO-8601 strings or epoch seconds to naive UTC; timezone-naive input means UTC."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return values.astype("datetime64[ns]")
+    if pd.api.types.is_numeric_dtype(values):
+        return pd.to_datetime(values, unit="s", errors="coerce").astype("datetime64[ns]")
+    text = values.astype("str").str.strip()
+    epoch = pd.to_numeric(text, errors="coerce")
+    iso = pd.to_datetime(text.where(epoch.isna()), format="ISO8601", utc=True, errors="coerce")
+    out = iso.dt.tz_localize(None).astype("datetime64[ns]")
+    if epoch.notna().any():
+        out = out.where(epoch.isna(), pd.to_datetime(epoch, unit="s", errors="coerce"))
+    return out
+
+
+def parse_bools(values: pd.Series, default: bool) -> tuple[pd.Series, pd.Series]:
+    """Booleans from bool/int/text columns; returns (values, mask of unparseable entries)."""
+    if pd.api.types.is_bool_dtype(values):
+        return values.astype(bool), pd.Series(False, index=values.index)
+    text = values.astype("str").str.strip().str.lower().where(values.notna(), "")
+    text = text.str.replace(r"\.0$", "", regex=True)
+    parsed = pd.Series(default, index=values.index, dtype=bool)
+    parsed[text.isin(_TRUE)] = True
+    parsed[text.isin(_FALSE - {""})] = False
+    bad = ~text.isin(_TRUE | _FALSE)
+    return parsed, bad
+
+
+def _numbers(frame: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series]:
+    """(numeric values, mask of entries present but not numeric)."""
+    if column not in frame:
+        empty = pd.Series(np.nan, index=frame.index)
+        return empty, pd.Series(False, index=frame.index)
+    raw = frame[column]
+    values = pd.to_numeric(raw, errors="coerce")
+    return values.astype(float), _given(raw) & values.isna()
+
+
+def _given(values: pd.Series) -> pd.Series:
+    """Entries that hold something (not NA, not blank)."""
+    return values.notna() & (values.astype("str").str.strip() != "")
+
+
+def _optional(frame: pd.DataFrame, column: str) -> pd.Series:
+    if column in frame:
+        return frame[column]
+    return pd.Series(pd.NA, index=frame.index, dtype=object)
+
+
+def _stage_lists(values: pd.Series, allowed: tuple[str, ...]) -> tuple[pd.Series, pd.Series]:
+    """``;``-separated lists, normalised (sorted, lower case); empty means all."""
+    text = as_text(values).str.lower().fillna("")
+    parts = text.str.split(";")
+    cleaned = parts.map(lambda items: sorted({s.strip() for s in items if s.strip()}))
+    bad = cleaned.map(lambda items: any(s not in allowed for s in items))
+    return cleaned.map(";".join), bad
+
+
+# --- per-table rules ----------------------------------------------------------------------
+
+
+def _event_reasons(frame: pd.DataFrame, known: pd.Index) -> tuple[pd.DataFrame, pd.Series]:
+    n = len(frame)
+    reasons = _Reasons(n)
+    out = pd.DataFrame(index=frame.index)
+    out[C.customer] = as_id(frame[C.customer])
+    out[C.product] = as_id(frame[C.product])
+    out[C.event_type] = as_text(frame[C.event_type]).str.lower()
+    out[C.timestamp] = parse_timestamps(frame[C.timestamp])
+    quantity, quantity_bad = _numbers(frame, C.quantity)
+    rating, rating_bad = _numbers(frame, C.rating)
+    is_sale = out[C.event_type].isin([EventType.purchase, EventType.return_])
+    is_rating = out[C.event_type] == EventType.rating
+
+    reasons.add(out[C.customer].isna(), "missing customer_id")
+    reasons.add(out[C.product].isna(), "missing product_id")
+    reasons.add(~out[C.event_type].isin(EventType.all), "unknown event_type")
+    reasons.add(out[C.timestamp].isna(), "bad timestamp")
+    quantity_given = quantity.fillna(1.0)
+    reasons.add(
+        is_sale & (quantity_bad | (quantity_given <= 0) | (quantity_given != quantity_given.round())),
+        "bad quantity",
+    )
+    reasons.add(is_rating & (rating_bad | rating.isna() | ~rating.between(1, 5)),
+                "rating out of range")
+    reasons.add(~out[C.product].isin(known), "unknown product")
+
+    out[C.quantity] = np.where(is_sale & reasons.ok, quantity_given, 1).astype("int64")
+    out[C.rating] = rating.where(is_rating)
+    out[C.order] = as_id(_optional(frame, C.order))
+    out[C.channel] = as_text(_optional(frame, C.channel))
+    extra = [c for c in frame.columns if c not in out.columns]
+    out[extra] = frame[extra]
+
+    candidates = reasons.ok
+    duplicate = np.zeros(n, dtype=bool)
+    duplicate[candidates] = out.loc[candidates, list(EVENT_KEY)].duplicated().to_numpy()
+    reasons.add(duplicate, "duplicate event")
+    return out, reasons.series()
+
+
+def _product_reasons(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    reasons = _Reasons(len(frame))
+    out = frame.copy()
+    out[C.product] = as_id(frame[C.product])
+    out[C.title] = as_text(frame[C.title]).fillna(out[C.product])
+    out[C.category] = as_text(frame[C.category]).str.lower().fillna("uncategorised")
+    out[C.brand] = as_text(_optional(frame, C.brand))
+    price, price_bad = _numbers(frame, C.price)
+    margin, margin_bad = _numbers(frame, C.margin)
+    stock, stock_bad = _numbers(frame, C.stock)
+    min_age, age_bad = _numbers(frame, C.min_age)
+    repurchase, repurchase_bad = _numbers(frame, C.repurchase_days)
+    offer_type = as_text(_optional(frame, C.offer_type)).str.lower().fillna("product")
+    stages, stages_bad = _stage_lists(_optional(frame, C.lifecycle_stages), Stage.all)
+    channels, channels_bad = _stage_lists(_optional(frame, C.channels), CHANNELS)
+    valid_from = parse_timestamps(_optional(frame, C.valid_from))
+    valid_to = parse_timestamps(_optional(frame, C.valid_to))
+    sensitive, sensitive_bad = parse_bools(_optional(frame, C.sensitive), default=False)
+
+    reasons.add(out[C.product].isna(), "missing product_id")
+    reasons.add(out[C.product].duplicated(), "duplicate product_id")
+    reasons.add(price_bad | (price < 0), "bad price")
+    reasons.add(margin_bad, "bad margin")
+    reasons.add(~offer_type.isin(OFFER_TYPES), "unknown offer_type")
+    reasons.add(stages_bad, "unknown lifecycle stage")
+    reasons.add(channels_bad, "unknown channel")
+    reasons.add(
+        (_given(_optional(frame, C.valid_from)) & valid_from.isna())
+        | (_given(_optional(frame, C.valid_to)) & valid_to.isna()),
+        "bad validity date",
+    )
+    reasons.add(valid_to < valid_from, "validity window ends before it starts")
+    reasons.add(stock_bad | (stock < 0) | (stock.notna() & (stock != stock.round())), "bad stock")
+    reasons.add(age_bad | (min_age < 0) | (min_age > 120), "bad min_age")
+    reasons.add(sensitive_bad, "bad sensitive flag")
+    reasons.add(repurchase_bad | (repurchase <= 0), "bad repurchase_days")
+
+    out[C.price] = price
+    out[C.margin] = margin
+    out[C.offer_type] = offer_type
+    out[C.lifecycle_stages] = stages
+    out[C.channels] = channels
+    out[C.valid_from] = valid_from
+    out[C.valid_to] = valid_to
+    out[C.stock] = stock.astype("Int64") if not stock_bad.any() else stock
+    out[C.region] = as_text(_optional(frame, C.region))
+    out[C.min_age] = min_age
+    out[C.sensitive] = sensitive
+    out[C.repurchase_days] = repurchase
+    return out, reasons.series()
+
+
+def _customer_reasons(frame: pd.DataFrame, now: pd.Timestamp) -> tuple[pd.DataFrame, pd.Series]:
+    reasons = _Reasons(len(frame))
+    out = frame.copy()
+    out[C.customer] = as_id(frame[C.customer])
+    signup = parse_timestamps(_optional(frame, C.signup_date))
+    birth_year, birth_bad = _numbers(frame, C.birth_year)
+    reasons.add(out[C.customer].isna(), "missing customer_id")
+    reasons.add(out[C.customer].duplicated(), "duplicate customer_id")
+    reasons.add(_given(_optional(frame, C.signup_date)) & signup.isna(), "bad signup_date")
+    reasons.add(birth_bad | (birth_year < 1900) | (birth_year > now.year), "bad birth_year")
+    out[C.signup_date] = signup
+    out[C.birth_year] = birth_year
+    for column in (C.gender, C.region, C.postcode, C.country, C.preferred_channel):
+        out[column] = as_text(_optional(frame, column))
+    return out, reasons.series()
+
+
+def _consent_reasons(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    reasons = _Reasons(len(frame))
+    out = frame.copy()
+    out[C.customer] = as_id(frame[C.customer])
+    out[C.purpose] = as_text(frame[C.purpose]).str.lower()
+    granted, granted_bad = parse_bools(frame[C.granted], default=False)
+    double_opt_in, doi_bad = parse_bools(_optional(frame, C.double_opt_in), default=False)
+    updated = parse_timestamps(_optional(frame, C.updated_at))
+    reasons.add(out[C.customer].isna(), "missing customer_id")
+    reasons.add(~out[C.purpose].isin(PURPOSES), "unknown purpose")
+    reasons.add(granted_bad | frame[C.granted].isna(), "bad granted flag")
+    reasons.add(doi_bad, "bad double_opt_in flag")
+    reasons.add(_given(_optional(frame, C.updated_at)) & updated.isna(), "bad updated_at")
+    out[C.granted] = granted
+    out[C.double_opt_in] = double_opt_in
+    out[C.updated_at] = updated
+    out[C.source] = as_text(_optional(frame, C.source))
+    return out, reasons.series()
+
+
+def _feedback_reasons(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    reasons = _Reasons(len(frame))
+    out = frame.copy()
+    out[C.customer] = as_id(frame[C.customer])
+    out[C.product] = as_id(frame[C.product])
+    out[C.action] = as_text(frame[C.action]).str.lower()
+    out[C.timestamp] = parse_timestamps(frame[C.timestamp])
+    position, position_bad = _numbers(frame, C.position)
+    reasons.add(out[C.customer].isna(), "missing customer_id")
+    reasons.add(out[C.product].isna(), "missing product_id")
+    reasons.add(~out[C.action].isin(FEEDBACK_ACTIONS), "unknown action")
+    reasons.add(out[C.timestamp].isna(), "bad timestamp")
+    reasons.add(position_bad | (position < 0), "bad position")
+    out[C.position] = position
+    for column in (C.channel, C.request_id, C.model_version):
+        out[column] = as_text(_optional(frame, column))
+    return out, reasons.series()

@@ -1,0 +1,66 @@
+"""Process settings, read from the environment (prefix ``NBO_``) by entry points only."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every path and URL nbo uses; defaults run on a laptop with embedded SQLite files."""
+
+    model_config = SettingsConfigDict(env_prefix="NBO_", extra="ignore")
+
+    home: Path = Field(Path(".nbo"), description="Folder for the embedded stores and demo data.")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default sqlite:///<home>/mlflow.db."
+    )
+    optuna_storage: str | None = Field(
+        None, description="Optuna storage URL; default sqlite:///<home>/optuna.db."
+    )
+    consent_db_url: str | None = Field(
+        None, description="SQLAlchemy URL of the consent store; default sqlite:///<home>/consent.db."
+    )
+    now: datetime | None = Field(
+        None, description="Pins 'now' for replays and historical data sets; default wall clock."
+    )
+    personalization_default: str = Field(
+        "granted", pattern="^(granted|denied)$",
+        description="Personalisation consent assumed for customers without any consent record.",
+    )
+    api_keys: str = Field("", description="Comma-separated API keys for the ranking endpoints.")
+    admin_api_keys: str = Field("", description="Comma-separated API keys for admin endpoints.")
+    max_bad_share: float = Field(
+        0.05, ge=0.0, le=1.0,
+        description="Share of bad rows in any table above which a data job fails.",
+    )
+
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home.resolve() / 'mlflow.db'}"
+
+    def optuna_url(self) -> str:
+        return self.optuna_storage or f"sqlite:///{self.home.resolve() / 'optuna.db'}"
+
+    def consent_url(self) -> str:
+        return self.consent_db_url or f"sqlite:///{self.home.resolve() / 'consent.db'}"
+
+    def current_time(self) -> datetime:
+        """The pinned ``now`` as naive UTC, else the wall clock."""
+        if self.now is None:
+            return datetime.now(UTC).replace(tzinfo=None)
+        if self.now.tzinfo is not None:
+            return self.now.astimezone(UTC).replace(tzinfo=None)
+        return self.now
+
+
+def quiet_third_parties() -> None:
+    """Environment every nbo entry point sets before the numeric libraries load."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")

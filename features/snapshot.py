@@ -1,0 +1,187 @@
+"""Feature snapshots: validated tables plus features, written as Parquet with a manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from features.columns import Columns as C
+from features.config import FeatureConfig, from_flat, to_flat
+from features.contract import Dataset, load_dataset
+from features.segments import segment_customers
+from features.side import customer_features, item_features
+from features.state import customer_state
+from features.weights import interactions
+
+TABLE_FILES = ("events", "products", "customers", "consents", "feedback")
+FEATURE_FILES = ("interactions", "customer_state", "customer_features", "item_features",
+                 "segments")
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Features:
+    """Everything derived from a history as of one moment."""
+
+    now: pd.Timestamp
+    interactions: pd.DataFrame
+    customer_state: pd.DataFrame
+    customer_features: pd.DataFrame
+    item_features: pd.DataFrame
+    segments: pd.DataFrame
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {name: getattr(self, name) for name in FEATURE_FILES}
+
+
+def compute_features(
+    events: pd.DataFrame,
+    products: pd.DataFrame,
+    customers: pd.DataFrame,
+    now: pd.Timestamp,
+    config: FeatureConfig,
+    step: Callable[[str], None] | None = None,
+) -> Features:
+    """Features as of ``now`` from validated tables; events after ``now`` are not used."""
+    step = step or (lambda _: None)
+    events = events[events[C.timestamp] <= now]
+    step("interaction weights")
+    weights = interactions(events, now, config.weights)
+    step("customer state")
+    state = customer_state(events, customers, products, now, config.lifecycle)
+    step("segments")
+    segment, profiles = segment_customers(state, events, products, config.segments)
+    step("side features")
+    return Features(
+        now=now,
+        interactions=weights,
+        customer_state=state,
+        customer_features=customer_features(state, segment),
+        item_features=item_features(products, config.price_bands),
+        segments=profiles,
+    )
+
+
+@dataclass
+class Snapshot:
+    """A snapshot folder read back: the validated tables, the features and the manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+    events: pd.DataFrame
+    products: pd.DataFrame
+    customers: pd.DataFrame
+    consents: pd.DataFrame
+    feedback: pd.DataFrame
+    features: Features
+
+    @property
+    def config(self) -> FeatureConfig:
+        return from_flat(FeatureConfig, self.manifest["config"])
+
+    @property
+    def now(self) -> pd.Timestamp:
+        return self.features.now
+
+
+def build_snapshot(
+    dataset: Path,
+    out: Path,
+    config: FeatureConfig | None = None,
+    now: datetime | None = None,
+    max_bad_share: float = 0.05,
+    step: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Validate ``dataset``, compute features as of ``now`` and write the snapshot to ``out``.
+
+    ``now`` defaults to the last event of the dataset, so a historical data set gets the state
+    it had when it ended. Quarantined rows are written to ``out/quarantine`` before the
+    bad-share check, so a failing run still shows what was wrong.
+    """
+    config = config or FeatureConfig()
+    step = step or (lambda _: None)
+    step("validating")
+    data = load_dataset(dataset)
+    out.mkdir(parents=True, exist_ok=True)
+    data.write_quarantine(out / "quarantine")
+    data.check_bad_share(max_bad_share)
+    moment = pd.Timestamp(now) if now is not None else _last_event(data)
+    features = compute_features(data.events, data.products, data.customers, moment, config, step)
+    step("writing")
+    tables = {name: getattr(data, name) for name in TABLE_FILES} | features.tables()
+    for name, frame in tables.items():
+        frame.to_parquet(out / f"{name}.parquet", index=False)
+    manifest = {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "now": moment.isoformat(),
+        "dataset": str(dataset.resolve()),
+        "fingerprint": fingerprint(data.files.values()),
+        "code_version": code_version(),
+        "config": to_flat(config),
+        "rows": {name: len(frame) for name, frame in tables.items()},
+        "validation": validation_summary(data),
+        "lifecycle_stages": features.customer_state["lifecycle_stage"].value_counts().to_dict(),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    return manifest
+
+
+def load_snapshot(path: Path) -> Snapshot:
+    manifest_file = path / MANIFEST
+    if not manifest_file.exists():
+        raise FileNotFoundError(
+            f"{path}: not a feature snapshot (no {MANIFEST}); build one with 'nbo features build'."
+        )
+    manifest = json.loads(manifest_file.read_text())
+    tables = {name: pd.read_parquet(path / f"{name}.parquet")
+              for name in (*TABLE_FILES, *FEATURE_FILES)}
+    features = Features(now=pd.Timestamp(manifest["now"]),
+                        **{name: tables[name] for name in FEATURE_FILES})
+    return Snapshot(path=path, manifest=manifest, features=features,
+                    **{name: tables[name] for name in TABLE_FILES})
+
+
+def _last_event(data: Dataset) -> pd.Timestamp:
+    if data.events.empty:
+        raise ValueError("the dataset has no valid events; nothing to build features from")
+    return pd.Timestamp(data.events[C.timestamp].max())
+
+
+def validation_summary(data: Dataset) -> dict[str, Any]:
+    return {
+        name: {"file": r.file, "read": r.read, "kept": r.kept, "quarantined": r.quarantined,
+               "reasons": r.reasons}
+        for name, r in data.reports.items()
+    }
+
+
+def fingerprint(files: Any) -> str:
+    """SHA-256 over the names and bytes of the dataset's files."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(f) for f in files):
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def code_version() -> str:
+    version = metadata.version("nbo")
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).parent, check=False,
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return f"{version}+{commit}" if commit else version

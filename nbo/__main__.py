@@ -1,0 +1,3 @@
+from nbo.cli import main
+
+main()

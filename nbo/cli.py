@@ -1,0 +1,278 @@
+"""The ``nbo`` command line: thin glue over features, training and serving.
+
+Exit codes: 0 success, 1 unexpected failure, 2 wrong usage, 3 the data breaks the contract,
+4 an input file or folder is missing.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+EXIT_DATA = 3
+EXIT_MISSING = 4
+
+console = Console()
+err_console = Console(stderr=True)
+app = typer.Typer(
+    help="nbo: next-best-offer recommendations with consent and lifecycle rules.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+import_app = typer.Typer(help="Convert public data sets into the nbo data contract.",
+                         no_args_is_help=True)
+data_app = typer.Typer(help="Check datasets against the data contract.", no_args_is_help=True)
+features_app = typer.Typer(help="Build feature snapshots.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
+
+
+def main() -> None:
+    from features.settings import quiet_third_parties
+
+    quiet_third_parties()
+    app()
+
+
+def settings() -> Any:
+    from features.settings import Settings
+
+    return Settings()
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@contextmanager
+def data_errors() -> Iterator[None]:
+    """Turn contract and missing-file errors into a message and a meaningful exit code."""
+    from features.contract import ContractError
+
+    try:
+        yield
+    except ContractError as exc:
+        raise fail(str(exc), EXIT_DATA) from None
+    except FileNotFoundError as exc:
+        raise fail(str(exc), EXIT_MISSING) from None
+
+
+@contextmanager
+def steps(title: str) -> Iterator[Callable[[str], None]]:
+    """A spinner that shows the current step of a long job."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=err_console, transient=True) as progress:
+        task = progress.add_task(title)
+        yield lambda step: progress.update(task, description=f"{title}: {step}")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def feature_config(overrides: list[str]) -> Any:
+    from pydantic import ValidationError
+
+    from features.config import FeatureConfig, from_flat, to_flat
+
+    flat = to_flat(FeatureConfig()) | parse_overrides(overrides)
+    if "price_bands" in parse_overrides(overrides):
+        flat["price_bands"] = flat["price_bands"].split(";")
+    try:
+        return from_flat(FeatureConfig, flat)
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--set") from None
+
+
+# --- generate -----------------------------------------------------------------------------
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Argument(help="Folder to write the dataset to.")],
+    customers: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 500,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same shop.")] = 42,
+    end: Annotated[datetime, typer.Option(help="Date of the last event.")] = datetime(2026, 6, 30),
+    file_format: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+) -> None:
+    """Generate a shop in the data contract: customers with hidden tastes, every event type,
+    lifecycle spread, coupons, regional, age-restricted and sensitive offers, consent gaps."""
+    if file_format not in ("parquet", "csv"):
+        raise typer.BadParameter("use parquet or csv", param_hint="--format")
+    counts = _generate(out, customers, seed, end, file_format)
+    console.print(f"Wrote {out}: " + ", ".join(f"{n:,} {name}" for name, n in counts.items()))
+
+
+def _generate(out: Path, customers: int, seed: int, end: datetime, file_format: str
+              ) -> dict[str, int]:
+    from features.generate import ShopSpec, generate_shop
+
+    spec = ShopSpec(customers=customers, seed=seed, end=end, file_format=file_format)
+    with Progress(TextColumn("generating shop"), BarColumn(), TextColumn("{task.completed:,}"
+                  "/{task.total:,} customers"), TimeElapsedColumn(), console=err_console,
+                  transient=True) as progress:
+        task = progress.add_task("generate", total=customers)
+        return generate_shop(spec, out, progress=lambda n: progress.advance(task, n))
+
+
+# --- import -------------------------------------------------------------------------------
+
+
+@import_app.command("online-retail")
+def import_online_retail(
+    path: Annotated[Path, typer.Argument(help="The UCI Online Retail CSV file.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write the dataset to.")],
+) -> None:
+    """Convert the UCI Online Retail file: purchases, returns from cancelled invoices, fees left
+    out of the catalogue, anonymous rows counted but kept out of customer histories."""
+    from features.importers import import_online_retail as run
+
+    with data_errors(), steps("importing") as _:
+        report = run(path, out)
+    for line in report.lines():
+        console.print(line, highlight=False)
+    console.print(f"Wrote {out}")
+
+
+# --- data validate ------------------------------------------------------------------------
+
+
+@data_app.command("validate")
+def validate(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder (events, products, ...).")],
+    quarantine: Annotated[Path | None, typer.Option(
+        help="Where to write quarantined rows; default DATASET/quarantine.")] = None,
+    max_bad_share: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Fail above this share of bad rows; default NBO_MAX_BAD_SHARE.")
+    ] = None,
+) -> None:
+    """Validate a dataset against the data contract and quarantine the rows that break it."""
+    from features.contract import load_dataset
+
+    limit = max_bad_share if max_bad_share is not None else settings().max_bad_share
+    with data_errors():
+        with steps("validating"):
+            data = load_dataset(dataset)
+        written = data.write_quarantine(quarantine or dataset / "quarantine")
+        print_validation(data.reports)
+        for path in written:
+            console.print(f"quarantined rows: {path}")
+        data.check_bad_share(limit)
+    console.print("[green]valid[/]: every table is within the bad-row limit "
+                  f"({limit:.1%}).")
+
+
+def print_validation(reports: dict[str, Any]) -> None:
+    table = Table(title="Validation")
+    for column in ("table", "read", "kept", "quarantined", "reasons"):
+        table.add_column(column, justify="right" if column in {"read", "kept",
+                                                               "quarantined"} else "left")
+    for name, r in reports.items():
+        reasons = "; ".join(f"{k}: {v:,}" for k, v in r.reasons.items())
+        table.add_row(name, f"{r.read:,}", f"{r.kept:,}", f"{r.quarantined:,}", reasons)
+    console.print(table)
+
+
+# --- features build -----------------------------------------------------------------------
+
+
+@features_app.command("build")
+def features_build(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    out: Annotated[Path, typer.Argument(help="Snapshot folder to write.")],
+    now: Annotated[datetime | None, typer.Option(
+        help="Compute state as of this time; default NBO_NOW, else the last event.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a feature setting, e.g. --set weights.half_life_days=90.")
+    ] = None,
+    max_bad_share: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Fail above this share of bad rows; default NBO_MAX_BAD_SHARE.")
+    ] = None,
+) -> None:
+    """Validate a dataset and build a feature snapshot: interaction weights, customer state and
+    lifecycle, segments and side features, as Parquet with a manifest."""
+    config = feature_config(set_ or [])
+    manifest = _build_features(dataset, out, config, now, max_bad_share)
+    print_snapshot(manifest, out)
+
+
+def _build_features(dataset: Path, out: Path, config: Any, now: datetime | None,
+                    max_bad_share: float | None) -> dict[str, Any]:
+    from features.snapshot import build_snapshot
+
+    current = settings()
+    limit = max_bad_share if max_bad_share is not None else current.max_bad_share
+    with data_errors(), steps("building features") as step:
+        return build_snapshot(dataset, out, config, now=now or current.now,
+                              max_bad_share=limit, step=step)
+
+
+def print_snapshot(manifest: dict[str, Any], out: Path) -> None:
+    table = Table(title=f"Feature snapshot as of {manifest['now']}")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    table.add_column("quarantined", justify="right")
+    for name, rows in manifest["rows"].items():
+        bad = manifest["validation"].get(name, {}).get("quarantined")
+        table.add_row(name, f"{rows:,}", "" if bad is None else f"{bad:,}")
+    console.print(table)
+    stages = ", ".join(f"{k} {v:,}" for k, v in manifest["lifecycle_stages"].items())
+    console.print(f"lifecycle stages: {stages}")
+    console.print(f"snapshot: {out} (fingerprint {manifest['fingerprint'][:12]}, code "
+                  f"{manifest['code_version']})")
+
+
+# --- demo ---------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    customers: Annotated[int, typer.Option(min=50, help="Customers in the generated shop.")
+                         ] = 2_000,
+    seed: Annotated[int, typer.Option(help="Random seed of the shop.")] = 42,
+) -> None:
+    """The main job on embedded defaults: generate a shop, validate it, build features and
+    print a summary. Files go to NBO_HOME (default .nbo)."""
+    import pandas as pd
+
+    home = settings().home
+    shop, snapshot = home / "demo" / "shop", home / "demo" / "snapshot"
+    console.rule("nbo demo")
+    counts = _generate(shop, customers, seed, datetime(2026, 6, 30), "parquet")
+    console.print(f"1. generated shop in {shop}: "
+                  + ", ".join(f"{n:,} {name}" for name, n in counts.items()))
+    from features.config import FeatureConfig
+
+    manifest = _build_features(shop, snapshot, FeatureConfig(), None, None)
+    console.print("2. validated the shop and built features")
+    print_snapshot(manifest, snapshot)
+    segments = pd.read_parquet(snapshot / "segments.parquet")
+    table = Table(title="Segments")
+    for column in ("segment", "customers", "median_orders", "median_value", "top_categories"):
+        table.add_column(column)
+    for row in segments.itertuples():
+        table.add_row(row.segment, f"{row.customers:,}", f"{row.median_orders:.0f}",
+                      f"{row.median_value:,.0f}", row.top_categories)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
