@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.columns import (
     CHANNELS,
@@ -161,6 +163,7 @@ def load_dataset(folder: Path | str, now: pd.Timestamp | None = None) -> Dataset
             )
         raw[name] = frame
         files[name] = path
+        del frame
     return validate_tables(raw, files, now=now)
 
 
@@ -169,20 +172,24 @@ def validate_tables(
     files: dict[str, Path] | None = None,
     now: pd.Timestamp | None = None,
 ) -> Dataset:
-    """Validate tables already in memory (``raw`` must hold events and products)."""
+    """Validate tables already in memory (``raw`` must hold events and products).
+
+    Tables are taken out of ``raw`` as they are validated, so a large raw table is freed
+    as soon as its validated copy exists.
+    """
     files = files or {}
     now = now if now is not None else pd.Timestamp.now(tz="UTC").tz_localize(None)
     results: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
-    products_kept, products_bad = _split(raw["products"], _product_reasons)
+    products_kept, products_bad = _split(raw.pop("products"), _product_reasons)
     results["products"] = (products_kept, products_bad)
     known = pd.Index(products_kept[C.product].unique())
-    results["events"] = _split(raw["events"], lambda f: _event_reasons(f, known))
+    results["events"] = _split(raw.pop("events"), lambda f: _event_reasons(f, known))
     for name, check in (
         ("customers", lambda f: _customer_reasons(f, now)),
         ("consents", _consent_reasons),
         ("feedback", _feedback_reasons),
     ):
-        frame = raw.get(name)
+        frame = raw.pop(name, None)
         if frame is None:
             frame = pd.DataFrame(columns=list(REQUIRED_COLUMNS[name]))
         results[name] = _split(frame, check)
@@ -212,10 +219,11 @@ Rule = Callable[[pd.DataFrame], tuple[pd.DataFrame, pd.Series]]
 
 def _split(frame: pd.DataFrame, rule: Rule) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Apply a rule returning (normalised frame, reason or NA per row) and split the rows."""
-    source = frame.reset_index(drop=True)
+    source = frame if isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 \
+        else frame.reset_index(drop=True)
     normal, reason = rule(source)
     bad = reason.notna().to_numpy()
-    kept = normal.loc[~bad].reset_index(drop=True)
+    kept = normal.loc[~bad].reset_index(drop=True) if bad.any() else normal
     quarantined = source.loc[bad].copy()
     quarantined.insert(0, C.source_row, np.flatnonzero(bad) + 1)
     quarantined.insert(1, C.reason, reason[bad].to_numpy())
@@ -250,13 +258,22 @@ def as_id(values: pd.Series) -> pd.Series:
         text = values.astype(object)
         text[whole] = values[whole].astype("int64").astype(str)
         values = text
-    out = values.astype("str").str.strip()
-    return out.where(values.notna() & (out != "") & (out.str.lower() != "nan"))
+    out = _stripped(values)
+    blank = values.isna() | (out == "")
+    return out.where(~blank) if blank.any() else out
 
 
 def as_text(values: pd.Series) -> pd.Series:
-    out = values.astype("str").str.strip()
-    return out.where(values.notna() & (out != ""))
+    out = _stripped(values)
+    blank = values.isna() | (out == "")
+    return out.where(~blank) if blank.any() else out
+
+
+def _stripped(values: pd.Series) -> pd.Series:
+    """Trimmed strings; a column with nothing to trim is not copied (ids of 10^7 events)."""
+    text = values.astype("str")
+    padded = pc.any(pc.match_substring_regex(pa.array(text), r"^\s|\s$")).as_py()
+    return text.str.strip() if padded else text
 
 
 def parse_timestamps(values: pd.Series) -> pd.Series:
@@ -301,6 +318,8 @@ def _numbers(frame: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series]:
 
 def _given(values: pd.Series) -> pd.Series:
     """Entries that hold something (not NA, not blank)."""
+    if not (pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)):
+        return values.notna()
     return values.notna() & (values.astype("str").str.strip() != "")
 
 
@@ -341,7 +360,8 @@ def _event_reasons(frame: pd.DataFrame, known: pd.Index) -> tuple[pd.DataFrame, 
     reasons.add(out[C.timestamp].isna(), "bad timestamp")
     quantity_given = quantity.fillna(1.0)
     reasons.add(
-        is_sale & (quantity_bad | (quantity_given <= 0) | (quantity_given != quantity_given.round())),
+        is_sale
+        & (quantity_bad | (quantity_given <= 0) | (quantity_given != quantity_given.round())),
         "bad quantity",
     )
     reasons.add(is_rating & (rating_bad | rating.isna() | ~rating.between(1, 5)),
@@ -355,11 +375,48 @@ def _event_reasons(frame: pd.DataFrame, known: pd.Index) -> tuple[pd.DataFrame, 
     extra = [c for c in frame.columns if c not in out.columns]
     out[extra] = frame[extra]
 
-    candidates = reasons.ok
-    duplicate = np.zeros(n, dtype=bool)
-    duplicate[candidates] = out.loc[candidates, list(EVENT_KEY)].duplicated().to_numpy()
-    reasons.add(duplicate, "duplicate event")
+    reasons.add(duplicated_rows(out, EVENT_KEY, among=reasons.ok, hashed=EVENT_KEY[:-1]),
+                "duplicate event")
+    for column in (C.event_type, C.channel):  # few distinct values: categories save memory
+        out[column] = out[column].astype("category")
     return out, reasons.series()
+
+
+def duplicated_rows(
+    frame: pd.DataFrame, columns: tuple[str, ...], among: np.ndarray,
+    hashed: tuple[str, ...] | None = None,
+) -> np.ndarray:
+    """Rows of ``among`` equal in ``columns`` to an earlier row of ``among``.
+
+    A 64-bit hash over ``hashed`` (a subset of ``columns``; leaving out a costly column only
+    widens the candidates) finds the candidates without copying the columns; they are then
+    compared exactly on all ``columns``, so a hash collision never drops a row.
+    """
+    key = np.zeros(len(frame), dtype=np.uint64)
+    for column in hashed or columns:
+        key ^= _mix(_codes(frame[column]))
+        key = _mix(key)
+    rows = np.flatnonzero(among)
+    maybe = rows[pd.Series(key[rows]).duplicated(keep=False).to_numpy()]
+    result = np.zeros(len(frame), dtype=bool)
+    if len(maybe):
+        result[maybe] = frame.loc[maybe, list(columns)].duplicated().to_numpy()
+    return result
+
+
+def _codes(values: pd.Series) -> np.ndarray:
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return values.to_numpy().view(np.int64).astype(np.uint64)
+    if pd.api.types.is_numeric_dtype(values):
+        return np.nan_to_num(values.to_numpy(dtype=float), nan=-1.0).view(np.uint64)
+    return pd.factorize(values)[0].astype(np.uint64)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: spreads every input bit over the whole word."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def _product_reasons(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:

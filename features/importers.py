@@ -33,8 +33,8 @@ CATEGORY_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("jewellery", ("NECKLACE", "EARRINGS", "BRACELET", "RING", "BROOCH", "CHARM", "HAIRCLIP",
                    "HAIR", "DIAMANTE")),
     ("tableware", ("MUGS?", "CUPS?", "SAUCERS?", "PLATES?", "BOWLS?", "TEACUP", "GLASS",
-                   "BEAKERS?", "NAPKINS?", "JUG", "TEAPOT", "COASTERS?", "TUMBLER", "STRAWS", "TRAYS?",
-                   "PLACEMATS?", "DISH", "EGG CUPS?", "TEA COSY")),
+                   "BEAKERS?", "NAPKINS?", "JUG", "TEAPOT", "COASTERS?", "TUMBLER", "STRAWS",
+                   "TRAYS?", "PLACEMATS?", "DISH", "EGG CUPS?", "TEA COSY")),
     ("kitchen & baking", ("CAKE", "CAKES", "BAKING", "MOULD", "JAR", "JARS", "LUNCH BOX",
                           "LUNCHBOX", "KITCHEN", "APRON", "TEA TOWELS?", "SPOONS?", "CUTLERY",
                           "OVEN", "CAKESTAND", "RECIPE", "BOTTLE", "CASES", "SCALES")),
@@ -53,8 +53,8 @@ CATEGORY_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
                  "HANGERS?")),
     ("home decor", ("SIGN", "FRAME", "CLOCK", "CUSHION", "MIRROR", "ORNAMENT", "DECORATION",
                     "HEARTS?", "WREATH", "VASE", "DOORMAT", "HOOKS?", "COAT HANGER",
-                    "PLAQUE", "CHALKBOARD", "DOORSTOP", "GARLAND", "HANGING", "BELL", "BIRDS", "MAGNETS?", "CURTAIN",
-                    "COVER", "LETTERS")),
+                    "PLAQUE", "CHALKBOARD", "DOORSTOP", "GARLAND", "HANGING", "BELL", "BIRDS",
+                    "MAGNETS?", "CURTAIN", "COVER", "LETTERS")),
 )
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.preprocessing import StandardScaler
 
 from features.columns import Columns as C
 from features.columns import EventType as E
 from features.config import SegmentConfig
+from features.history import kind_masks
 
 PROSPECTS = "prospects"
 MINI_BATCH_ABOVE = 100_000
@@ -19,15 +21,24 @@ def category_shares(
     events: pd.DataFrame, products: pd.DataFrame, top: int
 ) -> pd.DataFrame:
     """Share of each customer's purchased units per category (top categories + 'other')."""
-    purchases = events[events[C.event_type] == E.purchase]
-    category = purchases[C.product].map(products.set_index(C.product)[C.category])
-    leading = category.value_counts().index[:top]
-    category = category.where(category.isin(leading), "other")
-    units = pd.DataFrame({C.customer: purchases[C.customer], "category": category,
-                          "units": purchases[C.quantity]})
-    table = units.pivot_table(index=C.customer, columns="category", values="units",
-                              aggfunc="sum", fill_value=0)
-    return table.div(table.sum(axis=1), axis=0)
+    rows = np.flatnonzero(kind_masks(events[C.event_type])[E.purchase])
+    customer_code, customers = pd.factorize(events[C.customer].iloc[rows])
+    product_row = pd.Index(products[C.product]).get_indexer(events[C.product].iloc[rows])
+    category_code, categories = pd.factorize(products[C.category])
+    category = np.where(product_row >= 0, category_code[product_row], -1)
+    units = events[C.quantity].to_numpy(dtype=float)[rows]
+    totals = np.bincount(category[category >= 0], weights=units[category >= 0],
+                         minlength=len(categories))
+    leading = np.argsort(-totals, kind="stable")[:top]
+    column = np.full(len(categories) + 1, len(leading))  # unknown and the rest: 'other'
+    column[leading] = np.arange(len(leading))
+    matrix = sparse.coo_matrix(
+        (units, (customer_code, column[category])),
+        shape=(len(customers), len(leading) + 1),
+    ).toarray()
+    matrix /= np.maximum(matrix.sum(axis=1, keepdims=True), 1e-12)
+    names = [str(categories[i]) for i in leading] + ["other"]
+    return pd.DataFrame(matrix, index=pd.Index(customers, name=C.customer), columns=names)
 
 
 def segment_customers(

@@ -17,6 +17,7 @@ import pandas as pd
 from features.columns import Columns as C
 from features.config import FeatureConfig, from_flat, to_flat
 from features.contract import Dataset, load_dataset
+from features.history import until
 from features.segments import segment_customers
 from features.side import customer_features, item_features
 from features.state import customer_state
@@ -53,7 +54,7 @@ def compute_features(
 ) -> Features:
     """Features as of ``now`` from validated tables; events after ``now`` are not used."""
     step = step or (lambda _: None)
-    events = events[events[C.timestamp] <= now]
+    events = until(events, now)
     step("interaction weights")
     weights = interactions(events, now, config.weights)
     step("customer state")

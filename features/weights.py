@@ -8,28 +8,39 @@ import pandas as pd
 from features.columns import Columns as C
 from features.columns import EventType as E
 from features.config import EventWeights
+from features.history import kind_masks, until
 
 INTERACTION_COLUMNS = [
     C.customer, C.product, C.weight, "purchases", C.quantity, "last_purchase", "last_event",
     "returned", "last_rating", "positive",
 ]
+_NAT = np.iinfo(np.int64).min
 
 
-def event_contributions(events: pd.DataFrame, now: pd.Timestamp, w: EventWeights) -> np.ndarray:
+def event_contributions(
+    events: pd.DataFrame, now: pd.Timestamp, w: EventWeights,
+    kinds: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
     """Signed, time-decayed weight of every event (events after ``now`` must be removed)."""
-    kind = events[C.event_type].to_numpy()
+    kinds = kinds or kind_masks(events[C.event_type])
     quantity = events[C.quantity].to_numpy(dtype=float)
     units = np.log2(1.0 + quantity) if w.damp_quantity else quantity
-    base = np.zeros(len(events))
-    base[kind == E.purchase] = w.purchase * units[kind == E.purchase]
-    base[kind == E.return_] = -w.return_ * w.purchase * units[kind == E.return_]
-    base[kind == E.cart] = w.cart
-    base[kind == E.wishlist] = w.wishlist
-    base[kind == E.view] = w.view
-    rated = kind == E.rating
-    base[rated] = w.rating * (events[C.rating].to_numpy(dtype=float)[rated] - 2.5)
-    age_days = (now - events[C.timestamp]).dt.total_seconds().to_numpy() / 86_400
-    return base * np.power(0.5, np.maximum(age_days, 0.0) / w.half_life_days)
+    out = np.zeros(len(events))
+    out[kinds[E.purchase]] = w.purchase * units[kinds[E.purchase]]
+    out[kinds[E.return_]] = -w.return_ * w.purchase * units[kinds[E.return_]]
+    del quantity, units
+    out[kinds[E.cart]] = w.cart
+    out[kinds[E.wishlist]] = w.wishlist
+    out[kinds[E.view]] = w.view
+    rated = kinds[E.rating]
+    out[rated] = w.rating * (events[C.rating].to_numpy(dtype=float)[rated] - 2.5)
+    age_days = events[C.timestamp].to_numpy("datetime64[ns]").view(np.int64).astype(float)
+    age_days -= now.as_unit("ns").value
+    age_days /= -86_400e9
+    np.maximum(age_days, 0.0, out=age_days)
+    age_days /= -w.half_life_days
+    out *= np.exp2(age_days, out=age_days)
+    return out
 
 
 def interactions(events: pd.DataFrame, now: pd.Timestamp, w: EventWeights) -> pd.DataFrame:
@@ -38,39 +49,58 @@ def interactions(events: pd.DataFrame, now: pd.Timestamp, w: EventWeights) -> pd
     A pair is a positive example only when its net weight is above zero, the customer never
     returned the product and their last rating of it (if any) is above 2.
     """
-    events = events[events[C.timestamp] <= now]
+    events = until(events, now)
     if events.empty:
         return pd.DataFrame(columns=INTERACTION_COLUMNS)
     cust_code, customers = pd.factorize(events[C.customer])
     prod_code, products = pd.factorize(events[C.product])
     pair = cust_code.astype(np.int64) * len(products) + prod_code
-    kind = events[C.event_type].to_numpy()
-    is_purchase = kind == E.purchase
-    time = events[C.timestamp].to_numpy()
-    frame = pd.DataFrame({
-        "pair": pair,
-        C.weight: event_contributions(events, now, w),
-        "purchases": is_purchase.astype(np.int32),
-        C.quantity: np.where(is_purchase, events[C.quantity].to_numpy(), 0),
-        "last_purchase": np.where(is_purchase, time, np.datetime64("NaT")),
-        "last_event": time,
-        "returned": kind == E.return_,
+    del cust_code, prod_code
+    # sort once by (pair, time), then reduce each run of one pair (lean on memory for 10^7
+    # rows; runs are in time order, which the last rating needs)
+    all_times = events[C.timestamp].to_numpy("datetime64[ns]").view(np.int64)
+    order = np.lexsort((all_times, pair))
+    time = all_times[order]
+    del all_times
+    pair = pair[order]
+    starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
+    keys = pair[starts]
+    del pair
+    kinds = kind_masks(events[C.event_type])
+    weight = event_contributions(events, now, w, kinds)[order]
+    is_purchase = kinds[E.purchase][order]
+    is_return = kinds[E.return_][order]
+    is_rating = kinds[E.rating][order]
+    del kinds
+    result = pd.DataFrame({
+        C.customer: customers[keys // len(products)],
+        C.product: products[keys % len(products)],
+        C.weight: np.add.reduceat(weight, starts),
+        "purchases": np.add.reduceat(is_purchase.astype(np.int32), starts),
+        C.quantity: np.add.reduceat(
+            np.where(is_purchase, events[C.quantity].to_numpy()[order], 0), starts
+        ),
+        "last_purchase": _as_time(np.maximum.reduceat(np.where(is_purchase, time, _NAT), starts)),
+        "last_event": _as_time(np.maximum.reduceat(time, starts)),
+        "returned": np.logical_or.reduceat(is_return, starts),
     })
-    grouped = frame.groupby("pair", sort=True).agg(
-        weight=(C.weight, "sum"),
-        purchases=("purchases", "sum"),
-        quantity=(C.quantity, "sum"),
-        last_purchase=("last_purchase", "max"),
-        last_event=("last_event", "max"),
-        returned=("returned", "any"),
+    result["last_rating"] = _last_rating(events[C.rating].to_numpy()[order], is_rating, starts)
+    result["positive"] = (
+        (result[C.weight] > 0) & ~result["returned"] & ~(result["last_rating"] <= 2)
     )
-    ratings = pd.DataFrame({"pair": pair, "time": time, C.rating: events[C.rating].to_numpy()})
-    ratings = ratings[kind == E.rating].sort_values("time", kind="stable")
-    grouped["last_rating"] = ratings.groupby("pair")[C.rating].last()
-    keys = grouped.index.to_numpy()
-    grouped.insert(0, C.customer, customers[keys // len(products)])
-    grouped.insert(1, C.product, products[keys % len(products)])
-    grouped["positive"] = (
-        (grouped[C.weight] > 0) & ~grouped["returned"] & ~(grouped["last_rating"] <= 2)
-    )
-    return grouped.reset_index(drop=True)[INTERACTION_COLUMNS]
+    return result[INTERACTION_COLUMNS]
+
+
+def _as_time(values: np.ndarray) -> np.ndarray:
+    return values.view("datetime64[ns]")  # the int64 minimum reads back as NaT
+
+
+def _last_rating(rating: np.ndarray, is_rating: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The latest rating within each run of a pair (runs are in time order)."""
+    rated = np.flatnonzero(is_rating)
+    out = np.full(len(starts), np.nan)
+    if len(rated):
+        run = np.searchsorted(starts, rated, side="right") - 1
+        last = np.r_[run[1:] != run[:-1], True]
+        out[run[last]] = rating[rated[last]]
+    return out

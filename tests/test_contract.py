@@ -169,7 +169,8 @@ def test_too_many_bad_rows_fail_with_a_clear_message(tmp_path: Path) -> None:
     products().to_csv(tmp_path / "products.csv", index=False)
     data = load_dataset(tmp_path)
     data.check_bad_share(0.7)  # 3 of 5 is within 70 %
-    with pytest.raises(ContractError, match=r"events.csv: 3 of 5 events rows .* unknown event_type"):
+    message = r"events\.csv: 3 of 5 events rows .* unknown event_type"
+    with pytest.raises(ContractError, match=message):
         data.check_bad_share(0.05)
 
 

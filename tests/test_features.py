@@ -56,6 +56,16 @@ def test_low_ratings_are_negative_and_never_positive() -> None:
     assert pair(table, "c", "x")["positive"]
 
 
+def test_the_latest_rating_counts_whatever_the_row_order() -> None:
+    rows = [ev("a", "x", "purchase", 30), ev("a", "x", "rating", 1, rating=5),
+            ev("a", "x", "rating", 20, rating=1), ev("b", "x", "rating", 2, rating=1),
+            ev("b", "x", "rating", 9, rating=4)]
+    for shuffled in (rows, rows[::-1]):
+        table = interactions(frame(*shuffled), NOW, W)
+        assert pair(table, "a", "x")["last_rating"] == 5 and pair(table, "a", "x")["positive"]
+        assert pair(table, "b", "x")["last_rating"] == 1 and not pair(table, "b", "x")["positive"]
+
+
 def test_zero_or_negative_net_weight_is_not_positive() -> None:
     w = EventWeights(view=0.0)
     table = interactions(frame(ev("a", "x", "view", 1)), NOW, w)
@@ -134,7 +144,7 @@ def test_config_round_trips_through_flat_params() -> None:
     flat = to_flat(config)
     assert flat["lifecycle.new_days"] == 14 and "weights.return" in flat
     assert from_flat(FeatureConfig, flat) == config
-    with pytest.raises(ValueError, match="weights.bogus|bogus"):
+    with pytest.raises(ValueError, match="bogus"):
         from_flat(FeatureConfig, {**flat, "weights.bogus": 1})
 
 
@@ -179,7 +189,7 @@ def test_snapshot_fails_on_too_much_bad_input_but_keeps_the_quarantine(
     events.loc[::5, "event_type"] = "teleport"
     events.to_parquet(dataset / "events.parquet")
     pd.read_parquet(shop / "products.parquet").to_parquet(dataset / "products.parquet")
-    with pytest.raises(ContractError, match="events.parquet"):
+    with pytest.raises(ContractError, match=r"events\.parquet"):
         build_snapshot(dataset, tmp_path / "snap", max_bad_share=0.05)
     quarantined = pd.read_csv(tmp_path / "snap" / "quarantine" / "events.csv")
     assert len(quarantined) == len(events.iloc[::5])
