@@ -1,0 +1,73 @@
+"""Time split and metrics: no leakage across the cut-off, metrics with known values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.contract import load_dataset
+from training.evaluate import evaluate, ranking_metrics, time_split, top_k
+from training.models import create
+
+
+def test_metrics_on_a_hand_computed_example() -> None:
+    hits = np.array([[1, 0, 1], [0, 0, 0]], dtype=bool)
+    m = ranking_metrics(hits, np.array([2, 1]), k=3)
+    assert m["precision"].tolist() == pytest.approx([2 / 3, 0])
+    assert m["recall"].tolist() == pytest.approx([1.0, 0])
+    assert m["hit_rate"].tolist() == [1.0, 0.0]
+    assert m["map"][0] == pytest.approx((1 / 1 + 2 / 3) / 2)
+    ideal = 1 + 1 / np.log2(3)
+    assert m["ndcg"][0] == pytest.approx((1 + 1 / np.log2(4)) / ideal)
+
+
+def test_top_k_is_best_first() -> None:
+    scores = np.array([[0.1, 0.9, 0.5, 0.7]])
+    assert top_k(scores, 3).tolist() == [[1, 3, 2]]
+
+
+@pytest.fixture(scope="module")
+def data(shop: Path):  # type: ignore[no-untyped-def]
+    return load_dataset(shop)
+
+
+def cutoff_of(events: pd.DataFrame) -> pd.Timestamp:
+    return events["timestamp"].max() - pd.Timedelta(days=60)
+
+
+def test_split_uses_nothing_after_the_cut_off(data) -> None:  # type: ignore[no-untyped-def]
+    """A purchase planted after the cut-off changes the truth but not the training input."""
+    cutoff = cutoff_of(data.events)
+    base = time_split(data.events, data.products, data.customers, cutoff)
+    customer = base.data.customers.ids[0]
+    product = str(data.products["product_id"].iloc[-9])
+    planted = pd.DataFrame([{**data.events.iloc[0].to_dict(), "customer_id": customer,
+                             "product_id": product, "event_type": "purchase",
+                             "timestamp": cutoff + pd.Timedelta(days=1), "quantity": 50}])
+    later = time_split(pd.concat([data.events, planted], ignore_index=True), data.products,
+                       data.customers, cutoff)
+    assert (later.data.matrix != base.data.matrix).nnz == 0
+    pd.testing.assert_frame_equal(later.features.customer_state, base.features.customer_state)
+    row, col = base.data.customers.index_of([customer])[0], base.data.items.index_of([product])[0]
+    assert later.truth[row, col] == 1
+
+
+def test_novel_truth_excludes_what_was_bought_before(data) -> None:  # type: ignore[no-untyped-def]
+    split = time_split(data.events, data.products, data.customers, cutoff_of(data.events))
+    results = evaluate(create("popularity").fit(split.data), split)
+    tasks = results[results["group"] == "overall"].set_index("task")
+    assert tasks.loc["novel", "customers"] <= tasks.loc["all", "customers"]
+    assert {"overall", "cold-start"} <= set(results["group"])
+    assert any(g.startswith("stage: ") for g in results["group"])
+
+
+def test_a_personal_model_beats_popularity_on_the_generated_shop(data) -> None:  # type: ignore[no-untyped-def]
+    split = time_split(data.events, data.products, data.customers, cutoff_of(data.events))
+    def ndcg(kind: str, params: dict) -> float:
+        model = create(kind, params).fit(split.data)
+        table = evaluate(model, split).set_index(["task", "group"])
+        return float(table.loc[("novel", "overall"), "ndcg"])
+    assert ndcg("ease", {"l2": 50.0}) > 1.2 * ndcg("popularity", {})

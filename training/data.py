@@ -1,0 +1,85 @@
+"""What models train on: id maps and the customer x offer matrix built from features."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from features.columns import Columns as C
+from features.side import CUSTOMER_FEATURES, ITEM_FEATURES
+from features.snapshot import Features
+
+
+class IdMap:
+    """External ids <-> matrix rows; saved with every model."""
+
+    def __init__(self, ids: pd.Index | list[str] | np.ndarray) -> None:
+        self.ids = pd.Index(pd.Index(ids).astype(str), name="id")
+        if not self.ids.is_unique:
+            raise ValueError("ids must be unique")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, IdMap) and self.ids.equals(other.ids)
+
+    def index_of(self, ids: pd.Series | list[str] | np.ndarray) -> np.ndarray:
+        """Row per id; -1 for ids the map does not know."""
+        return self.ids.get_indexer(pd.Index(ids).astype(str))
+
+    def to_list(self) -> list[str]:
+        return self.ids.tolist()
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_list()))
+
+    @classmethod
+    def load(cls, path: Path) -> IdMap:
+        return cls(json.loads(path.read_text()))
+
+
+@dataclass
+class TrainData:
+    """Training input for every model.
+
+    ``matrix`` holds the net weight of the positive (customer, offer) pairs; all other cells
+    are zero. ``customer_features`` and ``item_features`` are aligned to the id maps.
+    """
+
+    customers: IdMap
+    items: IdMap
+    matrix: sparse.csr_matrix
+    customer_features: pd.DataFrame
+    item_features: pd.DataFrame
+
+    @classmethod
+    def from_features(cls, features: Features) -> TrainData:
+        items = IdMap(features.item_features[C.product])
+        customers = IdMap(features.customer_state[C.customer])
+        positive = features.interactions[features.interactions["positive"]]
+        rows = customers.index_of(positive[C.customer])
+        cols = items.index_of(positive[C.product])
+        keep = (rows >= 0) & (cols >= 0)
+        matrix = sparse.csr_matrix(
+            (positive[C.weight].to_numpy(np.float32)[keep], (rows[keep], cols[keep])),
+            shape=(len(customers), len(items)),
+        )
+        customer_features = (features.customer_features.set_index(C.customer)
+                             .reindex(customers.ids)[list(CUSTOMER_FEATURES)])
+        item_features = (features.item_features.set_index(C.product)
+                         .reindex(items.ids)[list(ITEM_FEATURES)])
+        return cls(customers, items, matrix, customer_features.fillna("unknown"),
+                   item_features.fillna("unknown"))
+
+    def history(self, customer_ids: list[str] | np.ndarray) -> sparse.csr_matrix:
+        """Training rows of the given customers (empty rows for unknown customers)."""
+        rows = self.customers.index_of(customer_ids)
+        picked = self.matrix[np.maximum(rows, 0)]
+        unknown = sparse.diags((rows >= 0).astype(np.float32))
+        return (unknown @ picked).tocsr()

@@ -1,0 +1,172 @@
+"""Honest offline evaluation: a time split and ranking metrics at k.
+
+Training sees only events strictly before the cut-off, and features are computed as of the
+cut-off from those events alone; the truth is what customers bought after it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from features.columns import Columns as C
+from features.columns import EventType as E
+from features.config import FeatureConfig
+from features.snapshot import Features, compute_features
+from training.data import TrainData
+from training.models.base import Recommender
+
+TASKS = ("all", "novel")
+METRICS = ("ndcg", "recall", "precision", "map", "hit_rate", "coverage")
+BATCH = 1024
+
+
+@dataclass
+class Split:
+    """Training input before the cut-off and the purchases after it."""
+
+    cutoff: pd.Timestamp
+    features: Features
+    data: TrainData
+    truth: sparse.csr_matrix  # customers of ``data`` x offers: bought in the test window
+    bought_before: sparse.csr_matrix  # bought before the cut-off (excluded in "novel")
+    test_customers: np.ndarray  # rows of ``data`` with at least one test purchase
+
+    @property
+    def stages(self) -> np.ndarray:
+        state = self.features.customer_state.set_index(C.customer)["lifecycle_stage"]
+        return state.reindex(self.data.customers.ids).to_numpy()
+
+    @property
+    def cold(self) -> np.ndarray:
+        """Customers without a single positive training interaction."""
+        return np.diff(self.data.matrix.indptr) == 0
+
+
+def time_split(
+    events: pd.DataFrame,
+    products: pd.DataFrame,
+    customers: pd.DataFrame,
+    cutoff: pd.Timestamp,
+    config: FeatureConfig | None = None,
+    test_days: float | None = None,
+) -> Split:
+    """Split a history at ``cutoff``; the test window runs ``test_days`` (default: to the end)."""
+    config = config or FeatureConfig()
+    before = events[events[C.timestamp] < cutoff]
+    if before.empty:
+        raise ValueError(f"no events before the cut-off {cutoff}")
+    features = compute_features(before, products, customers, cutoff, config)
+    data = TrainData.from_features(features)
+    after = events[(events[C.timestamp] >= cutoff) & (events[C.event_type] == E.purchase)]
+    if test_days is not None:
+        after = after[after[C.timestamp] < cutoff + pd.Timedelta(days=test_days)]
+    truth = _pairs(data, after)
+    bought = _pairs(data, before[before[C.event_type] == E.purchase])
+    test_customers = np.flatnonzero(np.diff(truth.indptr) > 0)
+    if not len(test_customers):
+        raise ValueError(f"no purchases after the cut-off {cutoff} to evaluate on")
+    return Split(cutoff, features, data, truth, bought, test_customers)
+
+
+def _pairs(data: TrainData, events: pd.DataFrame) -> sparse.csr_matrix:
+    rows = data.customers.index_of(events[C.customer])
+    cols = data.items.index_of(events[C.product])
+    keep = (rows >= 0) & (cols >= 0)
+    matrix = sparse.csr_matrix((np.ones(keep.sum(), dtype=np.float32), (rows[keep], cols[keep])),
+                               shape=(len(data.customers), len(data.items)))
+    matrix.data[:] = 1.0  # duplicates summed: back to 0/1
+    return matrix
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores per row, best first (argpartition, then a small sort)."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def ranking_metrics(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Per-customer metrics from a hits matrix (customers x k, best first)."""
+    hits = hits.astype(float)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = np.cumsum(discounts)[np.minimum(n_relevant, k) - 1]
+    precision_at = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
+    return {
+        "ndcg": (hits * discounts).sum(axis=1) / ideal,
+        "recall": hits.sum(axis=1) / n_relevant,
+        "precision": hits.sum(axis=1) / k,
+        "map": (precision_at * hits).sum(axis=1) / np.minimum(n_relevant, k),
+        "hit_rate": (hits.sum(axis=1) > 0).astype(float),
+    }
+
+
+def evaluate(model: Recommender, split: Split, k: int = 10) -> pd.DataFrame:
+    """Metrics of a fitted model on both tasks: overall, cold-start and per lifecycle stage."""
+    rows = split.test_customers
+    ids = split.data.customers.ids[rows].to_numpy()
+    features = split.data.customer_features.iloc[rows]
+    stages, cold = split.stages[rows], split.cold[rows]
+    results = []
+    for task in TASKS:
+        truth = split.truth[rows]
+        if task == "novel":
+            truth = (truth - truth.multiply(split.bought_before[rows])).tocsr()
+            truth.eliminate_zeros()
+        per_customer, recommended = _score_task(model, split, ids, features, truth, rows,
+                                                task, k)
+        relevant = np.diff(truth.indptr) > 0
+        groups = {"overall": relevant, "cold-start": relevant & cold}
+        groups |= {f"stage: {s}": relevant & (stages == s) for s in pd.unique(stages)}
+        for group, mask in groups.items():
+            if not mask.any():
+                continue
+            row = {"task": task, "group": group, "customers": int(mask.sum())}
+            row |= {name: float(values[mask].mean()) for name, values in per_customer.items()}
+            row["coverage"] = len(np.unique(recommended[mask])) / len(split.data.items)
+            results.append(row)
+    return pd.DataFrame(results)
+
+
+def _score_task(
+    model: Recommender, split: Split, ids: np.ndarray, features: pd.DataFrame,
+    truth: sparse.csr_matrix, rows: np.ndarray, task: str, k: int,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    metrics: dict[str, list[np.ndarray]] = {}
+    recommended = []
+    for start in range(0, len(ids), BATCH):
+        part = slice(start, start + BATCH)
+        scores = model.score(ids[part], customer_features=features.iloc[part])
+        if task == "novel":
+            bought = split.bought_before[rows[part]]
+            scores[bought.nonzero()] = -np.inf
+        best = top_k(scores, k)
+        dense_truth = truth[part].toarray() > 0
+        hits = np.take_along_axis(dense_truth, best, axis=1)
+        n_relevant = np.maximum(dense_truth.sum(axis=1), 1)
+        for name, values in ranking_metrics(hits, n_relevant, k).items():
+            metrics.setdefault(name, []).append(values)
+        recommended.append(best)
+    return ({name: np.concatenate(parts) for name, parts in metrics.items()},
+            np.concatenate(recommended))
+
+
+def fit_and_evaluate(
+    model: Recommender, split: Split, k: int = 10,
+    report: Callable[[str], None] | None = None,
+) -> tuple[pd.DataFrame, float]:
+    """Fit on the split's training data, evaluate, return (metrics, fit seconds)."""
+    if report:
+        report(f"fitting {model.kind}")
+    started = time.perf_counter()
+    model.fit(split.data)
+    seconds = time.perf_counter() - started
+    if report:
+        report(f"evaluating {model.kind}")
+    return evaluate(model, split, k), seconds

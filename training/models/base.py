@@ -1,0 +1,198 @@
+"""The one small interface every candidate model implements."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Self
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import sparse
+
+from features.config import from_flat, to_flat
+from training.data import IdMap, TrainData
+
+FORMAT_VERSION = 1
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = Field(42, description="Seed of every random choice the model makes.")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One dimension of a search space: data, read by the tuner."""
+
+    kind: Literal["int", "float", "categorical"]
+    low: float = 0.0
+    high: float = 1.0
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why an offer ranks: a code serving turns into words, and the product it leans on."""
+
+    code: Literal["because_you_bought", "popular", "similar_customers"]
+    anchor: str | None = None
+
+
+class Recommender(ABC):
+    """Fit on :class:`TrainData`; score many customers x all offers in one call.
+
+    Scores are comparable within a customer's row only. Customers the model does not know,
+    and with no history given, get the popularity scores (``is_fallback`` says which).
+    """
+
+    kind: ClassVar[str]
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    search_space: ClassVar[dict[str, Param]] = {}
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        self.config = config or self.config_class()
+        if not isinstance(self.config, self.config_class):
+            raise TypeError(f"{self.kind} needs a {self.config_class.__name__}")
+        self.customers = IdMap([])
+        self.items = IdMap([])
+        self.matrix = sparse.csr_matrix((0, 0), dtype=np.float32)
+        self.popularity = np.zeros(0, dtype=np.float32)
+
+    # --- fitting ------------------------------------------------------------------------
+
+    def fit(self, data: TrainData) -> Self:
+        self.customers, self.items, self.matrix = data.customers, data.items, data.matrix
+        buyers = np.asarray((data.matrix > 0).sum(axis=0)).ravel().astype(np.float32)
+        self.popularity = buyers / max(float(buyers.max(initial=0.0)), 1.0)
+        self._fit(data)
+        return self
+
+    @abstractmethod
+    def _fit(self, data: TrainData) -> None: ...
+
+    # --- scoring ------------------------------------------------------------------------
+
+    def score(
+        self,
+        customer_ids: list[str] | np.ndarray | pd.Index,
+        history: sparse.csr_matrix | None = None,
+        customer_features: pd.DataFrame | None = None,
+    ) -> np.ndarray:
+        """Scores (customers x offers, float32) in the order of ``self.items``.
+
+        ``history`` replaces the stored training rows (e.g. a session's events);
+        ``customer_features`` describes customers the model may not know (hybrid models).
+        """
+        if not len(self.items):
+            raise RuntimeError(f"the {self.kind} model is not fitted: call fit() or load() first")
+        ids = np.asarray(customer_ids, dtype=object)
+        rows = self.customers.index_of(ids)
+        if history is None:
+            history = self._stored_history(rows)
+        scores = self._score(rows, history, customer_features)
+        fallback = self.is_fallback(rows, history, customer_features)
+        if fallback.any():
+            scores[fallback] = self.popularity
+        return scores.astype(np.float32, copy=False)
+
+    def is_fallback(self, rows: np.ndarray, history: sparse.csr_matrix,
+                    customer_features: pd.DataFrame | None = None) -> np.ndarray:
+        """Customers the model cannot personalise for: those without any history."""
+        return np.diff(history.indptr) == 0
+
+    @abstractmethod
+    def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
+               customer_features: pd.DataFrame | None) -> np.ndarray: ...
+
+    def _stored_history(self, rows: np.ndarray) -> sparse.csr_matrix:
+        picked = self.matrix[np.maximum(rows, 0)]
+        known = sparse.diags((rows >= 0).astype(np.float32))
+        return (known @ picked).tocsr()
+
+    # --- explaining ---------------------------------------------------------------------
+
+    def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray | None:
+        """Similarity of target offers (rows) to anchor offers (columns), or None."""
+        return None
+
+    def explain(self, customer_id: str, product_ids: list[str],
+                history: sparse.csr_matrix | None = None) -> list[Reason]:
+        """A reason per product: the bought product it is most similar to, else popularity."""
+        rows = self.customers.index_of([customer_id])
+        history = history if history is not None else self._stored_history(rows)
+        anchors = history.indices[history.data > 0]
+        targets = self.items.index_of(product_ids)
+        similarity = None
+        if len(anchors) and (targets >= 0).all():
+            similarity = self.item_similarity(targets, anchors)
+        reasons = []
+        for i, target in enumerate(targets):
+            if similarity is not None and similarity.shape[1]:
+                row = similarity[i].copy()
+                row[anchors == target] = -np.inf  # an offer is no reason for itself
+                best = int(np.argmax(row))
+                if np.isfinite(row[best]) and row[best] > 0:
+                    anchor = self.items.ids[anchors[best]]
+                    reasons.append(Reason("because_you_bought", str(anchor)))
+                    continue
+            reasons.append(Reason("popular"))
+        return reasons
+
+    # --- configuration ------------------------------------------------------------------
+
+    def params(self) -> dict[str, Any]:
+        return to_flat(self.config)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Self:
+        return cls(from_flat(cls.config_class, params))
+
+    # --- persistence --------------------------------------------------------------------
+
+    def save(self, path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"kind": self.kind, "format": FORMAT_VERSION, "config": self.params()}
+        (path / "model.json").write_text(json.dumps(meta, indent=2))
+        self.customers.save(path / "customers.json")
+        self.items.save(path / "items.json")
+        sparse.save_npz(path / "history.npz", self.matrix)
+        arrays = {"popularity": self.popularity, **self._arrays()}
+        np.savez(path / "arrays.npz", **arrays)
+        return path
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        """Learned state as plain arrays (no pickles in a model artifact)."""
+        return {}
+
+    def _restore(self, arrays: dict[str, np.ndarray], path: Path) -> None:  # noqa: B027
+        """Inverse of :meth:`_arrays`; ``path`` holds any extra files the model wrote."""
+
+    @classmethod
+    def load(cls, path: Path) -> Recommender:
+        from training.models import MODELS
+
+        meta = json.loads((path / "model.json").read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{path}: model format {meta.get('format')} is not supported "
+                             f"(this code reads format {FORMAT_VERSION})")
+        model_class = MODELS[meta["kind"]]
+        model = model_class.from_params(meta["config"])
+        model.customers = IdMap.load(path / "customers.json")
+        model.items = IdMap.load(path / "items.json")
+        model.matrix = sparse.load_npz(path / "history.npz").tocsr()
+        with np.load(path / "arrays.npz", allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+        model.popularity = arrays.pop("popularity")
+        model._restore(arrays, path)
+        return model
+
+
+def normalised_rows(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.maximum(norms, 1e-12)

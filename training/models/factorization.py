@@ -1,0 +1,128 @@
+"""Matrix factorisation with implicit: alternating least squares and BPR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+from scipy import sparse
+
+from training.data import TrainData
+from training.models.base import ModelConfig, Param, Recommender, normalised_rows
+
+
+class FactorConfig(ModelConfig):
+    factors: int = Field(64, ge=1, le=1024, description="Latent dimensions.")
+    regularization: float = Field(0.01, ge=0, description="L2 penalty on the factors.")
+    iterations: int = Field(15, ge=1, le=1000, description="Passes over the data.")
+
+
+class FactorModel(Recommender):
+    """Scores are user factors · item factors; unknown customers with a history are folded in."""
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__(config)
+        self.user_factors = np.zeros((0, 0), dtype=np.float32)
+        self.item_factors = np.zeros((0, 0), dtype=np.float32)
+
+    def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
+               customer_features: pd.DataFrame | None) -> np.ndarray:
+        users = np.zeros((len(rows), self.item_factors.shape[1]), dtype=np.float32)
+        known = rows >= 0
+        users[known] = self.user_factors[rows[known]]
+        unknown = np.flatnonzero(~known & (np.diff(history.indptr) > 0))
+        if len(unknown):
+            users[unknown] = self._fold_in(history[unknown])
+        return users @ self.item_factors.T
+
+    def _fold_in(self, history: sparse.csr_matrix) -> np.ndarray:
+        """Factors for customers who were not in training, from their history."""
+        weights = sparse.diags(1.0 / np.maximum(np.asarray(history.sum(axis=1)).ravel(), 1e-9))
+        return np.asarray(weights @ history @ self.item_factors, dtype=np.float32)
+
+    def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+        unit = normalised_rows(self.item_factors)
+        return unit[targets] @ unit[anchors].T
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {"user_factors": self.user_factors, "item_factors": self.item_factors}
+
+    def _restore(self, arrays: dict[str, np.ndarray], path: Path) -> None:
+        self.user_factors, self.item_factors = arrays["user_factors"], arrays["item_factors"]
+
+
+class ALSConfig(FactorConfig):
+    alpha: float = Field(1.0, gt=0, description="Confidence per unit of interaction weight.")
+
+
+class ALS(FactorModel):
+    kind = "als"
+    config_class = ALSConfig
+    search_space: ClassVar[dict[str, Param]] = {
+        "factors": Param("int", 16, 256, log=True),
+        "regularization": Param("float", 1e-3, 10.0, log=True),
+        "alpha": Param("float", 0.1, 100.0, log=True),
+        "iterations": Param("int", 5, 40),
+    }
+    config: ALSConfig
+
+    def _fit(self, data: TrainData) -> None:
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        model = AlternatingLeastSquares(
+            factors=self.config.factors, regularization=self.config.regularization,
+            alpha=self.config.alpha, iterations=self.config.iterations,
+            random_state=self.config.seed,
+        )
+        model.fit(data.matrix, show_progress=False)
+        self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
+        self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
+        self._solver = model
+
+    def _fold_in(self, history: sparse.csr_matrix) -> np.ndarray:
+        # the exact least-squares solution for a new row, as in a training half-step
+        solver = getattr(self, "_solver", None)
+        if solver is None:
+            from implicit.cpu.als import AlternatingLeastSquares
+
+            solver = AlternatingLeastSquares(
+                factors=self.item_factors.shape[1], regularization=self.config.regularization,
+                alpha=self.config.alpha)
+            solver.item_factors = self.item_factors
+            solver.user_factors = np.zeros((1, self.item_factors.shape[1]), np.float32)
+            self._solver = solver
+        users = np.arange(history.shape[0])
+        return np.asarray(solver.recalculate_user(users, history), dtype=np.float32)
+
+
+class BPRConfig(FactorConfig):
+    learning_rate: float = Field(0.01, gt=0, description="SGD step size.")
+    iterations: int = Field(100, ge=1, le=2000, description="Passes over the data.")
+
+
+class BPR(FactorModel):
+    kind = "bpr"
+    config_class = BPRConfig
+    search_space: ClassVar[dict[str, Param]] = {
+        "factors": Param("int", 16, 256, log=True),
+        "regularization": Param("float", 1e-4, 1.0, log=True),
+        "learning_rate": Param("float", 1e-3, 0.2, log=True),
+        "iterations": Param("int", 20, 400, log=True),
+    }
+    config: BPRConfig
+
+    def _fit(self, data: TrainData) -> None:
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        # one thread: hogwild updates from several threads would not be reproducible
+        model = BayesianPersonalizedRanking(
+            factors=self.config.factors, learning_rate=self.config.learning_rate,
+            regularization=self.config.regularization, iterations=self.config.iterations,
+            random_state=self.config.seed, num_threads=1,
+        )
+        model.fit((data.matrix > 0).astype(np.float32).tocsr(), show_progress=False)
+        self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
+        self.item_factors = np.asarray(model.item_factors, dtype=np.float32)

@@ -1,0 +1,122 @@
+"""Item-based models: implicit's item-item neighbours and EASE."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+from scipy import sparse
+
+from training.data import TrainData
+from training.models.base import ModelConfig, Param, Recommender
+
+
+class ItemKNNConfig(ModelConfig):
+    similarity: Literal["cosine", "bm25", "tfidf"] = Field(
+        "cosine", description="How co-purchases are weighted into item similarity."
+    )
+    neighbours: int = Field(50, ge=1, le=2000, description="Neighbours kept per offer.")
+
+
+class ItemKNN(Recommender):
+    """Scores are a customer's history times a sparse item-item similarity."""
+
+    kind = "itemknn"
+    config_class = ItemKNNConfig
+    search_space: ClassVar[dict[str, Param]] = {
+        "similarity": Param("categorical", choices=("cosine", "bm25", "tfidf")),
+        "neighbours": Param("int", 10, 1000, log=True),
+    }
+    config: ItemKNNConfig
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__(config)
+        self.similarity = sparse.csr_matrix((0, 0), dtype=np.float32)
+
+    def _fit(self, data: TrainData) -> None:
+        from implicit import nearest_neighbours as nn
+
+        cls = {"cosine": nn.CosineRecommender, "bm25": nn.BM25Recommender,
+               "tfidf": nn.TFIDFRecommender}[self.config.similarity]
+        model = cls(K=self.config.neighbours, num_threads=1)
+        with warnings.catch_warnings():
+            # implicit converts its own normalised intermediate and warns about it
+            warnings.simplefilter("ignore", category=UserWarning)
+            model.fit(data.matrix, show_progress=False)
+        self.similarity = model.similarity.astype(np.float32).tocsr()
+
+    def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
+               customer_features: pd.DataFrame | None) -> np.ndarray:
+        return np.asarray((history @ self.similarity).todense(), dtype=np.float32)
+
+    def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+        return np.asarray(self.similarity[anchors][:, targets].T.todense())
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        s = self.similarity
+        return {"sim_data": s.data, "sim_indices": s.indices, "sim_indptr": s.indptr,
+                "sim_shape": np.asarray(s.shape)}
+
+    def _restore(self, arrays: dict[str, np.ndarray], path: Path) -> None:
+        self.similarity = sparse.csr_matrix(
+            (arrays["sim_data"], arrays["sim_indices"], arrays["sim_indptr"]),
+            shape=tuple(arrays["sim_shape"]),
+        )
+
+
+class EASEConfig(ModelConfig):
+    l2: float = Field(500.0, gt=0, description="Ridge penalty of the item-item regression.")
+    binary: bool = Field(True, description="Fit on bought/not bought instead of the weights.")
+    max_items: int = Field(
+        30_000, ge=1, description="Refuse larger catalogues (the dense item-item matrix)."
+    )
+
+
+class EASE(Recommender):
+    """Embarrassingly shallow autoencoder: a closed-form item-item regression with a zero
+    diagonal (Steck 2019). Dense in the number of offers."""
+
+    kind = "ease"
+    config_class = EASEConfig
+    search_space: ClassVar[dict[str, Param]] = {
+        "l2": Param("float", 1.0, 10_000.0, log=True),
+        "binary": Param("categorical", choices=(True, False)),
+    }
+    config: EASEConfig
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__(config)
+        self.weights = np.zeros((0, 0), dtype=np.float32)
+
+    def _inputs(self, history: sparse.csr_matrix) -> sparse.csr_matrix:
+        return (history > 0).astype(np.float32).tocsr() if self.config.binary else history
+
+    def _fit(self, data: TrainData) -> None:
+        n = data.matrix.shape[1]
+        if n > self.config.max_items:
+            raise ValueError(f"EASE needs a dense {n} x {n} matrix; the catalogue is larger than "
+                             f"max_items={self.config.max_items}")
+        x = self._inputs(data.matrix)
+        gram = np.asarray((x.T @ x).todense(), dtype=np.float64)
+        gram[np.diag_indices(n)] += self.config.l2
+        inverse = np.linalg.inv(gram)
+        weights = -inverse / np.diag(inverse)
+        weights[np.diag_indices(n)] = 0.0
+        self.weights = weights.astype(np.float32)
+
+    def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
+               customer_features: pd.DataFrame | None) -> np.ndarray:
+        return np.asarray(self._inputs(history) @ self.weights, dtype=np.float32)
+
+    def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+        return self.weights[np.ix_(anchors, targets)].T
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {"weights": self.weights}
+
+    def _restore(self, arrays: dict[str, np.ndarray], path: Path) -> None:
+        self.weights = arrays["weights"]
