@@ -240,6 +240,142 @@ def print_snapshot(manifest: dict[str, Any], out: Path) -> None:
                   f"{manifest['code_version']})")
 
 
+# --- training -----------------------------------------------------------------------------
+
+SnapshotOption = Annotated[Path | None, typer.Option(
+    help="Feature snapshot folder; default NBO_HOME/demo/snapshot (made by 'nbo demo').")]
+CutoffOption = Annotated[datetime | None, typer.Option(
+    help="Train strictly before this time, test after; default the last --test-days.")]
+TestDaysOption = Annotated[float, typer.Option(min=1, help="Days of the test window.")]
+KOption = Annotated[int, typer.Option(min=1, help="Length of the ranked lists evaluated.")]
+
+
+def _experiment(snapshot: Path | None, cutoff: datetime | None, test_days: float, k: int
+                ) -> Any:
+    import pandas as pd
+
+    from training.pipeline import prepare
+
+    path = snapshot or settings().home / "demo" / "snapshot"
+    with data_errors(), steps("preparing the split") as _:
+        try:
+            return prepare(path, pd.Timestamp(cutoff) if cutoff else None, test_days, k)
+        except ValueError as exc:
+            raise fail(str(exc), EXIT_DATA) from None
+
+
+def _model_params(kind: str, overrides: list[str]) -> dict[str, Any]:
+    from pydantic import ValidationError
+
+    from training.models import MODELS
+
+    if kind not in MODELS:
+        raise typer.BadParameter(f"choose one of {', '.join(MODELS)}", param_hint="MODEL")
+    params = parse_overrides(overrides)
+    try:
+        return MODELS[kind].from_params(params).params()
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--set") from None
+
+
+def _tracking() -> Any:
+    from training.tracking import use_tracking
+
+    return use_tracking(settings().tracking_uri())
+
+
+def print_frame(frame: Any, title: str, floats: str = "{:.4f}") -> None:
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column))
+    for row in frame.itertuples(index=False):
+        table.add_row(*[floats.format(v) if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Argument(help="Model: popularity, als, bpr, itemknn, ease, "
+                                              "lightfm.")],
+    snapshot: SnapshotOption = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Model setting, e.g. --set factors=128.")] = None,
+    cutoff: CutoffOption = None,
+    test_days: TestDaysOption = 30.0,
+    k: KOption = 10,
+) -> None:
+    """Evaluate a model on a time split, refit it on all data, log it to MLflow and register
+    it as the 'challenger' version of nbo-ranker."""
+    from training.pipeline import train as run
+
+    params = _model_params(model, set_ or [])
+    experiment = _experiment(snapshot, cutoff, test_days, k)
+    _tracking()
+    with steps("training") as step:
+        trained = run(experiment, model, params, report=step)
+    print_frame(trained.evaluation[trained.evaluation["group"] == "overall"]
+                .drop(columns="group"), f"{model} on split {experiment.key}")
+    logged = trained.logged
+    assert logged is not None
+    console.print(f"fit {trained.fit_seconds:.1f} s; MLflow run {logged.run_id}; "
+                  f"registered nbo-ranker version {logged.version} as challenger")
+
+
+@app.command()
+def evaluate(
+    models: Annotated[list[str] | None, typer.Argument(help="Models to compare; default all.")
+                      ] = None,
+    snapshot: SnapshotOption = None,
+    cutoff: CutoffOption = None,
+    test_days: TestDaysOption = 30.0,
+    k: KOption = 10,
+    out: Annotated[Path | None, typer.Option(help="Also write the table as CSV.")] = None,
+) -> None:
+    """Fit every candidate on the same time split and print their metrics side by side."""
+    from training.pipeline import compare_candidates
+
+    for kind in models or []:
+        _model_params(kind, [])
+    experiment = _experiment(snapshot, cutoff, test_days, k)
+    with steps("evaluating") as step:
+        table = compare_candidates(experiment, models or None, report=step)
+    for task in ("all", "novel"):
+        print_frame(table[table["task"] == task].drop(columns="task"),
+                    f"task '{task}' at k={k}, cut-off {experiment.split.cutoff}")
+    if out:
+        table.to_csv(out, index=False)
+        console.print(f"wrote {out}")
+
+
+@app.command()
+def promote(
+    force: Annotated[bool, typer.Option(
+        help="Promote even if worse; recorded as a tag on the version.")] = False,
+) -> None:
+    """Make the challenger the champion if it is at least as good as the current champion on
+    the same split (all.ndcg and novel.ndcg); the comparison is printed and logged."""
+    from training.tracking import promote as run
+
+    decision = run(_tracking(), force=force)
+    if len(decision.comparison):
+        print_frame(decision.comparison, "challenger vs champion")
+    console.print(decision.message)
+    if not decision.promoted:
+        raise typer.Exit(1)
+
+
+@app.command()
+def models() -> None:
+    """List the registered versions of nbo-ranker with aliases and gate metrics."""
+    from training.tracking import list_versions
+
+    table = list_versions(_tracking())
+    if table.empty:
+        console.print("no registered versions yet: run 'nbo train MODEL'")
+        return
+    print_frame(table, "nbo-ranker")
+
+
 # --- demo ---------------------------------------------------------------------------------
 
 

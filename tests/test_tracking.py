@@ -1,0 +1,77 @@
+"""MLflow tracking, registry and the champion gate, on a temporary SQLite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from features.snapshot import build_snapshot
+from training.pipeline import prepare, train
+from training.tracking import (
+    CHALLENGER,
+    CHAMPION,
+    list_versions,
+    load_registered,
+    promote,
+    use_tracking,
+    version_by_alias,
+)
+
+
+@pytest.fixture(scope="module")
+def experiment(shop: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    snapshot = tmp_path_factory.mktemp("snap")
+    build_snapshot(shop, snapshot)
+    return prepare(snapshot, test_days=60)
+
+
+@pytest.fixture
+def client(tmp_path: Path):  # type: ignore[no-untyped-def]
+    return use_tracking(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_gate_accepts_better_and_refuses_worse(experiment, client) -> None:  # type: ignore[no-untyped-def]
+    weak = train(experiment, "popularity")
+    first = promote(client)
+    assert first.promoted and str(version_by_alias(client, CHAMPION).version) == weak.logged.version
+
+    strong = train(experiment, "ease", {"l2": 50.0})
+    better = promote(client)
+    assert better.promoted, better.message
+    assert str(version_by_alias(client, CHAMPION).version) == strong.logged.version
+
+    train(experiment, "popularity")
+    worse = promote(client)
+    assert not worse.promoted and "worse" in worse.message
+    assert not worse.comparison["at least as good"].all()
+    assert str(version_by_alias(client, CHAMPION).version) == strong.logged.version
+
+    forced = promote(client, force=True)
+    assert forced.promoted and "forced" in forced.message
+    champion = version_by_alias(client, CHAMPION)
+    assert champion.tags.get("nbo.forced") == "true"
+
+
+def test_runs_log_params_metrics_manifest_and_a_loadable_model(experiment, client) -> None:  # type: ignore[no-untyped-def]
+    trained = train(experiment, "als", {"factors": 8, "iterations": 5})
+    run = client.get_run(trained.logged.run_id)
+    assert run.data.params["model"] == "als" and run.data.params["model.factors"] == "8"
+    assert {"all.ndcg", "novel.ndcg", "all.cold-start.ndcg", "fit_seconds"} <= set(
+        run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"features", "evaluation.csv"} <= artifacts
+    assert str(version_by_alias(client, CHALLENGER).version) == trained.logged.version
+
+    model, version = load_registered(client, CHALLENGER)
+    ids = trained.model.customers.to_list()[:4]
+    np.testing.assert_allclose(model.score(ids), trained.model.score(ids), rtol=1e-5)
+    assert version == trained.logged.version
+    table = list_versions(client)
+    assert table["model"].tolist()[-1] == "als" and "challenger" in table["aliases"].iloc[-1]
+
+
+def test_promote_without_a_challenger_says_what_to_do(client) -> None:  # type: ignore[no-untyped-def]
+    decision = promote(client)
+    assert not decision.promoted and "nbo train" in decision.message

@@ -1,0 +1,98 @@
+"""Training jobs: evaluate candidates on a time split, log and register, compare side by side."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from features.snapshot import Snapshot, load_snapshot
+from training.data import TrainData
+from training.evaluate import Split, fit_and_evaluate, time_split
+from training.models import MODELS, create
+from training.models.base import Recommender
+from training.tracking import Logged, log_model_run
+
+DEFAULT_TEST_DAYS = 30.0
+
+
+@dataclass
+class Experiment:
+    """A snapshot and its evaluation split, shared by every candidate of one job."""
+
+    snapshot: Snapshot
+    split: Split
+    k: int
+
+    @property
+    def key(self) -> str:
+        """Identifies the split: candidates are comparable only when their keys match."""
+        return (f"{self.snapshot.manifest['fingerprint'][:12]}@"
+                f"{self.split.cutoff.isoformat()}/k={self.k}")
+
+    def params(self) -> dict[str, Any]:
+        return {"snapshot": str(self.snapshot.path), "cutoff": self.split.cutoff.isoformat(),
+                "k": self.k, "split": self.key}
+
+
+def prepare(snapshot_path: Path, cutoff: pd.Timestamp | None = None,
+            test_days: float = DEFAULT_TEST_DAYS, k: int = 10) -> Experiment:
+    """Load a snapshot and split it: by default the last ``test_days`` are the test."""
+    snapshot = load_snapshot(snapshot_path)
+    moment = cutoff if cutoff is not None else snapshot.now - pd.Timedelta(days=test_days)
+    split = time_split(snapshot.events, snapshot.products, snapshot.customers, moment,
+                       snapshot.config)
+    return Experiment(snapshot, split, k)
+
+
+@dataclass
+class Trained:
+    model: Recommender
+    evaluation: pd.DataFrame
+    fit_seconds: float
+    logged: Logged | None
+
+
+def train(experiment: Experiment, kind: str, params: dict[str, Any] | None = None,
+          log: bool = True, nested: bool = False,
+          report: Callable[[str], None] | None = None) -> Trained:
+    """Evaluate a candidate on the split, then refit it on the whole snapshot, which is the
+    model that is logged and registered (as ``challenger``)."""
+    evaluation, seconds = fit_and_evaluate(create(kind, params), experiment.split,
+                                           experiment.k, report)
+    if report:
+        report(f"refitting {kind} on all data")
+    final = create(kind, params).fit(TrainData.from_features(experiment.snapshot.features))
+    logged = None
+    if log:
+        if report:
+            report(f"logging {kind} to MLflow")
+        logged = log_model_run(final, evaluation, experiment.snapshot.manifest, experiment.key,
+                               experiment.params(), {"fit_seconds": seconds}, nested=nested)
+    return Trained(final, evaluation, seconds, logged)
+
+
+def compare_candidates(experiment: Experiment, kinds: list[str] | None = None,
+                       params: dict[str, dict[str, Any]] | None = None,
+                       report: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Every candidate side by side on the same split: one row per model and task."""
+    rows = []
+    for kind in kinds or list(MODELS):
+        started = time.perf_counter()
+        evaluation, seconds = fit_and_evaluate(create(kind, (params or {}).get(kind)),
+                                               experiment.split, experiment.k, report)
+        overall = evaluation[evaluation["group"] == "overall"]
+        cold = evaluation[evaluation["group"] == "cold-start"].set_index("task")
+        for row in overall.itertuples(index=False):
+            rows.append({
+                "model": kind, "task": row.task, "ndcg": row.ndcg, "recall": row.recall,
+                "precision": row.precision, "map": row.map, "hit_rate": row.hit_rate,
+                "coverage": row.coverage,
+                "cold_ndcg": cold["ndcg"].get(row.task, float("nan")),
+                "fit_s": seconds, "total_s": time.perf_counter() - started,
+            })
+    return pd.DataFrame(rows)

@@ -1,0 +1,229 @@
+"""MLflow: runs with params, metrics and artifacts; the registry with challenger and champion.
+
+Nothing here sets a tracking URI at import: entry points call :func:`use_tracking`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from training.models.base import Recommender
+
+MODEL_NAME = "nbo-ranker"
+EXPERIMENT = "nbo"
+CHALLENGER, CHAMPION = "challenger", "champion"
+GATE_METRICS = ("all.ndcg", "novel.ndcg")  # the champion gate compares these, on one split
+_REQUIREMENTS = ("numpy", "scipy", "pandas", "pyarrow", "pydantic", "implicit", "lightfm-next",
+                 "scikit-learn")
+
+
+def use_tracking(uri: str) -> MlflowClient:
+    """Point MLflow at ``uri`` (tracking and registry) and make sure the experiment exists."""
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        mlflow.create_experiment(EXPERIMENT)
+    mlflow.set_experiment(EXPERIMENT)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+class NboRanker(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    """The registered pyfunc: its artifacts are the saved model folder (factors, id maps,
+    offer table, config). ``predict`` takes ``customer_id`` (and optionally ``k``) and
+    returns the top offers per customer; serving loads the folder itself."""
+
+    def load_context(self, context: Any) -> None:
+        self.model = Recommender.load(Path(context.artifacts["model"]))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None
+                ) -> pd.DataFrame:
+        k = int(model_input["k"].iloc[0]) if "k" in model_input else 10
+        ids = model_input["customer_id"].astype(str).to_numpy()
+        scores = self.model.score(ids)
+        best = np.argsort(-scores, axis=1)[:, :k]
+        rows = [
+            {"customer_id": cid, "product_id": self.model.items.ids[item], "rank": rank + 1,
+             "score": float(scores[i, item])}
+            for i, cid in enumerate(ids) for rank, item in enumerate(best[i])
+        ]
+        return pd.DataFrame(rows)
+
+
+def flat_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """Evaluation rows as MLflow metric names: 'all.ndcg', 'novel.cold-start.recall', ..."""
+    metrics: dict[str, float] = {}
+    for row in table.itertuples(index=False):
+        group = "" if row.group == "overall" else f"{row.group.replace('stage: ', 'stage_')}."
+        for name in ("ndcg", "recall", "precision", "map", "hit_rate", "coverage"):
+            metrics[f"{row.task}.{group}{name}"] = float(getattr(row, name))
+    return metrics
+
+
+@dataclass
+class Logged:
+    run_id: str
+    version: str | None
+
+
+def log_model_run(
+    model: Recommender,
+    evaluation: pd.DataFrame,
+    manifest: dict[str, Any],
+    split_key: str,
+    extra_params: dict[str, Any],
+    extra_metrics: dict[str, float],
+    register: bool = True,
+    nested: bool = False,
+) -> Logged:
+    """One MLflow run: params, metrics, the feature manifest, the evaluation table and the
+    model as a pyfunc; registered as a new version with the alias ``challenger``."""
+    with mlflow.start_run(run_name=model.kind, nested=nested) as run:
+        mlflow.set_tags({"nbo.model": model.kind, "nbo.split": split_key})
+        mlflow.log_params({"model": model.kind, **{f"model.{k}": v for k, v in
+                                                  model.params().items()}, **extra_params})
+        mlflow.log_metrics({**flat_metrics(evaluation), **extra_metrics})
+        mlflow.log_dict(manifest, "features/manifest.json")
+        mlflow.log_text(evaluation.to_csv(index=False), "evaluation.csv")
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = model.save(Path(tmp) / "model")
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=NboRanker(), artifacts={"model": str(folder)},
+                pip_requirements=[f"{p}=={metadata.version(p)}" for p in _REQUIREMENTS],
+            )
+        version = None
+        if register:
+            version = register_challenger(info.model_uri)
+        return Logged(run.info.run_id, version)
+
+
+def register_challenger(model_uri: str) -> str:
+    client = MlflowClient()
+    result = mlflow.register_model(model_uri, MODEL_NAME)
+    client.set_registered_model_alias(MODEL_NAME, CHALLENGER, result.version)
+    return str(result.version)
+
+
+def version_by_alias(client: MlflowClient, alias: str) -> Any | None:
+    try:
+        return client.get_model_version_by_alias(MODEL_NAME, alias)
+    except MlflowException:
+        return None
+
+
+def run_metrics(client: MlflowClient, run_id: str) -> dict[str, float]:
+    return dict(client.get_run(run_id).data.metrics)
+
+
+@dataclass
+class Decision:
+    promoted: bool
+    challenger: str | None
+    champion: str | None
+    comparison: pd.DataFrame
+    message: str
+
+    def __post_init__(self) -> None:  # MLflow returns versions as int or str
+        self.challenger = None if self.challenger is None else str(self.challenger)
+        self.champion = None if self.champion is None else str(self.champion)
+
+
+def compare(challenger: dict[str, float], champion: dict[str, float]) -> pd.DataFrame:
+    rows = [{"metric": m, "challenger": challenger.get(m, float("nan")),
+             "champion": champion.get(m, float("nan"))} for m in GATE_METRICS]
+    table = pd.DataFrame(rows)
+    table["at least as good"] = table["challenger"] >= table["champion"]
+    return table
+
+
+def promote(client: MlflowClient, force: bool = False) -> Decision:
+    """Move ``champion`` to the challenger if it is at least as good on the gate metrics of
+    the same split as the current champion, or with ``force`` (recorded as a tag)."""
+    challenger = version_by_alias(client, CHALLENGER)
+    if challenger is None:
+        return Decision(False, None, None, pd.DataFrame(),
+                        f"no '{CHALLENGER}' version of {MODEL_NAME}: run 'nbo train' first")
+    champion = version_by_alias(client, CHAMPION)
+    if champion is not None and champion.version == challenger.version:
+        return Decision(False, challenger.version, champion.version, pd.DataFrame(),
+                        f"version {challenger.version} already is the champion")
+    new = run_metrics(client, challenger.run_id)
+    comparison = pd.DataFrame()
+    if champion is None:
+        ok, why = True, "there was no champion"
+    else:
+        split_new = client.get_run(challenger.run_id).data.tags.get("nbo.split")
+        split_old = client.get_run(champion.run_id).data.tags.get("nbo.split")
+        if split_new != split_old and not force:
+            return Decision(False, challenger.version, champion.version, comparison,
+                            f"the challenger was evaluated on split {split_new}, the champion on "
+                            f"{split_old}: retrain both on one snapshot, or use --force")
+        comparison = compare(new, run_metrics(client, champion.run_id))
+        ok = bool(comparison["at least as good"].all())
+        why = "at least as good on " + ", ".join(GATE_METRICS) if ok else "worse on " + ", ".join(
+            comparison.loc[~comparison["at least as good"], "metric"])
+    if not ok and not force:
+        record(challenger.run_id, {"promotion": "refused", "comparison": comparison})
+        return Decision(False, challenger.version, getattr(champion, "version", None),
+                        comparison, f"not promoted: version {challenger.version} is {why}")
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION, challenger.version)
+    if force and not ok:
+        client.set_model_version_tag(MODEL_NAME, challenger.version, "nbo.forced", "true")
+        why = f"forced although {why}"
+    record(challenger.run_id, {"promotion": "promoted", "comparison": comparison,
+                               "forced": bool(force and not ok)})
+    return Decision(True, challenger.version, getattr(champion, "version", None), comparison,
+                    f"version {challenger.version} is now the champion ({why})")
+
+
+def record(run_id: str, outcome: dict[str, Any]) -> None:
+    """Log a promotion decision and its comparison into the challenger's run."""
+    comparison = outcome.pop("comparison")
+    payload = {**outcome, "comparison": comparison.to_dict(orient="records")}
+    MlflowClient().log_text(run_id, json.dumps(payload, indent=2, default=str),
+                            "promotion.json")
+
+
+def list_versions(client: MlflowClient) -> pd.DataFrame:
+    """Every registered version with its aliases, model and gate metrics."""
+    try:
+        versions = client.search_model_versions(f"name='{MODEL_NAME}'")
+    except MlflowException:
+        return pd.DataFrame()
+    if not versions:
+        return pd.DataFrame()
+    aliases: dict[str, list[str]] = {}
+    for alias, version in client.get_registered_model(MODEL_NAME).aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    rows = []
+    for v in sorted(versions, key=lambda v: int(v.version)):
+        run = client.get_run(v.run_id)
+        rows.append({
+            "version": int(v.version), "aliases": ",".join(aliases.get(str(v.version), [])),
+            "model": run.data.tags.get("nbo.model", ""),
+            **{m: run.data.metrics.get(m, float("nan")) for m in GATE_METRICS},
+            "split": run.data.tags.get("nbo.split", ""), "run_id": v.run_id,
+        })
+    return pd.DataFrame(rows)
+
+
+def load_registered(client: MlflowClient, alias: str = CHAMPION) -> tuple[Recommender, str]:
+    """The model behind an alias and its version: everything serving needs is in its folder."""
+    version = version_by_alias(client, alias)
+    if version is None:
+        raise LookupError(f"{MODEL_NAME} has no '{alias}' version yet; train and promote first")
+    folder = mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}@{alias}")
+    model_dir = next(Path(folder).rglob("model.json")).parent
+    return Recommender.load(model_dir), str(version.version)
