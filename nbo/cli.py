@@ -348,6 +348,45 @@ def evaluate(
 
 
 @app.command()
+def tune(
+    model: Annotated[str, typer.Argument(help="Model to tune.")],
+    trials: Annotated[int, typer.Option(min=1, help="Trials to run in this process.")] = 20,
+    storage: Annotated[str | None, typer.Option(
+        help="Optuna storage URL; several workers on one URL share a study. Default "
+             "NBO_OPTUNA_STORAGE, else sqlite:///NBO_HOME/optuna.db.")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name; default from model and split.")
+                     ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the TPE sampler.")] = 42,
+    snapshot: SnapshotOption = None,
+    cutoff: CutoffOption = None,
+    test_days: TestDaysOption = 30.0,
+    k: KOption = 10,
+) -> None:
+    """Tune a model with Optuna (seeded TPE, default config first, pruning); every trial is
+    an MLflow child run; the best is refit, logged and registered as challenger."""
+    from training.tune import tune as run
+
+    _model_params(model, [])
+    experiment = _experiment(snapshot, cutoff, test_days, k)
+    current = settings()
+    url = storage or current.optuna_url()
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    _tracking()
+    with steps(f"tuning {model}") as step:
+        result = run(experiment, model, trials, url, study, seed, report=step)
+    trials_done = result.study.trials
+    pruned = sum(t.state.name == "PRUNED" for t in trials_done)
+    console.print(f"{len(trials_done)} trials in study '{result.study.study_name}' "
+                  f"({pruned} pruned); best objective {result.best_value:.4f} with "
+                  f"{result.best_params}")
+    logged = result.trained.logged
+    assert logged is not None
+    console.print(f"registered nbo-ranker version {logged.version} as challenger "
+                  f"(parent run {result.parent_run_id})")
+
+
+@app.command()
 def promote(
     force: Annotated[bool, typer.Option(
         help="Promote even if worse; recorded as a tag on the version.")] = False,

@@ -75,3 +75,28 @@ def test_runs_log_params_metrics_manifest_and_a_loadable_model(experiment, clien
 def test_promote_without_a_challenger_says_what_to_do(client) -> None:  # type: ignore[no-untyped-def]
     decision = promote(client)
     assert not decision.promoted and "nbo train" in decision.message
+
+
+def test_tuning_writes_a_parent_run_with_a_child_run_per_trial(  # type: ignore[no-untyped-def]
+    experiment, client, tmp_path: Path
+) -> None:
+    from training.models import create
+    from training.tune import tune
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    result = tune(experiment, "ease", trials=4, storage=storage, seed=1)
+    trials = result.study.trials
+    assert len(trials) == 4
+    assert trials[0].params["l2"] == create("ease").params()["l2"]  # defaults first
+    children = client.search_runs(
+        [client.get_run(result.parent_run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'",
+    )
+    trial_runs = [r for r in children if r.info.run_name.startswith("trial-")]
+    assert len(trial_runs) == 4
+    complete = [r for r in trial_runs if r.data.tags.get("nbo.trial") == "complete"]
+    assert complete and all("objective" in r.data.metrics for r in complete)
+    assert any(r.info.run_name == "ease" for r in children)  # the refit best model
+    assert result.trained.model.params()["l2"] == result.best_params["l2"]
+    again = tune(experiment, "ease", trials=1, storage=storage, seed=1)  # same study resumes
+    assert len(again.study.trials) == 5

@@ -107,9 +107,13 @@ def ranking_metrics(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> dict[st
     }
 
 
-def evaluate(model: Recommender, split: Split, k: int = 10) -> pd.DataFrame:
-    """Metrics of a fitted model on both tasks: overall, cold-start and per lifecycle stage."""
-    rows = split.test_customers
+def evaluate(model: Recommender, split: Split, k: int = 10,
+             rows: np.ndarray | None = None) -> pd.DataFrame:
+    """Metrics of a fitted model on both tasks: overall, cold-start and per lifecycle stage.
+
+    ``rows`` restricts the evaluation to some of the split's test customers.
+    """
+    rows = split.test_customers if rows is None else rows
     ids = split.data.customers.ids[rows].to_numpy()
     features = split.data.customer_features.iloc[rows]
     stages, cold = split.stages[rows], split.cold[rows]

@@ -1,0 +1,104 @@
+"""Hyper-parameter search with Optuna, every trial an MLflow child run of the study's run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import numpy as np
+import optuna
+import pandas as pd
+
+from training.evaluate import evaluate
+from training.models import MODELS, create
+from training.models.base import Param
+from training.pipeline import Experiment, Trained, train
+from training.tracking import flat_metrics
+
+OBJECTIVE = ("all.ndcg", "novel.ndcg")  # maximised: their mean
+FIRST_LOOK = 0.25  # share of test customers a trial is judged on before it may be pruned
+
+
+def suggest(trial: optuna.Trial, space: dict[str, Param]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name, p in space.items():
+        if p.kind == "int":
+            params[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log)
+        elif p.kind == "float":
+            params[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
+        else:
+            params[name] = trial.suggest_categorical(name, list(p.choices))
+    return params
+
+
+def objective_value(evaluation: pd.DataFrame) -> float:
+    metrics = flat_metrics(evaluation)
+    return float(np.mean([metrics.get(name, 0.0) for name in OBJECTIVE]))
+
+
+@dataclass
+class Tuned:
+    study: optuna.Study
+    best_params: dict[str, Any]
+    best_value: float
+    trained: Trained
+    parent_run_id: str
+
+
+def tune(
+    experiment: Experiment, kind: str, trials: int, storage: str, study_name: str | None = None,
+    seed: int = 42, report: Callable[[str], None] | None = None,
+) -> Tuned:
+    """Search ``kind``'s space; the default config is trial 0 of a new study. The best
+    trial is refit on all data, logged under the study's run and registered as challenger."""
+    model_class = MODELS[kind]
+    space = model_class.search_space
+    name = study_name or f"nbo-{kind}-{experiment.key}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+    )
+    if not study.trials:
+        defaults = model_class().params()
+        study.enqueue_trial({key: defaults[key] for key in space})
+    rng = np.random.default_rng(seed)
+    tests = experiment.split.test_customers
+    first = np.sort(rng.choice(tests, max(1, int(len(tests) * FIRST_LOOK)), replace=False))
+
+    with mlflow.start_run(run_name=f"tune-{kind}") as parent:
+        mlflow.set_tags({"nbo.model": kind, "nbo.split": experiment.key, "nbo.study": name})
+        mlflow.log_params({"model": kind, "trials": trials, "storage": storage,
+                           "study": name, **experiment.params()})
+
+        def objective(trial: optuna.Trial) -> float:
+            params = suggest(trial, space)
+            with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
+                mlflow.log_params({"trial": trial.number,
+                                   **{f"model.{k}": v for k, v in params.items()}})
+                if report:
+                    report(f"trial {trial.number + 1}/{trials}: fitting")
+                model = create(kind, params).fit(experiment.split.data)
+                glance = objective_value(evaluate(model, experiment.split, experiment.k, first))
+                trial.report(glance, step=0)
+                if trial.should_prune():
+                    mlflow.set_tag("nbo.trial", "pruned")
+                    mlflow.log_metric("first_look", glance)
+                    raise optuna.TrialPruned()
+                evaluation = evaluate(model, experiment.split, experiment.k)
+                value = objective_value(evaluation)
+                mlflow.log_metrics({**flat_metrics(evaluation), "objective": value})
+                mlflow.set_tag("nbo.trial", "complete")
+                return value
+
+        study.optimize(objective, n_trials=trials)
+        best = study.best_trial
+        mlflow.log_metric("best_objective", best.value)
+        mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
+        if report:
+            report(f"refitting the best trial ({best.number})")
+        trained = train(experiment, kind, best.params, nested=True, report=report)
+    return Tuned(study, best.params, float(best.value), trained, parent.info.run_id)
