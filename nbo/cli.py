@@ -424,8 +424,9 @@ def demo(
                          ] = 2_000,
     seed: Annotated[int, typer.Option(help="Random seed of the shop.")] = 42,
 ) -> None:
-    """The main job on embedded defaults: generate a shop, validate it, build features and
-    print a summary. Files go to NBO_HOME (default .nbo)."""
+    """The main job on embedded defaults: generate a shop, validate it, build features,
+    compare the candidate models, register the best in MLflow and promote it. Files go to
+    NBO_HOME (default .nbo)."""
     import pandas as pd
 
     home = settings().home
@@ -447,6 +448,33 @@ def demo(
         table.add_row(row.segment, f"{row.customers:,}", f"{row.median_orders:.0f}",
                       f"{row.median_value:,.0f}", row.top_categories)
     console.print(table)
+    _demo_models(snapshot)
+
+
+def _demo_models(snapshot: Path) -> None:
+    from training.pipeline import compare_candidates, train
+    from training.tracking import promote as run_promotion
+    from training.tune import OBJECTIVE
+
+    experiment = _experiment(snapshot, None, 30.0, 10)
+    client = _tracking()
+    with steps("comparing candidate models") as step:
+        table = compare_candidates(experiment, report=step)
+    wide = table.pivot(index="model", columns="task", values="ndcg")
+    wide["objective"] = wide[[name.split(".")[0] for name in OBJECTIVE]].mean(axis=1)
+    wide["fit_s"] = table.groupby("model")["fit_s"].first()
+    wide = wide.sort_values("objective", ascending=False).reset_index()
+    console.print("3. compared the candidates on the last 30 days (NDCG@10)")
+    print_frame(wide, "candidates")
+    best = str(wide["model"].iloc[0])
+    with steps(f"training {best}") as step:
+        trained = train(experiment, best, report=step)
+    logged = trained.logged
+    assert logged is not None
+    console.print(f"4. registered {best} as nbo-ranker version {logged.version} (MLflow at "
+                  f"{settings().tracking_uri()})")
+    decision = run_promotion(client)
+    console.print(f"5. {decision.message}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from training.models.base import Recommender
@@ -26,6 +27,13 @@ CHALLENGER, CHAMPION = "challenger", "champion"
 GATE_METRICS = ("all.ndcg", "novel.ndcg")  # the champion gate compares these, on one split
 _REQUIREMENTS = ("numpy", "scipy", "pandas", "pyarrow", "pydantic", "implicit", "lightfm-next",
                  "scikit-learn")
+
+
+SIGNATURE_INPUT = pd.DataFrame({"customer_id": ["c1"], "k": [10.0]})
+SIGNATURE = infer_signature(
+    SIGNATURE_INPUT,
+    pd.DataFrame({"customer_id": ["c1"], "product_id": ["p1"], "rank": [1.0], "score": [0.5]}),
+)
 
 
 def use_tracking(uri: str) -> MlflowClient:
@@ -100,7 +108,9 @@ def log_model_run(
         with tempfile.TemporaryDirectory() as tmp:
             folder = model.save(Path(tmp) / "model")
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=NboRanker(), artifacts={"model": str(folder)},
+                name="model", python_model=str(Path(__file__).with_name("ranker_pyfunc.py")),
+                artifacts={"model": str(folder)}, signature=SIGNATURE,
+                input_example=SIGNATURE_INPUT,
                 pip_requirements=[f"{p}=={metadata.version(p)}" for p in _REQUIREMENTS],
             )
         version = None
