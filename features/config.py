@@ -30,6 +30,15 @@ class EventWeights(StrictModel):
     damp_quantity: bool = Field(
         True, description="Purchases count log2(1 + quantity) instead of the raw quantity."
     )
+    click: float = Field(0.3, ge=0, description="Weight of a click on a served offer.")
+    conversion: float = Field(0.5, ge=0, description="Weight of a conversion from an offer.")
+    dismiss: float = Field(0.3, ge=0, description="Weight a dismissal subtracts.")
+    ignored: float = Field(
+        0.1, ge=0, description="Weight subtracted from an offer shown often without a response."
+    )
+    ignored_after: int = Field(
+        3, ge=1, description="Impressions without a click after which an offer counts as ignored."
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -51,12 +51,14 @@ def compute_features(
     now: pd.Timestamp,
     config: FeatureConfig,
     step: Callable[[str], None] | None = None,
+    feedback: pd.DataFrame | None = None,
 ) -> Features:
-    """Features as of ``now`` from validated tables; events after ``now`` are not used."""
+    """Features as of ``now`` from validated tables; events (and responses to served offers)
+    after ``now`` are not used."""
     step = step or (lambda _: None)
     events = until(events, now)
     step("interaction weights")
-    weights = interactions(events, now, config.weights)
+    weights = interactions(events, now, config.weights, feedback)
     step("customer state")
     state = customer_state(events, customers, products, now, config.lifecycle)
     step("segments")
@@ -116,7 +118,8 @@ def build_snapshot(
     data.write_quarantine(out / "quarantine")
     data.check_bad_share(max_bad_share)
     moment = pd.Timestamp(now) if now is not None else _last_event(data)
-    features = compute_features(data.events, data.products, data.customers, moment, config, step)
+    features = compute_features(data.events, data.products, data.customers, moment, config, step,
+                                feedback=data.feedback)
     step("writing")
     tables = {name: getattr(data, name) for name in TABLE_FILES} | features.tables()
     for name, frame in tables.items():

@@ -8,6 +8,7 @@ import pandas as pd
 from features.columns import Columns as C
 from features.columns import EventType as E
 from features.config import EventWeights
+from features.feedback import feedback_weights
 from features.history import kind_masks, until
 
 INTERACTION_COLUMNS = [
@@ -43,13 +44,37 @@ def event_contributions(
     return out
 
 
-def interactions(events: pd.DataFrame, now: pd.Timestamp, w: EventWeights) -> pd.DataFrame:
+def interactions(events: pd.DataFrame, now: pd.Timestamp, w: EventWeights,
+                 feedback: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (customer, product) with the net weight and what the history says.
 
-    A pair is a positive example only when its net weight is above zero, the customer never
-    returned the product and their last rating of it (if any) is above 2.
+    Responses to served offers (``feedback``) add to the weight. A pair is a positive
+    example only when its net weight is above zero, the customer never returned the product
+    and their last rating of it (if any) is above 2.
     """
-    events = until(events, now)
+    table = _event_interactions(until(events, now), now, w)
+    if feedback is None or feedback.empty:
+        return table
+    return _with_feedback(table, feedback_weights(feedback, now, w))
+
+
+def _with_feedback(table: pd.DataFrame, responses: pd.DataFrame) -> pd.DataFrame:
+    if responses.empty:
+        return table
+    key = [C.customer, C.product]
+    merged = table.merge(responses.rename(columns={C.weight: "response"}), on=key, how="outer")
+    merged[C.weight] = merged[C.weight].fillna(0.0) + merged["response"].fillna(0.0)
+    merged["purchases"] = merged["purchases"].fillna(0).astype(np.int32)
+    merged[C.quantity] = merged[C.quantity].fillna(0).astype(np.int64)
+    merged["returned"] = merged["returned"].astype("boolean").fillna(False).astype(bool)
+    merged["positive"] = (
+        (merged[C.weight] > 0) & ~merged["returned"] & ~(merged["last_rating"] <= 2)
+    )
+    return merged[INTERACTION_COLUMNS]
+
+
+def _event_interactions(events: pd.DataFrame, now: pd.Timestamp, w: EventWeights
+                        ) -> pd.DataFrame:
     if events.empty:
         return pd.DataFrame(columns=INTERACTION_COLUMNS)
     cust_code, customers = pd.factorize(events[C.customer])

@@ -55,13 +55,19 @@ def time_split(
     cutoff: pd.Timestamp,
     config: FeatureConfig | None = None,
     test_days: float | None = None,
+    feedback: pd.DataFrame | None = None,
 ) -> Split:
-    """Split a history at ``cutoff``; the test window runs ``test_days`` (default: to the end)."""
+    """Split a history at ``cutoff``; the test window runs ``test_days`` (default: to the end).
+
+    Responses to served offers (``feedback``) before the cut-off join the training signal.
+    """
     config = config or FeatureConfig()
     before = events[events[C.timestamp] < cutoff]
     if before.empty:
         raise ValueError(f"no events before the cut-off {cutoff}")
-    features = compute_features(before, products, customers, cutoff, config)
+    if feedback is not None:
+        feedback = feedback[feedback[C.timestamp] < cutoff]
+    features = compute_features(before, products, customers, cutoff, config, feedback=feedback)
     data = TrainData.from_features(features)
     after = events[(events[C.timestamp] >= cutoff) & (events[C.event_type] == E.purchase)]
     if test_days is not None:

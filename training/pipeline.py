@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from features.feedback import response_rates
 from features.snapshot import Snapshot, load_snapshot
 from training.data import TrainData
 from training.evaluate import Split, fit_and_evaluate, time_split
@@ -39,14 +40,29 @@ class Experiment:
                 "k": self.k, "split": self.key}
 
 
-def prepare(snapshot_path: Path, cutoff: pd.Timestamp | None = None,
-            test_days: float = DEFAULT_TEST_DAYS, k: int = 10) -> Experiment:
-    """Load a snapshot and split it: by default the last ``test_days`` are the test."""
-    snapshot = load_snapshot(snapshot_path)
+def prepare(snapshot_path: Path | Snapshot, cutoff: pd.Timestamp | None = None,
+            test_days: float = DEFAULT_TEST_DAYS, k: int = 10,
+            window_days: float | None = None) -> Experiment:
+    """Load a snapshot and split it: by default the last ``test_days`` are the test.
+
+    ``window_days`` ends the test window early (a validation split that must not see a
+    later test period); by default it runs to the end of the snapshot.
+    """
+    snapshot = snapshot_path if isinstance(snapshot_path, Snapshot) else load_snapshot(
+        snapshot_path)
     moment = cutoff if cutoff is not None else snapshot.now - pd.Timedelta(days=test_days)
     split = time_split(snapshot.events, snapshot.products, snapshot.customers, moment,
-                       snapshot.config)
+                       snapshot.config, test_days=window_days, feedback=snapshot.feedback)
     return Experiment(snapshot, split, k)
+
+
+def feedback_reports(snapshot: Snapshot) -> dict[str, pd.DataFrame]:
+    """Response rates of served offers per offer, channel and segment (when there is
+    feedback), logged with the model so the next training shows how offers fared."""
+    if snapshot.feedback.empty:
+        return {}
+    rates = response_rates(snapshot.feedback, snapshot.features.customer_features)
+    return {f"responses/by_{key.removesuffix('_id')}": table for key, table in rates.items()}
 
 
 @dataclass
@@ -72,7 +88,8 @@ def train(experiment: Experiment, kind: str, params: dict[str, Any] | None = Non
         if report:
             report(f"logging {kind} to MLflow")
         logged = log_model_run(final, evaluation, experiment.snapshot.manifest, experiment.key,
-                               experiment.params(), {"fit_seconds": seconds}, nested=nested)
+                               experiment.params(), {"fit_seconds": seconds}, nested=nested,
+                               tables=feedback_reports(experiment.snapshot))
     return Trained(final, evaluation, seconds, logged)
 
 

@@ -95,6 +95,7 @@ def log_model_run(
     extra_metrics: dict[str, float],
     register: bool = True,
     nested: bool = False,
+    tables: dict[str, pd.DataFrame] | None = None,
 ) -> Logged:
     """One MLflow run: params, metrics, the feature manifest, the evaluation table and the
     model as a pyfunc; registered as a new version with the alias ``challenger``."""
@@ -105,6 +106,8 @@ def log_model_run(
         mlflow.log_metrics({**flat_metrics(evaluation), **extra_metrics})
         mlflow.log_dict(manifest, "features/manifest.json")
         mlflow.log_text(evaluation.to_csv(index=False), "evaluation.csv")
+        for name, table in (tables or {}).items():
+            mlflow.log_text(table.to_csv(index=False), f"{name}.csv")
         with tempfile.TemporaryDirectory() as tmp:
             folder = model.save(Path(tmp) / "model")
             info = mlflow.pyfunc.log_model(
