@@ -19,6 +19,8 @@ FAST = {  # small but sufficient settings so the suite stays quick
     "itemknn": {"neighbours": 20},
     "ease": {"l2": 10.0},
     "lightfm": {"components": 8, "epochs": 30},
+    "blend": {"als.factors": 3, "als.regularization": 0.1, "ease.l2": 10.0,
+              "itemknn.neighbours": 20},
 }
 PERSONAL = [kind for kind in MODELS if kind != "popularity"]
 
@@ -110,7 +112,7 @@ def test_config_round_trips_through_flat_params(kind: str) -> None:
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_search_space_names_real_config_fields(kind: str) -> None:
     cls = MODELS[kind]
-    assert set(cls.search_space) <= set(cls.config_class.model_fields)
+    assert set(cls.search_space) <= set(cls().params())
 
 
 @pytest.mark.parametrize("kind", list(MODELS))
@@ -139,7 +141,8 @@ def test_one_user_and_empty_edge_cases(kind: str) -> None:
                              "segment": ["s"]}, index=pd.Index(["u0"]))
     items = pd.DataFrame({"category": list("aabb"), "brand": "b", "price_band": "mid",
                           "offer_type": "product"}, index=pd.Index([f"i{i}" for i in range(4)]))
-    params = FAST[kind] | ({"factors": 2} if kind in ("als", "bpr") else {})
+    params = FAST[kind] | ({"factors": 2} if kind in ("als", "bpr") else {}) | (
+        {"als.factors": 2} if kind == "blend" else {})
     data = TrainData(IdMap(["u0"]), IdMap(items.index), one, features, items)
     model = create(kind, params).fit(data)
     assert model.score(["u0"]).shape == (1, 4)
@@ -159,7 +162,7 @@ def test_hybrid_ranks_cold_customers_from_their_features(fitted: dict, board: tu
     assert model.explain("new-south", ["i15"])[0] == Reason("similar_customers")
 
 
-@pytest.mark.parametrize("kind", ["als", "ease", "itemknn"])
+@pytest.mark.parametrize("kind", ["als", "ease", "itemknn", "blend"])
 def test_explanations_point_to_a_bought_product_of_the_same_block(
     kind: str, fitted: dict, board: tuple
 ) -> None:
@@ -175,3 +178,11 @@ def test_explanations_point_to_a_bought_product_of_the_same_block(
 def test_an_unfitted_model_says_so() -> None:
     with pytest.raises(RuntimeError, match="not fitted"):
         create("ease").score(["u0"])
+
+
+def test_blend_repeat_puts_owned_offers_first(board: tuple) -> None:
+    data, _ = board
+    model = create("blend", FAST["blend"] | {"repeat": 50.0}).fit(data)
+    scores = model.score(["u0"])[0]
+    owned = data.matrix[0].indices
+    assert scores[owned].min() > np.delete(scores, owned).max()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from training.models.base import ModelConfig, Param, Reason, Recommender
+from training.models.blend import Blend
 from training.models.factorization import ALS, BPR
 from training.models.hybrid import LightFMHybrid
 from training.models.neighbours import EASE, ItemKNN
 from training.models.popularity import Popularity
 
 MODELS: dict[str, type[Recommender]] = {
-    model.kind: model for model in (Popularity, ALS, BPR, ItemKNN, EASE, LightFMHybrid)
+    model.kind: model for model in (Popularity, ALS, BPR, ItemKNN, EASE, LightFMHybrid, Blend)
 }
 
 

@@ -1,0 +1,95 @@
+"""A blend of EASE, ALS and item-item neighbours on per-customer standardised scores, with
+an optional buy-again term for the customer's own history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+from scipy import sparse
+
+from training.data import TrainData
+from training.models.base import ModelConfig, Param, Recommender
+from training.models.factorization import ALS, ALSConfig
+from training.models.neighbours import EASE, EASEConfig, ItemKNN, ItemKNNConfig
+
+
+class BlendConfig(ModelConfig):
+    ease_weight: float = Field(1.0, ge=0, description="Weight of the EASE scores.")
+    als_weight: float = Field(1.0, ge=0, description="Weight of the ALS scores.")
+    itemknn_weight: float = Field(0.5, ge=0, description="Weight of the neighbour scores.")
+    repeat: float = Field(
+        0.0, ge=0, description="Standard deviations added for offers the customer already has."
+    )
+    ease: EASEConfig = EASEConfig()
+    als: ALSConfig = ALSConfig()
+    itemknn: ItemKNNConfig = ItemKNNConfig(similarity="bm25", neighbours=200)
+
+
+def standardised(scores: np.ndarray) -> np.ndarray:
+    """Each row to zero mean and unit spread, so components on other scales can be added."""
+    mean = scores.mean(axis=1, keepdims=True)
+    spread = scores.std(axis=1, keepdims=True)
+    return (scores - mean) / np.maximum(spread, 1e-9)
+
+
+class Blend(Recommender):
+    kind = "blend"
+    config_class = BlendConfig
+    search_space: ClassVar[dict[str, Param]] = {
+        "ease_weight": Param("float", 0.0, 2.0),
+        "als_weight": Param("float", 0.0, 2.0),
+        "itemknn_weight": Param("float", 0.0, 2.0),
+        "repeat": Param("float", 0.0, 4.0),
+        "ease.l2": Param("float", 50.0, 3000.0, log=True),
+        "als.factors": Param("int", 32, 192, log=True),
+        "als.regularization": Param("float", 0.01, 20.0, log=True),
+        "als.alpha": Param("float", 0.1, 20.0, log=True),
+        "itemknn.neighbours": Param("int", 50, 1000, log=True),
+    }
+    config: BlendConfig
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__(config)
+        self.parts: dict[str, Recommender] = {}
+
+    def _components(self) -> dict[str, tuple[type[Recommender], ModelConfig, float]]:
+        c = self.config
+        return {"ease": (EASE, c.ease, c.ease_weight), "als": (ALS, c.als, c.als_weight),
+                "itemknn": (ItemKNN, c.itemknn, c.itemknn_weight)}
+
+    def _fit(self, data: TrainData) -> None:
+        self.parts = {name: cls(config).fit(data)
+                      for name, (cls, config, weight) in self._components().items() if weight > 0}
+        if not self.parts and self.config.repeat == 0:
+            raise ValueError("a blend needs at least one component weight or repeat above 0")
+
+    def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
+               customer_features: pd.DataFrame | None) -> np.ndarray:
+        total = np.zeros((len(rows), len(self.items)), dtype=np.float32)
+        for name, (_, _, weight) in self._components().items():
+            if name in self.parts:
+                total += weight * standardised(self.parts[name]._score(rows, history, None))
+        if self.config.repeat:
+            total += self.config.repeat * (history > 0).toarray()
+        return total
+
+    def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray | None:
+        for part in self.parts.values():
+            similarity = part.item_similarity(targets, anchors)
+            if similarity is not None:
+                return similarity
+        return None
+
+    def save(self, path: Path) -> Path:
+        super().save(path)
+        for name, part in self.parts.items():
+            part.save(path / name)
+        return path
+
+    def _restore(self, arrays: dict[str, np.ndarray], path: Path) -> None:
+        self.parts = {name: Recommender.load(path / name) for name in ("ease", "als", "itemknn")
+                      if (path / name / "model.json").exists()}
