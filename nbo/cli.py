@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 unexpected failure, 2 wrong usage, 3 the data breaks th
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -478,4 +477,4 @@ def _demo_models(snapshot: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
