@@ -58,6 +58,11 @@ def interactions(events: pd.DataFrame, now: pd.Timestamp, w: EventWeights,
     return _with_feedback(table, feedback_weights(feedback, now, w))
 
 
+def is_positive(pairs: pd.DataFrame) -> pd.Series:
+    """Net weight above zero, never returned, and no last rating of 2 or below."""
+    return (pairs[C.weight] > 0) & ~pairs["returned"] & ~(pairs["last_rating"] <= 2)
+
+
 def _with_feedback(table: pd.DataFrame, responses: pd.DataFrame) -> pd.DataFrame:
     if responses.empty:
         return table
@@ -67,9 +72,7 @@ def _with_feedback(table: pd.DataFrame, responses: pd.DataFrame) -> pd.DataFrame
     merged["purchases"] = merged["purchases"].fillna(0).astype(np.int32)
     merged[C.quantity] = merged[C.quantity].fillna(0).astype(np.int64)
     merged["returned"] = merged["returned"].astype("boolean").fillna(False).astype(bool)
-    merged["positive"] = (
-        (merged[C.weight] > 0) & ~merged["returned"] & ~(merged["last_rating"] <= 2)
-    )
+    merged["positive"] = is_positive(merged)
     return merged[INTERACTION_COLUMNS]
 
 
@@ -110,9 +113,7 @@ def _event_interactions(events: pd.DataFrame, now: pd.Timestamp, w: EventWeights
         "returned": np.logical_or.reduceat(is_return, starts),
     })
     result["last_rating"] = _last_rating(events[C.rating].to_numpy()[order], is_rating, starts)
-    result["positive"] = (
-        (result[C.weight] > 0) & ~result["returned"] & ~(result["last_rating"] <= 2)
-    )
+    result["positive"] = is_positive(result)
     return result[INTERACTION_COLUMNS]
 
 

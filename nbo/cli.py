@@ -92,8 +92,9 @@ def feature_config(overrides: list[str]) -> Any:
 
     from features.config import FeatureConfig, from_flat, to_flat
 
-    flat = to_flat(FeatureConfig()) | parse_overrides(overrides)
-    if "price_bands" in parse_overrides(overrides):
+    given = parse_overrides(overrides)
+    flat = to_flat(FeatureConfig()) | given
+    if "price_bands" in given:
         flat["price_bands"] = flat["price_bands"].split(";")
     try:
         return from_flat(FeatureConfig, flat)

@@ -76,10 +76,3 @@ class TrainData:
                          .reindex(items.ids)[list(ITEM_FEATURES)])
         return cls(customers, items, matrix, customer_features.fillna("unknown"),
                    item_features.fillna("unknown"))
-
-    def history(self, customer_ids: list[str] | np.ndarray) -> sparse.csr_matrix:
-        """Training rows of the given customers (empty rows for unknown customers)."""
-        rows = self.customers.index_of(customer_ids)
-        picked = self.matrix[np.maximum(rows, 0)]
-        unknown = sparse.diags((rows >= 0).astype(np.float32))
-        return (unknown @ picked).tocsr()
