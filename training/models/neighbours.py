@@ -39,13 +39,14 @@ class ItemKNN(Recommender):
 
     def _fit(self, data: TrainData) -> None:
         from implicit import nearest_neighbours as nn
+        from implicit.utils import ParameterWarning
 
         cls = {"cosine": nn.CosineRecommender, "bm25": nn.BM25Recommender,
                "tfidf": nn.TFIDFRecommender}[self.config.similarity]
         model = cls(K=self.config.neighbours, num_threads=1)
         with warnings.catch_warnings():
             # implicit converts its own normalised intermediate and warns about it
-            warnings.simplefilter("ignore", category=UserWarning)
+            warnings.simplefilter("ignore", category=ParameterWarning)
             model.fit(data.matrix, show_progress=False)
         self.similarity = model.similarity.astype(np.float32).tocsr()
 
