@@ -28,7 +28,8 @@ from pipeline import ONLINE_RETAIL, RESULTS, ROOT, machine
 
 CUTOFF = pd.Timestamp("2011-11-09")
 VALIDATION_CUTOFF = pd.Timestamp("2011-10-09")
-TRIALS = {"popularity": 6, "als": 30, "bpr": 12, "itemknn": 15, "ease": 15, "lightfm": 6}
+TRIALS = {"popularity": 6, "als": 30, "bpr": 12, "itemknn": 15, "ease": 15, "lightfm": 6,
+          "blend": 20}
 
 
 def main() -> None:
