@@ -357,24 +357,34 @@ def tune(
     study: Annotated[str | None, typer.Option(help="Study name; default from model and split.")
                      ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the TPE sampler.")] = 42,
+    folds: Annotated[int, typer.Option(
+        min=0, help="Validation windows of --test-days before the cut-off to tune on; 0 tunes "
+                    "on the evaluation split itself.")] = 1,
     snapshot: SnapshotOption = None,
     cutoff: CutoffOption = None,
     test_days: TestDaysOption = 30.0,
     k: KOption = 10,
 ) -> None:
-    """Tune a model with Optuna (seeded TPE, default config first, pruning); every trial is
-    an MLflow child run; the best is refit, logged and registered as challenger."""
+    """Tune a model with Optuna (seeded TPE, default config first, pruning) on validation
+    windows before the evaluation split; every trial is an MLflow child run; the best is
+    evaluated on the split, refit, logged and registered as challenger."""
+    from training.pipeline import validation_folds
     from training.tune import tune as run
 
     _model_params(model, [])
     experiment = _experiment(snapshot, cutoff, test_days, k)
+    try:
+        validation = validation_folds(experiment, folds, test_days) if folds else None
+    except ValueError as exc:
+        raise fail(f"cannot make {folds} validation window(s): {exc}", EXIT_DATA) from None
     current = settings()
     url = storage or current.optuna_url()
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     _tracking()
     with steps(f"tuning {model}") as step:
-        result = run(experiment, model, trials, url, study, seed, report=step)
+        result = run(experiment, model, trials, url, study, seed, report=step,
+                     validation=validation)
     trials_done = result.study.trials
     pruned = sum(t.state.name == "PRUNED" for t in trials_done)
     console.print(f"{len(trials_done)} trials in study '{result.study.study_name}' "

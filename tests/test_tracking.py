@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from features.snapshot import build_snapshot
@@ -100,3 +101,35 @@ def test_tuning_writes_a_parent_run_with_a_child_run_per_trial(  # type: ignore[
     assert result.trained.model.params()["l2"] == result.best_params["l2"]
     again = tune(experiment, "ease", trials=1, storage=storage, seed=1)  # same study resumes
     assert len(again.study.trials) == 5
+
+
+def test_tuning_on_validation_windows_leaves_the_test_window_unseen(  # type: ignore[no-untyped-def]
+    experiment, client, tmp_path: Path
+) -> None:
+    from training.pipeline import validation_folds
+    from training.tune import tune
+
+    folds = validation_folds(experiment, 2, days=30)
+    cutoff = experiment.split.cutoff
+    assert [f.split.cutoff for f in folds] == [cutoff - pd.Timedelta(days=30),
+                                               cutoff - pd.Timedelta(days=60)]
+    events = experiment.snapshot.events
+    buys = events[events["event_type"] == "purchase"]
+    for fold in folds:  # each fold's truth lies inside its own 30-day window
+        start = fold.split.cutoff
+        window = buys[(buys["timestamp"] >= start)
+                      & (buys["timestamp"] < start + pd.Timedelta(days=30))]
+        rows, cols = fold.split.truth.nonzero()
+        truth = set(zip(fold.split.data.customers.ids[rows], fold.split.data.items.ids[cols],
+                        strict=True))
+        assert truth and truth <= set(zip(window["customer_id"], window["product_id"],
+                                          strict=True))
+    result = tune(experiment, "ease", trials=2, storage=f"sqlite:///{tmp_path / 'o.db'}",
+                  validation=folds)
+    child = client.search_runs(
+        [client.get_run(result.parent_run_id).info.experiment_id],
+        filter_string="tags.`nbo.trial` = 'complete'")[0]
+    assert {"fold0.all.ndcg", "fold1.all.ndcg", "objective"} <= set(child.data.metrics)
+    assert child.data.metrics["objective"] == pytest.approx(
+        (child.data.metrics["fold0.all.ndcg"] + child.data.metrics["fold0.novel.ndcg"]
+         + child.data.metrics["fold1.all.ndcg"] + child.data.metrics["fold1.novel.ndcg"]) / 4)

@@ -65,6 +65,18 @@ def feedback_reports(snapshot: Snapshot) -> dict[str, pd.DataFrame]:
     return {f"responses/by_{key.removesuffix('_id')}": table for key, table in rates.items()}
 
 
+def validation_folds(experiment: Experiment, folds: int, days: float = DEFAULT_TEST_DAYS
+                     ) -> list[Experiment]:
+    """Consecutive windows of ``days`` just before the experiment's cut-off, newest first.
+
+    Tuning on these leaves the experiment's own test window unseen, so the champion gate,
+    which compares on that window, is not judging configs chosen on it.
+    """
+    cutoff = experiment.split.cutoff
+    return [prepare(experiment.snapshot, cutoff - pd.Timedelta(days=days * (i + 1)),
+                    k=experiment.k, window_days=days) for i in range(folds)]
+
+
 @dataclass
 class Trained:
     model: Recommender

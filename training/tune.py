@@ -50,12 +50,18 @@ class Tuned:
 def tune(
     experiment: Experiment, kind: str, trials: int, storage: str, study_name: str | None = None,
     seed: int = 42, report: Callable[[str], None] | None = None,
+    validation: list[Experiment] | None = None,
 ) -> Tuned:
-    """Search ``kind``'s space; the default config is trial 0 of a new study. The best
-    trial is refit on all data, logged under the study's run and registered as challenger."""
+    """Search ``kind``'s space; the default config is trial 0 of a new study.
+
+    Trials are judged by the mean objective over the ``validation`` splits (by default the
+    experiment's own split). The best trial is evaluated on the experiment's split, refit on
+    all data, logged under the study's run and registered as challenger.
+    """
+    folds = validation or [experiment]
     model_class = MODELS[kind]
     space = model_class.search_space
-    name = study_name or f"nbo-{kind}-{experiment.key}"
+    name = study_name or f"nbo-{kind}-{experiment.key}-folds{len(folds)}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=name, storage=storage, direction="maximize", load_if_exists=True,
@@ -66,13 +72,14 @@ def tune(
         defaults = model_class().params()
         study.enqueue_trial({key: defaults[key] for key in space})
     rng = np.random.default_rng(seed)
-    tests = experiment.split.test_customers
+    tests = folds[0].split.test_customers
     first = np.sort(rng.choice(tests, max(1, int(len(tests) * FIRST_LOOK)), replace=False))
 
     with mlflow.start_run(run_name=f"tune-{kind}") as parent:
         mlflow.set_tags({"nbo.model": kind, "nbo.split": experiment.key, "nbo.study": name})
         mlflow.log_params({"model": kind, "trials": trials, "storage": storage,
-                           "study": name, **experiment.params()})
+                           "study": name, "folds": ",".join(f.key for f in folds),
+                           **experiment.params()})
 
         def objective(trial: optuna.Trial) -> float:
             params = suggest(trial, space)
@@ -81,16 +88,23 @@ def tune(
                                    **{f"model.{k}": v for k, v in params.items()}})
                 if report:
                     report(f"trial {trial.number + 1}/{trials}: fitting")
-                model = create(kind, params).fit(experiment.split.data)
-                glance = objective_value(evaluate(model, experiment.split, experiment.k, first))
+                model = create(kind, params).fit(folds[0].split.data)
+                glance = objective_value(evaluate(model, folds[0].split, folds[0].k, first))
                 trial.report(glance, step=0)
                 if trial.should_prune():
                     mlflow.set_tag("nbo.trial", "pruned")
                     mlflow.log_metric("first_look", glance)
                     raise optuna.TrialPruned()
-                evaluation = evaluate(model, experiment.split, experiment.k)
-                value = objective_value(evaluation)
-                mlflow.log_metrics({**flat_metrics(evaluation), "objective": value})
+                values = []
+                for i, fold in enumerate(folds):
+                    if i:
+                        model = create(kind, params).fit(fold.split.data)
+                    evaluation = evaluate(model, fold.split, fold.k)
+                    values.append(objective_value(evaluation))
+                    mlflow.log_metrics({f"fold{i}.{k}": v
+                                        for k, v in flat_metrics(evaluation).items()})
+                value = float(np.mean(values))
+                mlflow.log_metric("objective", value)
                 mlflow.set_tag("nbo.trial", "complete")
                 return value
 
