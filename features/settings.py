@@ -35,6 +35,19 @@ class Settings(BaseSettings):
     )
     api_keys: str = Field("", description="Comma-separated API keys for the ranking endpoints.")
     admin_api_keys: str = Field("", description="Comma-separated API keys for admin endpoints.")
+    contact_max_impressions: int = Field(
+        3, ge=1, description="Impressions without a click after which an offer rests."
+    )
+    contact_window_days: float = Field(
+        14.0, gt=0, description="Window in days of the contact policy's impression count."
+    )
+    max_per_category: int = Field(3, ge=1, description="Offers per category in one list.")
+    model_tag: str = Field(
+        "nbo-ranker:latest", description="BentoML model the service serves (imported on promote)."
+    )
+    reload_seconds: float = Field(
+        10.0, ge=0, description="How often the service looks for a newer model; 0 = never."
+    )
     max_bad_share: float = Field(
         0.05, ge=0.0, le=1.0,
         description="Share of bad rows in any table above which a data job fails.",

@@ -28,28 +28,31 @@ def lifecycle_stage(
     now: pd.Timestamp,
     cfg: LifecycleConfig,
 ) -> pd.Series:
-    """Stage per customer; the first rule that matches wins.
+    """Stage per customer as of ``now`` (see :func:`stage_from_days`)."""
+    since_first = (now - first_purchase).dt.total_seconds() / 86_400
+    since_last = (now - last_purchase).dt.total_seconds() / 86_400
+    stage = stage_from_days(since_first.to_numpy(dtype=float), since_last.to_numpy(dtype=float),
+                            usual_gap_days.to_numpy(dtype=float), cfg)
+    return pd.Series(stage, index=first_purchase.index, name="lifecycle_stage")
+
+
+def stage_from_days(since_first: np.ndarray, since_last: np.ndarray, usual_gap_days: np.ndarray,
+                    cfg: LifecycleConfig) -> np.ndarray:
+    """Stage per customer from days since the first and last purchase (NaN: never bought);
+    the first rule that matches wins. Serving calls this on one customer per request.
 
     prospect: never bought. new: first purchase at most ``new_days`` ago. lapsed: last
     purchase more than ``lapsed_days`` ago. at_risk: last purchase longer ago than
     ``at_risk_days`` or than ``at_risk_gap_factor`` times the customer's usual gap. active:
     everyone else.
     """
-    since_first = (now - first_purchase).dt.total_seconds() / 86_400
-    since_last = (now - last_purchase).dt.total_seconds() / 86_400
-    own_limit = usual_gap_days * cfg.at_risk_gap_factor
-    risk_limit = np.fmin(own_limit.to_numpy(dtype=float), cfg.at_risk_days)
-    stage = np.select(
-        [
-            first_purchase.isna().to_numpy(),
-            (since_first <= cfg.new_days).to_numpy(),
-            (since_last > cfg.lapsed_days).to_numpy(),
-            (since_last > risk_limit).to_numpy(),
-        ],
+    risk_limit = np.fmin(usual_gap_days * cfg.at_risk_gap_factor, cfg.at_risk_days)
+    return np.select(
+        [np.isnan(since_first), since_first <= cfg.new_days, since_last > cfg.lapsed_days,
+         since_last > risk_limit],
         [Stage.prospect, Stage.new, Stage.lapsed, Stage.at_risk],
         default=Stage.active,
     )
-    return pd.Series(stage, index=first_purchase.index, name="lifecycle_stage")
 
 
 def age_band(birth_year: pd.Series, now: pd.Timestamp) -> pd.Series:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,25 @@ def test_unknown_customer_with_a_session_history_is_personalised(
     session = sparse.csr_matrix(([1.0, 1.0], ([0, 0], [0, 1])), shape=(1, len(data.items)))
     scores = model.score(["stranger"], history=session)[0]
     assert scores[2:half].mean() > scores[half:].mean()
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_a_forgotten_customer_is_unknown_and_leaves_no_trace(kind: str, board: tuple,
+                                                            tmp_path: Path) -> None:
+    data, _ = board
+    model = create(kind, FAST[kind]).fit(data)
+    gone, kept = data.customers.ids[0], data.customers.ids[1]
+    before_kept = model.score([kept])
+    assert model.forget([gone, "never-seen"]) == 1
+    assert model.customers.index_of([gone])[0] == -1
+    assert model.matrix[0].nnz == 0
+    np.testing.assert_allclose(model.score([gone])[0], model.popularity)
+    np.testing.assert_allclose(model.score([kept]), before_kept, rtol=1e-5, atol=1e-6)
+    stored = np.load(model.save(tmp_path / kind) / "arrays.npz")
+    for name in ("user_factors", "customer_group"):
+        if name in stored.files and len(stored[name]):
+            assert not np.any(stored[name][0] > 0), name
+    assert gone not in json.loads((tmp_path / kind / "customers.json").read_text())
 
 
 @pytest.mark.parametrize("kind", list(MODELS))

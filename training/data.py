@@ -31,7 +31,17 @@ class IdMap:
 
     def index_of(self, ids: pd.Series | list[str] | np.ndarray) -> np.ndarray:
         """Row per id; -1 for ids the map does not know."""
+        if isinstance(ids, list | np.ndarray) and len(ids) <= 16:  # a request's few ids
+            return np.fromiter((self.row(i) for i in ids), dtype=np.int64, count=len(ids))
         return self.ids.get_indexer(pd.Index(ids).astype(str))
+
+    def row(self, id_: object) -> int:
+        """Row of one id; -1 if the map does not know it."""
+        try:
+            found = self.ids.get_loc(str(id_))
+        except KeyError:
+            return -1
+        return found if isinstance(found, int) else -1
 
     def to_list(self) -> list[str]:
         return self.ids.tolist()

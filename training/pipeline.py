@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from features.context import serving_context, write_context
 from features.feedback import response_rates
 from features.snapshot import Snapshot, load_snapshot
 from training.data import TrainData
@@ -54,6 +56,15 @@ def prepare(snapshot_path: Path | Snapshot, cutoff: pd.Timestamp | None = None,
     split = time_split(snapshot.events, snapshot.products, snapshot.customers, moment,
                        snapshot.config, test_days=window_days, feedback=snapshot.feedback)
     return Experiment(snapshot, split, k)
+
+
+def write_serving_context(snapshot: Snapshot, folder: Path) -> Path:
+    """The offer table, customer state and consents serving reads, as of the snapshot."""
+    features = snapshot.features
+    tables = serving_context(snapshot.events, snapshot.products, snapshot.customers,
+                             snapshot.consents, features.customer_state,
+                             features.customer_features, snapshot.now)
+    return write_context(tables, snapshot.config, snapshot.now, folder)
 
 
 def feedback_reports(snapshot: Snapshot) -> dict[str, pd.DataFrame]:
@@ -101,7 +112,8 @@ def train(experiment: Experiment, kind: str, params: dict[str, Any] | None = Non
             report(f"logging {kind} to MLflow")
         logged = log_model_run(final, evaluation, experiment.snapshot.manifest, experiment.key,
                                experiment.params(), {"fit_seconds": seconds}, nested=nested,
-                               tables=feedback_reports(experiment.snapshot))
+                               tables=feedback_reports(experiment.snapshot),
+                               context=partial(write_serving_context, experiment.snapshot))
     return Trained(final, evaluation, seconds, logged)
 
 

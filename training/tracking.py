@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +25,7 @@ from training.models.base import Recommender
 MODEL_NAME = "nbo-ranker"
 EXPERIMENT = "nbo"
 CHALLENGER, CHAMPION = "challenger", "champion"
+CONTEXT_DIR = "context"  # serving tables inside the model folder
 GATE_METRICS = ("all.ndcg", "novel.ndcg")  # the champion gate compares these, on one split
 _REQUIREMENTS = ("numpy", "scipy", "pandas", "pyarrow", "pydantic", "implicit", "lightfm-next",
                  "scikit-learn")
@@ -96,9 +98,13 @@ def log_model_run(
     register: bool = True,
     nested: bool = False,
     tables: dict[str, pd.DataFrame] | None = None,
+    context: Callable[[Path], Any] | None = None,
 ) -> Logged:
     """One MLflow run: params, metrics, the feature manifest, the evaluation table and the
-    model as a pyfunc; registered as a new version with the alias ``challenger``."""
+    model as a pyfunc; registered as a new version with the alias ``challenger``.
+
+    ``context`` writes what serving needs besides the model (offer table, customer state,
+    consents) into the given folder, which goes into the model's artifact."""
     with mlflow.start_run(run_name=model.kind, nested=nested) as run:
         mlflow.set_tags({"nbo.model": model.kind, "nbo.split": split_key})
         mlflow.log_params({"model": model.kind, **{f"model.{k}": v for k, v in
@@ -110,6 +116,8 @@ def log_model_run(
             mlflow.log_text(table.to_csv(index=False), f"{name}.csv")
         with tempfile.TemporaryDirectory() as tmp:
             folder = model.save(Path(tmp) / "model")
+            if context is not None:
+                context(folder / CONTEXT_DIR)
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(Path(__file__).with_name("ranker_pyfunc.py")),
                 artifacts={"model": str(folder)}, signature=SIGNATURE,
@@ -232,11 +240,18 @@ def list_versions(client: MlflowClient) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def load_registered(client: MlflowClient, alias: str = CHAMPION) -> tuple[Recommender, str]:
-    """The model behind an alias and its version: everything serving needs is in its folder."""
+def registered_folder(client: MlflowClient, alias: str = CHAMPION,
+                      into: Path | None = None) -> tuple[Path, str]:
+    """The saved model folder behind an alias (with its serving context) and its version."""
     version = version_by_alias(client, alias)
     if version is None:
         raise LookupError(f"{MODEL_NAME} has no '{alias}' version yet; train and promote first")
-    folder = mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}@{alias}")
-    model_dir = next(Path(folder).rglob("model.json")).parent
-    return Recommender.load(model_dir), str(version.version)
+    folder = mlflow.artifacts.download_artifacts(
+        f"models:/{MODEL_NAME}@{alias}", dst_path=None if into is None else str(into))
+    return next(Path(folder).rglob("model.json")).parent, str(version.version)
+
+
+def load_registered(client: MlflowClient, alias: str = CHAMPION) -> tuple[Recommender, str]:
+    """The model behind an alias and its version: everything serving needs is in its folder."""
+    folder, version = registered_folder(client, alias)
+    return Recommender.load(folder), version

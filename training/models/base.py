@@ -115,6 +115,29 @@ class Recommender(ABC):
         known = sparse.diags((rows >= 0).astype(np.float32))
         return (known @ picked).tocsr()
 
+    # --- erasure ------------------------------------------------------------------------
+
+    def forget(self, customer_ids: list[str] | np.ndarray) -> int:
+        """Remove what the model holds for these customers (their history row and their own
+        parameters); they are unknown to the model afterwards. Returns how many it knew."""
+        rows = self.customers.index_of(np.asarray(customer_ids, dtype=object))
+        rows = np.unique(rows[rows >= 0])
+        if not len(rows):
+            return 0
+        keep = np.ones(self.matrix.shape[0], dtype=np.float32)
+        keep[rows] = 0.0
+        matrix = (sparse.diags(keep) @ self.matrix).tocsr()
+        matrix.eliminate_zeros()
+        self._forget_rows(rows)
+        self.matrix = matrix
+        ids = self.customers.ids.to_numpy(dtype=object).copy()
+        ids[rows] = [f"\0erased:{row}" for row in rows]  # no id of theirs is kept
+        self.customers = IdMap(ids)
+        return len(rows)
+
+    def _forget_rows(self, rows: np.ndarray) -> None:  # noqa: B027
+        """Zero the per-customer parameters of ``rows`` (models that have any)."""
+
     # --- explaining ---------------------------------------------------------------------
 
     def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray | None:

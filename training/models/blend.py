@@ -84,6 +84,10 @@ class Blend(Recommender):
                 return similarity
         return None
 
+    def _forget_rows(self, rows: np.ndarray) -> None:
+        for part in self.parts.values():
+            part.forget(part.customers.ids[rows])
+
     def save(self, path: Path) -> Path:
         super().save(path)
         for name, part in self.parts.items():

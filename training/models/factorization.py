@@ -50,6 +50,11 @@ class FactorModel(Recommender):
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"user_factors": self.user_factors, "item_factors": self.item_factors}
 
+    def _forget_rows(self, rows: np.ndarray) -> None:
+        factors = self.user_factors.copy()
+        factors[rows] = 0.0
+        self.user_factors = factors
+
     def _restore(self, arrays: dict[str, np.ndarray], path: Path) -> None:
         self.user_factors, self.item_factors = arrays["user_factors"], arrays["item_factors"]
 

@@ -147,6 +147,18 @@ class LightFMHybrid(Recommender):
             return [Reason("similar_customers") if r.code == "popular" else r for r in reasons]
         return reasons
 
+    def _forget_rows(self, rows: np.ndarray) -> None:
+        # identity features belong to one customer only: their embeddings go with them
+        features = self.user_features.tocsc()
+        owned = np.flatnonzero(np.diff(features.indptr) == 1)
+        mine = np.intersect1d(np.unique(self.user_features[rows].indices), owned)
+        embeddings = self.user_embeddings.copy()
+        embeddings[mine] = 0.0
+        keep = np.ones(self.user_features.shape[0], dtype=np.float32)
+        keep[rows] = 0.0
+        self.user_features = (sparse.diags(keep) @ self.user_features).tocsr()
+        self.user_embeddings = embeddings
+
     def _arrays(self) -> dict[str, np.ndarray]:
         f = self.user_features
         return {"user_embeddings": self.user_embeddings, "item_vectors": self.item_vectors,

@@ -58,7 +58,8 @@ class Popularity(Recommender):
         self.customer_group = codes.astype(np.int64)
 
     def _group_of(self, rows: np.ndarray, features: pd.DataFrame | None) -> np.ndarray:
-        group = np.where(rows >= 0, self.customer_group[np.maximum(rows, 0)], -1)
+        group = (np.where(rows >= 0, self.customer_group[np.maximum(rows, 0)], -1)
+                 if len(self.customer_group) else np.full(len(rows), -1))
         if features is not None and self.config.by in features:
             given = self.groups.get_indexer(features[self.config.by].astype(str))
             group = np.where(given >= 0, given, group)
@@ -79,6 +80,12 @@ class Popularity(Recommender):
     def explain(self, customer_id: str, product_ids: list[str],
                 history: sparse.csr_matrix | None = None) -> list[Reason]:
         return [Reason("popular") for _ in product_ids]
+
+    def _forget_rows(self, rows: np.ndarray) -> None:
+        if len(self.customer_group):
+            group = self.customer_group.copy()
+            group[rows] = -1
+            self.customer_group = group
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"group_scores": self.group_scores, "customer_group": self.customer_group,

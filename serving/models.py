@@ -1,0 +1,120 @@
+"""The champion in BentoML's model store, and swapping models in a running service.
+
+``nbo promote`` copies the MLflow champion's folder (model and serving context) into the
+BentoML model store as ``nbo-ranker``, labelled with its MLflow version, so ``bentoml build``
+packs it into a self-contained Bento. The service serves the newest entry and looks for a newer
+one every ``NBO_RELOAD_SECONDS``; a model that fails to load or to score is refused and the
+previous one keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import bentoml
+
+from serving.engine import Engine, PolicySettings
+from serving.metrics import METRICS
+from serving.store import Store
+
+MODEL_NAME = "nbo-ranker"
+CURRENT: ModelHolder | None = None  # the holder of this worker's service, for /readyz
+log = logging.getLogger("nbo.serving")
+
+
+def import_model(folder: Path, version: str) -> str:
+    """Copy a saved model folder into the BentoML model store; returns the new tag."""
+    if not (folder / "model.json").exists():
+        raise FileNotFoundError(f"{folder}: not a saved nbo model (no model.json)")
+    labels = {"mlflow_version": version}
+    with bentoml.models.create(MODEL_NAME, labels=labels,
+                               metadata={"imported_at": datetime.now(UTC).isoformat()}) as entry:
+        shutil.copytree(folder, entry.path, dirs_exist_ok=True)
+    return str(entry.tag)
+
+
+def newest(tag: str) -> bentoml.Model:
+    """The store entry for ``tag``; ``name:latest`` is the most recently imported."""
+    return bentoml.models.get(tag)
+
+
+@dataclass
+class Status:
+    """What /readyz reports."""
+
+    serving: str | None = None  # BentoML tag of the engine in use
+    version: str | None = None  # its MLflow version
+    since: str | None = None
+    refused: dict[str, str] = field(default_factory=dict)  # tag -> why
+
+
+class ModelHolder:
+    """Holds the engine in use; a request takes one reference and keeps it to the end, so
+    a swap never changes the model under a request in flight."""
+
+    def __init__(self, tag: str, store: Store, settings: PolicySettings) -> None:
+        self.tag, self.store, self.settings = tag, store, settings
+        self.status = Status()
+        self.engine: Engine | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def refresh(self) -> str:
+        """Load the newest model if it is not the one in use (or refused); says what it did."""
+        with self._lock:
+            try:
+                entry = newest(self.tag)
+            except bentoml.exceptions.NotFound:
+                return f"no model {self.tag} in the BentoML store; run 'nbo promote'"
+            tag = str(entry.tag)
+            if tag == self.status.serving:
+                return f"already serving {tag}"
+            if tag in self.status.refused:
+                return f"{tag} was refused: {self.status.refused[tag]}"
+            version = str(entry.info.labels.get("mlflow_version", entry.tag.version))
+            try:
+                engine = Engine.load(Path(entry.path), version, self.store, self.settings)
+            except Exception as error:  # any failure refuses the model, never the service
+                self.status.refused[tag] = f"{type(error).__name__}: {error}"
+                METRICS.reloads.labels(outcome="refused").inc()
+                log.error("refused model %s: %s", tag, error)
+                return f"refused {tag}: {self.status.refused[tag]}"
+            self.engine = engine
+            self.status.serving, self.status.version = tag, version
+            self.status.since = datetime.now(UTC).isoformat(timespec="seconds")
+            METRICS.reloads.labels(outcome="loaded").inc()
+            log.info("serving model %s (version %s)", tag, version)
+            return f"serving {tag} (version {version})"
+
+    def watch(self, seconds: float) -> None:
+        """Look for a newer model every ``seconds`` in a daemon thread."""
+        if seconds <= 0:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(seconds):
+                try:
+                    self.refresh()
+                except Exception:  # the watcher must outlive a broken store; logged
+                    log.exception("looking for a newer model failed")
+
+        threading.Thread(target=loop, name="nbo-model-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def wait_for(predicate: object, timeout: float = 10.0) -> bool:
+    """Poll ``predicate()`` until true or ``timeout`` seconds pass (tests, demo)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return True
+        time.sleep(0.05)
+    return False

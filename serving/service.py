@@ -1,0 +1,248 @@
+"""The BentoML service: wires HTTP to the ranking engine, the store and the model holder.
+
+Start with ``nbo serve`` (or ``bentoml serve serving.service:NboService``). Keys come from
+``NBO_API_KEYS`` and ``NBO_ADMIN_API_KEYS``; without them the service refuses to start.
+"""
+
+from __future__ import annotations
+
+import gc
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+import anyio.to_thread
+import bentoml
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import Field
+from starlette.responses import JSONResponse
+
+from features.settings import Settings, quiet_third_parties
+from serving import models
+from serving.engine import BLOCKS, Engine, PolicySettings, Ranking, RequestError
+from serving.engine import Request as RankRequest
+from serving.http import ApiKeys
+from serving.metrics import METRICS
+from serving.models import ModelHolder
+from serving.schemas import (
+    Block,
+    Channel,
+    ConsentUpdate,
+    FeedbackEvent,
+    FeedbackResponse,
+    Letter,
+    NewsletterResponse,
+    OfferOut,
+    RankContext,
+    RankResponse,
+    SimilarResponse,
+)
+from serving.store import Store
+
+quiet_third_parties()
+T = TypeVar("T")
+admin = FastAPI(title="nbo admin", openapi_url="/admin/openapi.json", docs_url=None,
+                redoc_url=None)
+
+
+@admin.exception_handler(RequestValidationError)
+async def invalid_admin_body(_: Request, error: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"error": "invalid request", "detail": error.errors()}, status_code=400)
+
+
+def error(message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def moment(settings: Settings, given: datetime | None) -> datetime:
+    """The request's ``now``, else the pinned setting, else the wall clock (naive UTC)."""
+    if given is None:
+        return settings.current_time()
+    return given.astimezone(UTC).replace(tzinfo=None) if given.tzinfo else given
+
+
+def ranking_body(ranking: Ranking) -> RankResponse:
+    return RankResponse(
+        request_id=ranking.request_id, model_version=ranking.model_version,
+        customer_id=ranking.customer_id, lifecycle_stage=ranking.lifecycle_stage,
+        fallback=ranking.fallback, withheld=ranking.withheld,
+        offers=[OfferOut(**vars(offer)) for offer in ranking.offers])
+
+
+def count(ranking: Ranking, endpoint: str) -> None:
+    METRICS.served.labels(endpoint=endpoint).inc(len(ranking.offers))
+    if ranking.fallback:
+        METRICS.fallbacks.labels(fallback=ranking.fallback).inc()
+    if ranking.withheld:
+        METRICS.withheld.labels(reason=ranking.withheld).inc()
+    for rule, removed in ranking.removed.items():
+        if removed:
+            METRICS.filtered.labels(rule=rule).inc(removed)
+
+
+@bentoml.asgi_app(admin, path="/")
+@bentoml.service(name="nbo", workers=1, traffic={"timeout": 60})
+class NboService:
+    """Rankings, newsletter blocks, similar offers and feedback, with the request-time policy
+    of DESIGN.md applied per request."""
+
+    def __init__(self) -> None:
+        self.settings = Settings()
+        if not self.settings.api_keys.strip() or not self.settings.admin_api_keys.strip():
+            raise RuntimeError("no API keys configured: set NBO_API_KEYS and NBO_ADMIN_API_KEYS "
+                               "(comma-separated); 'nbo demo' generates a pair")
+        self.store = Store(self.settings.consent_url())
+        self.holder = ModelHolder(self.settings.model_tag, self.store,
+                                  PolicySettings.from_settings(self.settings))
+        models.CURRENT = self.holder
+        self.holder.refresh()
+        self.holder.watch(self.settings.reload_seconds)
+        gc.freeze()  # the loaded model and libraries are long-lived: keep them out of GC scans
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        self.holder.stop()
+        self.store.close()
+
+    def __is_ready__(self) -> bool:
+        return self.holder.engine is not None
+
+    def __metrics__(self, content: str) -> str:
+        return content + METRICS.text()
+
+    def _engine(self) -> Engine:
+        engine = self.holder.engine
+        if engine is None:
+            raise RequestError("no model is loaded yet; promote one with 'nbo promote'", 503)
+        return engine
+
+    async def _answer(self, work: Callable[[], T], in_thread: bool = False) -> T | JSONResponse:
+        try:
+            return await anyio.to_thread.run_sync(work) if in_thread else work()
+        except RequestError as caller:
+            return error(str(caller), caller.status)
+
+    @bentoml.api(route="/rank")
+    async def rank(
+        self,
+        customer_id: Annotated[str, Field(min_length=1, max_length=128)],
+        channel: Channel = "web",
+        k: Annotated[int, Field(ge=1, le=100)] = 10,
+        context: RankContext | None = None,
+    ) -> RankResponse:
+        """Ranked offers for one customer on one channel, with reasons."""
+        given = context or RankContext()
+
+        def work() -> RankResponse:
+            engine = self._engine()
+            now = moment(self.settings, given.now)
+            consent = self.store.consent(customer_id, engine.settings.personalization_default)
+            request = RankRequest(customer_id, channel, k, now, given.product_id, given.cart,
+                                  given.session, given.region)
+            ranking = engine.rank(request, now, consent)
+            count(ranking, "rank")
+            return ranking_body(ranking)
+
+        return await self._answer(work)  # type: ignore[return-value]
+
+    @bentoml.api(route="/similar")
+    async def similar(
+        self,
+        product_id: Annotated[str, Field(min_length=1, max_length=128)],
+        k: Annotated[int, Field(ge=1, le=100)] = 10,
+        channel: Channel = "web",
+        customer_id: str | None = None,
+        now: datetime | None = None,
+    ) -> SimilarResponse:
+        """Offers similar to a product, for a product page or a cart."""
+
+        def work() -> SimilarResponse:
+            engine = self._engine()
+            at = moment(self.settings, now)
+            consent = (self.store.consent(customer_id, engine.settings.personalization_default)
+                       if customer_id else None)
+            ranking = engine.similar(product_id, k, channel, at, consent, customer_id)
+            count(ranking, "similar")
+            return SimilarResponse(request_id=ranking.request_id,
+                                   model_version=ranking.model_version, product_id=product_id,
+                                   offers=[OfferOut(**vars(o)) for o in ranking.offers])
+
+        return await self._answer(work)  # type: ignore[return-value]
+
+    @bentoml.api(route="/newsletter")
+    async def newsletter(
+        self,
+        customers: Annotated[list[str], Field(min_length=1, max_length=1000)],
+        blocks: list[Block] = list(BLOCKS),  # noqa: B006  (pydantic copies defaults)
+        now: datetime | None = None,
+    ) -> NewsletterResponse:
+        """Distinct offers per customer for the newsletter blocks, or why there is no mail."""
+
+        def work() -> NewsletterResponse:
+            engine = self._engine()
+            letters = engine.newsletter(customers, tuple(blocks), moment(self.settings, now))
+            for letter in letters:
+                METRICS.served.labels(endpoint="newsletter").inc(len(letter["blocks"]))
+            return NewsletterResponse(request_id=uuid.uuid4().hex, model_version=engine.version,
+                                      letters=[Letter.model_validate(x) for x in letters])
+
+        return await self._answer(work, in_thread=True)  # type: ignore[return-value]
+
+    @bentoml.api(route="/feedback")
+    async def feedback(
+        self, events: Annotated[list[FeedbackEvent], Field(min_length=1, max_length=10_000)]
+    ) -> FeedbackResponse:
+        """Impressions, clicks, conversions and dismissals; stored before the answer."""
+
+        def work() -> FeedbackResponse:
+            received = datetime.now(UTC).replace(tzinfo=None)
+            rows = [{**event.model_dump(), "timestamp": moment(self.settings, event.timestamp)}
+                    for event in events]
+            stored = self.store.append_feedback(rows, received)
+            for event in events:
+                METRICS.feedback.labels(action=event.action).inc()
+            engine = self.holder.engine
+            return FeedbackResponse(request_id=uuid.uuid4().hex,
+                                    model_version=engine.version if engine else "", stored=stored)
+
+        return await self._answer(work, in_thread=True)  # type: ignore[return-value]
+
+    # --- admin (FastAPI class views: path parameters, PUT and DELETE) -----------------
+
+    @admin.put("/consents/{customer_id}")
+    async def set_consents(self, customer_id: str, update: ConsentUpdate) -> dict[str, Any]:
+        """Change a customer's consents; effective on the next request; kept in the trail."""
+        at = datetime.now(UTC).replace(tzinfo=None)
+        changes = {c.purpose: (c.granted, c.double_opt_in) for c in update.consents}
+        trail = await anyio.to_thread.run_sync(
+            lambda: self.store.set_consents(customer_id, changes, update.source, at))
+        return {"request_id": uuid.uuid4().hex, "customer_id": customer_id,
+                "changes": [{k: (v.isoformat() if isinstance(v, datetime) else v)
+                             for k, v in change.items()} for change in trail]}
+
+    @admin.delete("/customers/{customer_id}")
+    async def erase(self, customer_id: str, source: str = "api") -> dict[str, Any]:
+        """Erase a customer from consents, feedback, state and the model."""
+
+        def work() -> dict[str, Any]:
+            engine = self.holder.engine
+            held = engine.forget(customer_id) if engine is not None else {}
+            erasure = self.store.erase(customer_id, source, datetime.now(UTC).replace(
+                tzinfo=None), held)
+            return {"request_id": uuid.uuid4().hex, "erasure_id": erasure.erasure_id,
+                    "removed": erasure.removed}
+
+        return await anyio.to_thread.run_sync(work)
+
+    @admin.post("/admin/reload")
+    async def reload(self) -> dict[str, Any]:
+        """Look for a newer model now instead of waiting for the next poll."""
+        message = await anyio.to_thread.run_sync(self.holder.refresh)
+        status = self.holder.status
+        return {"message": message, "model": status.serving, "model_version": status.version,
+                "refused": status.refused}
+
+
+NboService.add_asgi_middleware(ApiKeys)  # type: ignore[arg-type]

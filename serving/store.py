@@ -1,0 +1,334 @@
+"""The service's database through SQLAlchemy: consents with their audit trail, the feedback
+log, and erasures. A SQLite file by default, PostgreSQL (or any SQLAlchemy URL) by setting.
+
+Every write commits before it returns, so an acknowledged change or feedback call is durable;
+every read goes to the database, so a change is effective on the next request in every worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+)
+
+from features.columns import MESSAGING_CHANNELS, PURPOSES
+from features.columns import Columns as C
+from serving.policy import Consent
+
+
+class Exposure(NamedTuple):
+    """A customer's recent exposure to offers: parallel per product."""
+
+    product_ids: list[str]
+    shown: np.ndarray  # impressions in the window
+    clicked: np.ndarray  # clicked or bought in the window
+
+
+NO_EXPOSURE = Exposure([], np.zeros(0, np.int64), np.zeros(0, bool))
+metadata = MetaData()
+consents = Table(
+    "consents", metadata,
+    Column("customer_id", String(128), primary_key=True),
+    Column("purpose", String(32), primary_key=True),
+    Column("granted", Boolean, nullable=False),
+    Column("double_opt_in", Boolean, nullable=False, default=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("source", String(64), nullable=False),
+)
+consent_changes = Table(
+    "consent_changes", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("customer_id", String(128), nullable=False, index=True),
+    Column("purpose", String(32), nullable=False),
+    Column("granted", Boolean, nullable=False),
+    Column("double_opt_in", Boolean, nullable=False),
+    Column("previous", String(16), nullable=False),  # granted / denied / none
+    Column("changed_at", DateTime, nullable=False),
+    Column("source", String(64), nullable=False),
+)
+feedback = Table(
+    "feedback", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("customer_id", String(128), nullable=False),
+    Column("product_id", String(128), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("channel", String(16), nullable=True),
+    Column("request_id", String(64), nullable=True),
+    Column("position", Float, nullable=True),
+    Column("model_version", String(32), nullable=True),
+    Column("timestamp", DateTime, nullable=False),
+    Column("received_at", DateTime, nullable=False),
+    Index("feedback_customer_time", "customer_id", "timestamp"),
+)
+erasures = Table(
+    "erasures", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("erased_at", DateTime, nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("removed", Text, nullable=False),  # JSON counts per kind of data; no identifiers
+)
+suppressed = Table(  # keyed hashes of erased ids, so a reloaded model does not bring them back
+    "suppressed", metadata,
+    Column("token", String(64), primary_key=True),
+)
+settings_table = Table(
+    "store_settings", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Erasure:
+    erasure_id: int
+    removed: dict[str, int]
+
+
+class Store:
+    """Consents, feedback and erasures in one SQLAlchemy database."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.url = url
+        self.engine: Engine = create_engine(url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+        self._key = self._secret()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- consents -----------------------------------------------------------------------
+
+    def seed_consents(self, frame: pd.DataFrame, label: str) -> int:
+        """Load a dataset's consents once per ``label`` (its fingerprint); records the store
+        already holds (changed through the API since) are kept, erased customers skipped."""
+        key = f"seeded:{label}"
+        with self.engine.begin() as db:
+            if db.execute(select(settings_table.c.key).where(settings_table.c.key == key)
+                          ).first():
+                return 0
+            rows = frame[[C.customer, C.purpose, C.granted, C.double_opt_in, C.updated_at,
+                          C.source]].copy()
+            rows[C.customer] = rows[C.customer].astype(str)
+            rows = rows.sort_values(C.updated_at).drop_duplicates([C.customer, C.purpose],
+                                                                   keep="last")
+            held = {(r.customer_id, r.purpose) for r in db.execute(
+                select(consents.c.customer_id, consents.c.purpose))}
+            gone = {r.token for r in db.execute(select(suppressed.c.token))}
+            records = [
+                {"customer_id": r.customer_id, "purpose": r.purpose, "granted": bool(r.granted),
+                 "double_opt_in": bool(r.double_opt_in) if pd.notna(r.double_opt_in) else False,
+                 "updated_at": pd.Timestamp(r.updated_at).to_pydatetime(),
+                 "source": str(r.source) if pd.notna(r.source) else "dataset"}
+                for r in rows.itertuples(index=False)
+                if (r.customer_id, r.purpose) not in held and self.token(r.customer_id) not in gone
+            ]
+            for start in range(0, len(records), 5_000):
+                db.execute(insert(consents), records[start:start + 5_000])
+            db.execute(insert(settings_table), [{"key": key, "value": str(len(records))}])
+        return len(records)
+
+    def consent(self, customer_id: str, personalization_default: bool) -> Consent:
+        return self.consents_of([customer_id], personalization_default)[customer_id]
+
+    def consents_of(self, customer_ids: Iterable[str], personalization_default: bool
+                    ) -> dict[str, Consent]:
+        """Effective consent per customer: personalisation from the setting where the customer
+        has no record of it; messaging channels and sensitive offers never assumed."""
+        ids = list(dict.fromkeys(customer_ids))
+        records: dict[str, dict[str, tuple[bool, bool]]] = {cid: {} for cid in ids}
+        with self.engine.connect() as db:
+            for start in range(0, len(ids), 900):
+                query = select(consents.c.customer_id, consents.c.purpose, consents.c.granted,
+                               consents.c.double_opt_in).where(
+                    consents.c.customer_id.in_(ids[start:start + 900]))
+                for row in db.execute(query):
+                    records[row.customer_id][row.purpose] = (row.granted, row.double_opt_in)
+        return {cid: _effective(held, personalization_default) for cid, held in records.items()}
+
+    def with_consent_records(self, customer_ids: Iterable[str]) -> set[str]:
+        """The customers among ``customer_ids`` the store holds any consent record of."""
+        ids, found = list(dict.fromkeys(customer_ids)), set()
+        with self.engine.connect() as db:
+            for start in range(0, len(ids), 900):
+                found |= {row.customer_id for row in db.execute(
+                    select(consents.c.customer_id).distinct().where(
+                        consents.c.customer_id.in_(ids[start:start + 900])))}
+        return found
+
+    def set_consents(self, customer_id: str, changes: dict[str, tuple[bool, bool]],
+                     source: str, at: datetime) -> list[dict[str, Any]]:
+        """Apply ``{purpose: (granted, double_opt_in)}`` and log each change in the trail."""
+        unknown = sorted(set(changes) - set(PURPOSES))
+        if unknown:
+            raise ValueError(f"unknown consent purpose(s) {unknown}; known: {list(PURPOSES)}")
+        trail = []
+        with self.engine.begin() as db:
+            for purpose, (granted, double_opt_in) in changes.items():
+                key = (consents.c.customer_id == customer_id) & (consents.c.purpose == purpose)
+                old = db.execute(select(consents.c.granted).where(key)).first()
+                previous = "none" if old is None else ("granted" if old.granted else "denied")
+                db.execute(delete(consents).where(key))
+                row = {"customer_id": customer_id, "purpose": purpose, "granted": granted,
+                       "double_opt_in": double_opt_in, "updated_at": at, "source": source}
+                db.execute(insert(consents), [row])
+                change = {"customer_id": customer_id, "purpose": purpose, "granted": granted,
+                          "double_opt_in": double_opt_in, "previous": previous,
+                          "changed_at": at, "source": source}
+                db.execute(insert(consent_changes), [change])
+                trail.append(change)
+        return trail
+
+    def consent_trail(self, customer_id: str) -> pd.DataFrame:
+        with self.engine.connect() as db:
+            query = select(consent_changes).where(consent_changes.c.customer_id == customer_id
+                                                  ).order_by(consent_changes.c.id)
+            return pd.DataFrame(db.execute(query).mappings().all())
+
+    # --- feedback -----------------------------------------------------------------------
+
+    def append_feedback(self, rows: list[dict[str, Any]], received_at: datetime) -> int:
+        if not rows:
+            return 0
+        with self.engine.begin() as db:
+            db.execute(insert(feedback), [{**row, "received_at": received_at} for row in rows])
+        return len(rows)
+
+    def exposure(self, customer_id: str, since: datetime) -> Exposure:
+        """Per product: impressions and whether it was clicked or bought since ``since``."""
+        return self.exposures([customer_id], since).get(customer_id, NO_EXPOSURE)
+
+    def exposures(self, customer_ids: list[str], since: datetime) -> dict[str, Exposure]:
+        """:meth:`exposure` for many customers in one query per 900 ids."""
+        responded = case((feedback.c.action.in_(("click", "conversion")), 1), else_=0)
+        shown = case((feedback.c.action == "impression", 1), else_=0)
+        rows = []
+        ids = list(dict.fromkeys(customer_ids))
+        with self.engine.connect() as db:
+            for start in range(0, len(ids), 900):
+                query = (select(feedback.c.customer_id, feedback.c.product_id,
+                                func.sum(shown).label("shown"),
+                                func.max(responded).label("clicked"))
+                         .where(feedback.c.customer_id.in_(ids[start:start + 900])
+                                & (feedback.c.timestamp >= since))
+                         .group_by(feedback.c.customer_id, feedback.c.product_id))
+                rows.extend(db.execute(query).all())
+        grouped: dict[str, list[Any]] = {}
+        for row in rows:
+            grouped.setdefault(row.customer_id, []).append(row)
+        return {cid: Exposure([r.product_id for r in part],
+                              np.array([r.shown for r in part], dtype=np.int64),
+                              np.array([bool(r.clicked) for r in part], dtype=bool))
+                for cid, part in grouped.items()}
+
+    def feedback_frame(self) -> pd.DataFrame:
+        """The whole feedback log in the data contract's ``feedback`` columns."""
+        columns = [C.customer, C.product, C.action, C.channel, C.request_id, C.position,
+                   C.model_version, C.timestamp]
+        with self.engine.connect() as db:
+            rows = db.execute(select(*(feedback.c[c] for c in columns)).order_by(feedback.c.id)
+                              ).all()
+        return pd.DataFrame(rows, columns=columns)
+
+    # --- erasure ------------------------------------------------------------------------
+
+    def erase(self, customer_id: str, source: str, at: datetime,
+              held_elsewhere: dict[str, int]) -> Erasure:
+        """Delete the customer's consents, consent trail and feedback; keep a record of the
+        erasure with counts only, and a keyed hash so the customer stays erased."""
+        with self.engine.begin() as db:
+            removed = {
+                "consents": db.execute(delete(consents).where(
+                    consents.c.customer_id == customer_id)).rowcount,
+                "consent_changes": db.execute(delete(consent_changes).where(
+                    consent_changes.c.customer_id == customer_id)).rowcount,
+                "feedback": db.execute(delete(feedback).where(
+                    feedback.c.customer_id == customer_id)).rowcount,
+                **held_elsewhere,
+            }
+            token = self.token(customer_id)
+            if not db.execute(select(suppressed.c.token).where(suppressed.c.token == token)
+                              ).first():
+                db.execute(insert(suppressed), [{"token": token}])
+            result = db.execute(insert(erasures), [{"erased_at": at, "source": source,
+                                                    "removed": json.dumps(removed)}])
+            erasure_id = int(result.inserted_primary_key[0]) if result.inserted_primary_key \
+                else -1
+        return Erasure(erasure_id, removed)
+
+    def erased_tokens(self) -> set[str]:
+        with self.engine.connect() as db:
+            return {row.token for row in db.execute(select(suppressed.c.token))}
+
+    def erasure_log(self) -> pd.DataFrame:
+        with self.engine.connect() as db:
+            return pd.DataFrame(db.execute(select(erasures).order_by(erasures.c.id))
+                                .mappings().all())
+
+    def token(self, customer_id: str) -> str:
+        return hmac.new(self._key, str(customer_id).encode(), hashlib.sha256).hexdigest()
+
+    def tokens(self, customer_ids: np.ndarray) -> np.ndarray:
+        return np.asarray([self.token(cid) for cid in customer_ids], dtype=object)
+
+    def _secret(self) -> bytes:
+        with self.engine.begin() as db:
+            row = db.execute(select(settings_table.c.value).where(
+                settings_table.c.key == "erasure_key")).first()
+            if row is not None:
+                return bytes.fromhex(row.value)
+            key = secrets.token_bytes(32)
+            db.execute(insert(settings_table), [{"key": "erasure_key", "value": key.hex()}])
+            return key
+
+
+def _effective(held: dict[str, tuple[bool, bool]], personalization_default: bool) -> Consent:
+    def granted(purpose: str) -> bool:
+        return purpose in held and held[purpose][0]
+
+    channels = {ch for ch in MESSAGING_CHANNELS if granted(ch)}
+    if "email" in channels and not held["email"][1]:
+        channels.discard("email")  # e-mail needs double opt-in
+    personalization = held["personalization"][0] if "personalization" in held \
+        else personalization_default
+    return Consent(personalization, frozenset(channels), granted("sensitive"))
+
+
+def _sqlite_pragmas(connection: Any, _: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers don't wait for the writer
+    cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives a crash
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()

@@ -1,0 +1,231 @@
+"""The service over in-process HTTP (``to_asgi()``): auth, every endpoint, validation,
+consent changes effective on the next call, erasure, model reloads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from features.snapshot import load_snapshot
+
+KEY, ADMIN = "rank-key-1", "admin-key-1"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+ADMIN_AUTH = {"X-API-Key": ADMIN}
+
+
+@pytest.fixture
+def service_env(model_dir: Path, snapshot_dir: Path, tmp_path: Path,
+                monkeypatch: pytest.MonkeyPatch) -> Path:
+    from serving.models import import_model
+
+    import_model(model_dir, "1")
+    monkeypatch.setenv("NBO_API_KEYS", f"{KEY},another-key")
+    monkeypatch.setenv("NBO_ADMIN_API_KEYS", ADMIN)
+    monkeypatch.setenv("NBO_CONSENT_DB_URL", f"sqlite:///{tmp_path / 'consent.db'}")
+    monkeypatch.setenv("NBO_NOW", load_snapshot(snapshot_dir).now.isoformat())
+    monkeypatch.setenv("NBO_RELOAD_SECONDS", "0")
+    return tmp_path
+
+
+@pytest.fixture
+def client(service_env: Path) -> Iterator[TestClient]:
+    from serving.service import NboService
+
+    with TestClient(NboService.to_asgi()) as http:
+        yield http
+    forget_bentoml_collectors()
+
+
+def forget_bentoml_collectors() -> None:
+    """Each in-process app registers BentoML's request metrics in the process-wide registry;
+    a server process builds one app, a test session many."""
+    import prometheus_client
+
+    registry = prometheus_client.REGISTRY
+    for collector, names in list(registry._collector_to_names.items()):
+        if any(name.startswith("bentoml_") for name in names):
+            registry.unregister(collector)
+
+
+@pytest.fixture(scope="module")
+def people(snapshot_dir: Path) -> dict[str, str]:
+    """Customers of the shop by what the tests need of them."""
+    snapshot = load_snapshot(snapshot_dir)
+    consents = snapshot.consents.pivot_table(index="customer_id", columns="purpose",
+                                             values="granted", aggfunc="last")
+    doi = snapshot.consents[snapshot.consents["purpose"] == "email"].set_index(
+        "customer_id")["double_opt_in"]
+    state = snapshot.features.customer_state.set_index("customer_id")
+    buyers = state.index[state["purchases"] > 3]
+    mailable = consents.index[(consents.get("email") == True) & doi.reindex(  # noqa: E712
+        consents.index).fillna(False).astype(bool)]
+    no_email = consents.index[consents.get("email") != True]  # noqa: E712
+    return {
+        "buyer": next(c for c in buyers if c in mailable
+                      and consents.loc[c].get("personalization") == True),  # noqa: E712
+        "no_email": next(c for c in buyers if c in no_email),
+    }
+
+
+def test_every_endpoint_but_health_and_metrics_needs_a_key(client: TestClient) -> None:
+    body = {"customer_id": "c0000001"}
+    refused = [client.post("/rank", json=body),
+               client.post("/rank", json=body, headers={"Authorization": "Bearer wrong"}),
+               client.post("/rank", json=body, headers={"X-API-Key": ADMIN}),
+               client.put("/consents/c1", json={"consents": [
+                   {"purpose": "email", "granted": True}]}, headers=AUTH),
+               client.delete("/customers/c1", headers=AUTH)]
+    for response in refused:
+        assert response.status_code == 401
+        assert response.json() == {"error": "missing or invalid API key"}
+    assert client.post("/rank", json=body, headers={"X-API-Key": "another-key"}).status_code == 200
+    for path in ("/livez", "/readyz", "/metrics"):
+        assert client.get(path).status_code == 200
+
+
+def test_rank_answers_the_designed_shape(client: TestClient, people: dict) -> None:
+    response = client.post("/rank", json={"customer_id": people["buyer"], "k": 7}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) >= {"request_id", "model_version", "customer_id", "lifecycle_stage",
+                         "fallback", "offers"}
+    assert body["model_version"] == "1" and body["fallback"] is None
+    offers = body["offers"]
+    assert 0 < len(offers) <= 7
+    assert [o["rank"] for o in offers] == list(range(1, len(offers) + 1))
+    assert len({o["product_id"] for o in offers}) == len(offers)
+    assert all(o["reason"] and o["title"] for o in offers)
+
+
+@pytest.mark.parametrize("body", [
+    {"customer_id": "c1", "k": 0},
+    {"customer_id": "c1", "channel": "fax"},
+    {"customer_id": ""},
+    {"k": 3},
+    {"customer_id": "c1", "context": {"cart": ["no-such-product"]}},
+    {"customer_id": "c1", "context": {"unknown_field": 1}},
+])
+def test_caller_mistakes_are_4xx_json_objects(client: TestClient, body: dict) -> None:
+    response = client.post("/rank", json=body, headers=AUTH)
+    assert response.status_code == 400, response.text
+    assert isinstance(response.json(), dict) and response.json()["error"]
+    assert "Traceback" not in response.text
+
+
+def test_a_consent_change_is_effective_on_the_next_request(client: TestClient,
+                                                          people: dict) -> None:
+    customer = people["buyer"]
+    before = client.post("/rank", json={"customer_id": customer}, headers=AUTH).json()
+    assert before["fallback"] is None
+    change = client.put(f"/consents/{customer}", headers=ADMIN_AUTH, json={
+        "consents": [{"purpose": "personalization", "granted": False}], "source": "crm"})
+    assert change.status_code == 200, change.text
+    assert change.json()["changes"][0]["previous"] == "granted"
+    after = client.post("/rank", json={"customer_id": customer}, headers=AUTH).json()
+    assert after["fallback"] == "non_personalised"
+    assert all("because you" not in o["reason"] for o in after["offers"])
+
+
+def test_messaging_channels_need_their_consent(client: TestClient, people: dict) -> None:
+    body = client.post("/rank", json={"customer_id": people["no_email"], "channel": "email"},
+                       headers=AUTH).json()
+    assert body["offers"] == [] and "e-mail consent" in body["withheld"]
+    letter = client.post("/newsletter", json={"customers": [people["no_email"]]},
+                         headers=AUTH).json()["letters"][0]
+    assert letter["blocks"] == [] and "e-mail consent" in letter["no_mail"]
+
+
+def test_newsletter_blocks_are_distinct_and_capped(client: TestClient, people: dict) -> None:
+    response = client.post("/newsletter", json={"customers": [people["buyer"], "stranger"]},
+                           headers=AUTH)
+    assert response.status_code == 200, response.text
+    buyer, stranger = response.json()["letters"]
+    products = [b["product_id"] for b in buyer["blocks"]]
+    assert products and len(products) == len(set(products))
+    assert stranger["no_mail"] == "unknown customer"
+    too_many = client.post("/newsletter", json={"customers": [f"c{i}" for i in range(1001)]},
+                           headers=AUTH)
+    assert too_many.status_code == 400
+
+
+def test_offers_shown_without_a_click_rest(client: TestClient, people: dict) -> None:
+    customer = people["buyer"]
+    first = client.post("/rank", json={"customer_id": customer}, headers=AUTH).json()
+    top = first["offers"][0]["product_id"]
+    events = [{"customer_id": customer, "product_id": top, "action": "impression",
+               "channel": "web", "request_id": first["request_id"], "position": 1}] * 3
+    stored = client.post("/feedback", json={"events": events}, headers=AUTH)
+    assert stored.status_code == 200 and stored.json()["stored"] == 3
+    again = client.post("/rank", json={"customer_id": customer}, headers=AUTH).json()
+    assert top not in [o["product_id"] for o in again["offers"]]
+    bad = client.post("/feedback", json={"events": [{**events[0], "action": "liked"}]},
+                      headers=AUTH)
+    assert bad.status_code == 400
+
+
+def test_similar_offers_exclude_the_product_itself(client: TestClient, model_dir: Path) -> None:
+    product = json.loads((model_dir / "items.json").read_text())[0]
+    body = client.post("/similar", json={"product_id": product, "k": 5}, headers=AUTH).json()
+    assert 0 < len(body["offers"]) <= 5
+    assert product not in [o["product_id"] for o in body["offers"]]
+    missing = client.post("/similar", json={"product_id": "nope"}, headers=AUTH)
+    assert missing.status_code == 400
+
+
+def test_erasure_removes_the_customer_everywhere(client: TestClient, people: dict,
+                                                 service_env: Path) -> None:
+    customer = people["buyer"]
+    client.post("/feedback", headers=AUTH, json={"events": [
+        {"customer_id": customer, "product_id": "p00001", "action": "click"}]})
+    response = client.delete(f"/customers/{customer}", headers=ADMIN_AUTH)
+    assert response.status_code == 200, response.text
+    removed = response.json()["removed"]
+    assert removed["consents"] > 0 and removed["feedback"] == 1 and removed["model_rows"] == 1
+    after = client.post("/rank", json={"customer_id": customer}, headers=AUTH).json()
+    assert after["fallback"] in ("popular", "popular_in_region")
+    letter = client.post("/newsletter", json={"customers": [customer]}, headers=AUTH).json()
+    assert letter["letters"][0]["no_mail"] == "erased"
+    log = (service_env / "consent.db").read_bytes()
+    assert customer.encode() not in log.replace(b"\0", b"")  # nothing kept in clear
+
+
+def test_metrics_count_served_offers_and_filters(client: TestClient, people: dict) -> None:
+    client.post("/rank", json={"customer_id": people["buyer"]}, headers=AUTH)
+    text = client.get("/metrics").text
+    assert "nbo_served_offers_total" in text and 'endpoint="rank"' in text
+
+
+def test_a_broken_model_is_refused_and_the_old_one_keeps_serving(
+        client: TestClient, model_dir: Path, tmp_path: Path, people: dict) -> None:
+    from serving.models import import_model
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / "arrays.npz").write_bytes(b"not an archive")
+    import_model(broken, "2")
+    reload = client.post("/admin/reload", headers=ADMIN_AUTH).json()
+    assert "refused" in reload["message"] and reload["model_version"] == "1"
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["model_version"] == "1"
+    assert ready.json()["refused"]
+    ranked = client.post("/rank", json={"customer_id": people["buyer"]}, headers=AUTH)
+    assert ranked.status_code == 200 and ranked.json()["model_version"] == "1"
+    import_model(model_dir, "3")
+    assert "serving" in client.post("/admin/reload", headers=ADMIN_AUTH).json()["message"]
+    assert client.post("/rank", json={"customer_id": people["buyer"]},
+                       headers=AUTH).json()["model_version"] == "3"
+
+
+def test_without_keys_the_service_refuses_to_start(service_env: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.service import NboService
+
+    monkeypatch.setenv("NBO_API_KEYS", "")
+    with pytest.raises(RuntimeError, match="no API keys"), TestClient(NboService.to_asgi()):
+        pass
+    forget_bentoml_collectors()
