@@ -38,9 +38,13 @@ app.add_typer(features_app, name="features")
 
 
 def main() -> None:
+    import os
+
     from features.settings import quiet_third_parties
 
     quiet_third_parties()
+    # BentoML's model store lives with the other embedded stores unless told otherwise
+    os.environ.setdefault("BENTOML_HOME", str(settings().home.resolve() / "bentoml"))
     app()
 
 
@@ -405,12 +409,27 @@ def promote(
     the same split (all.ndcg and novel.ndcg); the comparison is printed and logged."""
     from training.tracking import promote as run
 
-    decision = run(_tracking(), force=force)
+    client = _tracking()
+    decision = run(client, force=force)
     if len(decision.comparison):
         print_frame(decision.comparison, "challenger vs champion")
     console.print(decision.message)
     if not decision.promoted:
         raise typer.Exit(1)
+    console.print(f"published to the BentoML model store as {_publish_champion(client)}; a "
+                  "running service switches to it within NBO_RELOAD_SECONDS")
+
+
+def _publish_champion(client: Any) -> str:
+    """Copy the champion (model and serving context) into BentoML's model store."""
+    import tempfile
+
+    from serving.models import import_model
+    from training.tracking import registered_folder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, version = registered_folder(client, into=Path(tmp))
+        return import_model(folder, version)
 
 
 @app.command()
@@ -433,13 +452,20 @@ def demo(
     customers: Annotated[int, typer.Option(min=50, help="Customers in the generated shop.")
                          ] = 2_000,
     seed: Annotated[int, typer.Option(help="Random seed of the shop.")] = 42,
+    port: Annotated[int, typer.Option(help="Port of the demo service.")] = 3000,
+    stop: Annotated[bool, typer.Option(help="Only stop a demo service started before.")
+                    ] = False,
 ) -> None:
     """The main job on embedded defaults: generate a shop, validate it, build features,
-    compare the candidate models, register the best in MLflow and promote it. Files go to
-    NBO_HOME (default .nbo)."""
+    compare the candidate models, register the best in MLflow, promote it, and start the
+    service with fresh API keys, leaving it running. Files go to NBO_HOME (default .nbo)."""
     import pandas as pd
 
     home = settings().home
+    if stop:
+        stopped = stop_demo_service(home.resolve())
+        console.print("stopped the demo service" if stopped else "no demo service was running")
+        return
     shop, snapshot = home / "demo" / "shop", home / "demo" / "snapshot"
     console.rule("nbo demo")
     counts = _generate(shop, customers, seed, datetime(2026, 6, 30), "parquet")
@@ -459,6 +485,7 @@ def demo(
                       f"{row.median_value:,.0f}", row.top_categories)
     console.print(table)
     _demo_models(snapshot)
+    _demo_service(snapshot, port)
 
 
 def _demo_models(snapshot: Path) -> None:
@@ -485,6 +512,186 @@ def _demo_models(snapshot: Path) -> None:
                   f"{settings().tracking_uri()})")
     decision = run_promotion(client)
     console.print(f"5. {decision.message}")
+    console.print(f"6. published the champion to BentoML's model store as "
+                  f"{_publish_champion(client)}")
+
+
+def _demo_service(snapshot: Path, port: int) -> None:
+    """Start the service in the background with fresh keys and show a ranking from it."""
+    import json
+    import os
+    import secrets
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from features.snapshot import load_snapshot
+
+    home = settings().home.resolve()
+    stop_demo_service(home)
+    keys = {"NBO_API_KEYS": secrets.token_urlsafe(24),
+            "NBO_ADMIN_API_KEYS": secrets.token_urlsafe(24)}
+    now = load_snapshot(snapshot).now.isoformat()
+    env = {**os.environ, **keys, "NBO_NOW": now, "NBO_HOME": str(home)}
+    log = (home / "serve.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "serving.service:NboService", "--port",
+         str(port), "--host", "127.0.0.1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (home / "serve.pid").write_text(str(server.pid))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise fail(f"the service exited with code {server.returncode}; see {log.name}", 1)
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        raise fail(f"the service did not get ready within 120 s; see {log.name}", 1)
+    customer = _demo_customer(snapshot)
+    auth = {"Authorization": f"Bearer {keys['NBO_API_KEYS']}"}
+    ranking = httpx.post(f"{url}/rank", json={"customer_id": customer, "k": 5}, headers=auth,
+                         timeout=10).json()
+    console.print(f"7. the service runs at {url} (pid {server.pid}, log {log.name}, 'now' "
+                  f"pinned to {now}); {customer} is {ranking['lifecycle_stage']}:")
+    print_frame(_offers_frame(ranking["offers"]), f"POST /rank for {customer}")
+    rank_body = json.dumps({"customer_id": customer, "k": 5})
+    letter_body = json.dumps({"customers": [customer]})
+    console.print("Try it:", highlight=False)
+    for path, body in (("rank", rank_body), ("newsletter", letter_body)):
+        console.print(f"  curl -s -X POST {url}/{path} -H 'Authorization: Bearer "
+                      f"{keys['NBO_API_KEYS']}' -H 'Content-Type: application/json' "
+                      f"-d '{body}'", highlight=False, soft_wrap=True)
+    console.print(f"  admin key (PUT /consents/..., DELETE /customers/...): "
+                  f"{keys['NBO_ADMIN_API_KEYS']}", highlight=False, soft_wrap=True)
+    console.print(f"Stop it with: kill {server.pid}   (or: nbo demo --stop)", highlight=False)
+
+
+def stop_demo_service(home: Path) -> bool:
+    import os
+    import signal
+
+    pid_file = home / "serve.pid"
+    if not pid_file.exists():
+        return False
+    try:
+        os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+        stopped = True
+    except (ProcessLookupError, ValueError, PermissionError):
+        stopped = False
+    pid_file.unlink()
+    return stopped
+
+
+def _demo_customer(snapshot: Path) -> str:
+    """A customer with several purchases and e-mail consent: the ranking has something to
+    show and the newsletter curl answers with blocks."""
+    from features.snapshot import load_snapshot
+
+    snap = load_snapshot(snapshot)
+    state = snap.features.customer_state
+    consents = snap.consents
+    mailable = set(consents.loc[(consents["purpose"] == "email") & consents["granted"]
+                                & consents["double_opt_in"], "customer_id"])
+    denied = set(consents.loc[(consents["purpose"] == "personalization") & ~consents["granted"],
+                              "customer_id"])
+    ranked = state[state["lifecycle_stage"] == "active"].sort_values("orders", ascending=False)
+    for customer in ranked["customer_id"]:
+        if customer in mailable and customer not in denied:
+            return str(customer)
+    return str(ranked["customer_id"].iloc[0])
+
+
+def _offers_frame(offers: list[dict[str, Any]]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame(offers, columns=["rank", "product_id", "title", "score", "reason"])
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+) -> None:
+    """Start the ranking service (bentoml serve serving.service:NboService) in the
+    foreground; it needs NBO_API_KEYS and NBO_ADMIN_API_KEYS and a promoted model."""
+    import os
+    import sys
+
+    current = settings()
+    if not current.api_keys.strip() or not current.admin_api_keys.strip():
+        raise fail("set NBO_API_KEYS and NBO_ADMIN_API_KEYS (comma-separated keys) first", 2)
+    os.execv(sys.executable, [sys.executable, "-m", "bentoml", "serve",
+                              "serving.service:NboService", "--port", str(port), "--host", host])
+
+
+@app.command()
+def newsletter(
+    customers: Annotated[Path, typer.Argument(help="Parquet or CSV file with a customer_id "
+                                                   "column.")],
+    out: Annotated[Path, typer.Argument(help="File to write (.parquet or .csv).")],
+    blocks: Annotated[str, typer.Option(help="Comma-separated blocks, in order.")
+                      ] = "profile,lifecycle,last_visit,regional",
+    now: Annotated[datetime | None, typer.Option(help="Moment of the mailing; default: now "
+                                                      "(or NBO_NOW).")] = None,
+) -> None:
+    """Write the newsletter blocks of every customer of a file for an e-mail tool: one row per
+    block, or one row with the reason a customer gets no personalised mail."""
+    import pandas as pd
+    from rich.progress import MofNCompleteColumn
+
+    from serving.engine import Engine, PolicySettings, RequestError
+    from serving.models import newest
+    from serving.store import Store
+
+    if not customers.exists():
+        raise fail(f"{customers} does not exist", EXIT_MISSING)
+    frame = (pd.read_parquet(customers) if customers.suffix == ".parquet"
+             else pd.read_csv(customers, dtype=str))
+    if "customer_id" not in frame:
+        raise fail(f"{customers} has no customer_id column (columns: {list(frame.columns)})",
+                   EXIT_DATA)
+    if out.suffix not in (".parquet", ".csv"):
+        raise fail(f"{out}: write .parquet or .csv", 2)
+    current = settings()
+    entry = newest(current.model_tag)
+    store = Store(current.consent_url())
+    engine = Engine.load(Path(entry.path), str(entry.info.labels.get("mlflow_version", "")),
+                         store, PolicySettings.from_settings(current))
+    moment = now or current.current_time()
+    ids = frame["customer_id"].astype(str).drop_duplicates().tolist()
+    rows: list[dict[str, Any]] = []
+    with Progress(TextColumn("newsletter"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("customers", total=len(ids))
+        for start in range(0, len(ids), 1000):
+            try:
+                letters = engine.newsletter(ids[start:start + 1000],
+                                            tuple(b.strip() for b in blocks.split(",")), moment)
+            except RequestError as error:
+                raise fail(str(error), 2) from None
+            for letter in letters:
+                if not letter["blocks"]:
+                    rows.append({"customer_id": letter["customer_id"],
+                                 "no_mail": letter.get("no_mail")})
+                rows.extend({"customer_id": letter["customer_id"], **block, "no_mail": None}
+                            for block in letter["blocks"])  # type: ignore[attr-defined]
+            progress.advance(task, len(letters))
+    table = pd.DataFrame(rows, columns=["customer_id", "block", "product_id", "title", "score",
+                                        "reason", "no_mail"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out, index=False) if out.suffix == ".parquet" else table.to_csv(out,
+                                                                                    index=False)
+    mailed = table.loc[table["no_mail"].isna(), "customer_id"].nunique()
+    console.print(f"wrote {out}: {mailed:,} of {len(ids):,} customers get a personalised mail "
+                  f"(model version {engine.version})")
+    store.close()
 
 
 if __name__ == "__main__":

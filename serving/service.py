@@ -99,7 +99,9 @@ class NboService:
         models.CURRENT = self.holder
         self.holder.refresh()
         self.holder.watch(self.settings.reload_seconds)
-        gc.freeze()  # the loaded model and libraries are long-lived: keep them out of GC scans
+        if self.settings.gc_freeze:  # the model and libraries are long-lived: out of GC scans
+            gc.collect()
+            gc.freeze()
 
     @bentoml.on_shutdown
     def close(self) -> None:
