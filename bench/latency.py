@@ -138,8 +138,8 @@ def write(runs: list[dict], letters: float | None, seconds: float) -> None:
         "# Serving benchmark: Online Retail champion (ALS) behind `bentoml serve`", "",
         f"Run {datetime.now(UTC).isoformat(timespec='seconds')} by `bench/latency.py` on "
         f"{info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB (the load generator "
-        f"shares the machine). One BentoML worker on 127.0.0.1, every rule on (eligibility, consent "
-        f"from the SQLite consent store, lifecycle, exclusions, contact policy from the "
+        f"shares the machine). One BentoML worker on 127.0.0.1, every rule on (eligibility, "
+        f"consent from the SQLite consent store, lifecycle, exclusions, contact policy from the "
         f"feedback log, diversity), k = 10, reasons on. Open-loop load from a separate process "
         f"(`bench/load.py`, latency counted from when each request was due), {seconds:.0f} s "
         f"per rate, random customers of the data set.", "",
@@ -163,8 +163,9 @@ def write(runs: list[dict], letters: float | None, seconds: float) -> None:
         "about 225,000 tracked Python objects (BentoML, MLflow, pandas, the model's context), "
         "and one full garbage collection over them took 122 ms when measured by itself; the "
         "collector runs such passes as allocations pile up, the event loop stops meanwhile, "
-        "and at 200 req/s a request arrives every 5 ms, so each pause queues dozens of them. The service therefore runs `gc.collect(); gc.freeze()` once the model "
-        "is loaded (setting `NBO_GC_FREEZE`, on by default), which moves those objects out of "
+        "and at 200 req/s a request arrives every 5 ms, so each pause queues dozens of them. "
+        "The service therefore runs `gc.collect(); gc.freeze()` once the model is loaded "
+        "(setting `NBO_GC_FREEZE`, on by default), which moves those objects out of "
         "the collector's scans; the rows above with the freeze off and on are the same server "
         "code and load otherwise.",
     ]
