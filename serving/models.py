@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,12 +108,3 @@ class ModelHolder:
     def stop(self) -> None:
         self._stop.set()
 
-
-def wait_for(predicate: object, timeout: float = 10.0) -> bool:
-    """Poll ``predicate()`` until true or ``timeout`` seconds pass (tests, demo)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
-            return True
-        time.sleep(0.05)
-    return False
