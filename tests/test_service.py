@@ -118,7 +118,8 @@ def test_caller_mistakes_are_4xx_json_objects(client: TestClient, body: dict) ->
 
 
 def test_a_consent_change_is_effective_on_the_next_request(client: TestClient,
-                                                          people: dict) -> None:
+                                                          people: dict, service_env: Path
+                                                          ) -> None:
     customer = people["buyer"]
     before = client.post("/rank", json={"customer_id": customer}, headers=AUTH).json()
     assert before["fallback"] is None
@@ -128,6 +129,11 @@ def test_a_consent_change_is_effective_on_the_next_request(client: TestClient,
     assert change.json()["changes"][0]["previous"] == "granted"
     after = client.post("/rank", json={"customer_id": customer}, headers=AUTH).json()
     assert after["fallback"] == "non_personalised"
+    from serving.store import Store
+
+    trail = Store(f"sqlite:///{service_env / 'consent.db'}").consent_trail(customer)
+    assert trail[["purpose", "granted", "previous", "source"]].values.tolist() == [
+        ["personalization", False, "granted", "crm"]]
     assert all("because you" not in o["reason"] for o in after["offers"])
 
 
