@@ -62,7 +62,17 @@ def test_unknown_setting_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_demo_runs_end_to_end(isolated_home: Path) -> None:
-    result = runner.invoke(app, ["demo", "--customers", "150"])
-    assert result.exit_code == 0, result.output
-    assert "lifecycle stages" in result.output and "Segments" in result.output
-    assert (isolated_home / "demo" / "snapshot" / "manifest.json").exists()
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        result = runner.invoke(app, ["demo", "--customers", "150", "--port", str(port)])
+        assert result.exit_code == 0, result.output
+        assert "lifecycle stages" in result.output and "Segments" in result.output
+        assert "POST /rank for" in result.output and f"127.0.0.1:{port}/newsletter" in result.output
+        assert (isolated_home / "demo" / "snapshot" / "manifest.json").exists()
+    finally:
+        stopped = runner.invoke(app, ["demo", "--stop"])
+    assert "stopped the demo service" in stopped.output
