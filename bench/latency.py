@@ -22,6 +22,8 @@ from pathlib import Path
 
 import httpx
 
+from serving import process
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline import ONLINE_RETAIL, RESULTS, ROOT, machine
 
@@ -53,20 +55,13 @@ def start_server(work: Path, key: str, gc_freeze: bool) -> subprocess.Popen[byte
     env = {**os.environ, "NBO_API_KEYS": key, "NBO_ADMIN_API_KEYS": secrets.token_hex(8),
            "NBO_NOW": NOW, "NBO_HOME": str(work), "NBO_GC_FREEZE": str(gc_freeze).lower(),
            "NBO_CONSENT_DB_URL": f"sqlite:///{work / 'consent.db'}"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "serving.service:NboService", "--port",
-         str(PORT), "--host", "127.0.0.1"], env=env, stdout=subprocess.DEVNULL,
-        stderr=(work / "serve.log").open("a"), start_new_session=True)
-    time.sleep(1)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{PORT}/readyz", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    server.kill()
-    raise SystemExit(f"the service did not start; see {work / 'serve.log'}")
+    server = process.start(PORT, env, work / "serve.log")
+    try:
+        process.wait_ready(server, f"http://127.0.0.1:{PORT}", work / "serve.log", 180)
+    except RuntimeError as error:
+        stop_server(server)
+        raise SystemExit(str(error)) from None
+    return server
 
 
 def stop_server(server: subprocess.Popen[bytes]) -> None:

@@ -521,13 +521,11 @@ def _demo_service(snapshot: Path, port: int) -> None:
     import json
     import os
     import secrets
-    import subprocess
-    import sys
-    import time
 
     import httpx
 
     from features.snapshot import load_snapshot
+    from serving import process
 
     home = settings().home.resolve()
     stop_demo_service(home)
@@ -537,30 +535,19 @@ def _demo_service(snapshot: Path, port: int) -> None:
             "NBO_ADMIN_API_KEYS": secrets.token_urlsafe(24)}
     now = load_snapshot(snapshot).now.isoformat()
     env = {**os.environ, **keys, "NBO_NOW": now, "NBO_HOME": str(home)}
-    log = (home / "serve.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "serving.service:NboService", "--port",
-         str(port), "--host", "127.0.0.1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log = home / "serve.log"
+    server = process.start(port, env, log)
     (home / "serve.pid").write_text(str(server.pid))
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise fail(f"the service exited with code {server.returncode}; see {log.name}", 1)
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        raise fail(f"the service did not get ready within 120 s; see {log.name}", 1)
+    try:
+        process.wait_ready(server, url, log)
+    except RuntimeError as error:
+        raise fail(str(error), 1) from None
     customer = _demo_customer(snapshot)
     auth = {"Authorization": f"Bearer {keys['NBO_API_KEYS']}"}
     ranking = httpx.post(f"{url}/rank", json={"customer_id": customer, "k": 5}, headers=auth,
                          timeout=10).json()
-    console.print(f"7. the service runs at {url} (pid {server.pid}, log {log.name}, 'now' "
+    console.print(f"7. the service runs at {url} (pid {server.pid}, log {log}, 'now' "
                   f"pinned to {now}); {customer} is {ranking['lifecycle_stage']}:")
     print_frame(_offers_frame(ranking["offers"]), f"POST /rank for {customer}")
     rank_body = json.dumps({"customer_id": customer, "k": 5})
@@ -637,11 +624,13 @@ def serve(
     import os
     import sys
 
+    from serving.process import SERVICE
+
     current = settings()
     if not current.api_keys.strip() or not current.admin_api_keys.strip():
         raise fail("set NBO_API_KEYS and NBO_ADMIN_API_KEYS (comma-separated keys) first", 2)
     os.execv(sys.executable, [sys.executable, "-m", "bentoml", "serve",
-                              "serving.service:NboService", "--port", str(port), "--host", host])
+                              SERVICE, "--port", str(port), "--host", host])
 
 
 @app.command()

@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from features.snapshot import load_snapshot
+from serving import process
 
 pytestmark = pytest.mark.slow
 
@@ -35,23 +33,10 @@ def test_bentoml_serve_answers_rank_and_metrics(model_dir: Path, snapshot_dir: P
            "NBO_NOW": load_snapshot(snapshot_dir).now.isoformat(), "NBO_RELOAD_SECONDS": "0"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # bentoml serve sets up its own
     log = tmp_path / "serve.log"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "serving.service:NboService", "--port",
-         str(port), "--host", "127.0.0.1"], env=env, stdout=log.open("w"),
-        stderr=subprocess.STDOUT, start_new_session=True)
+    server = process.start(port, env, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert server.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"not ready in 120 s: {log.read_text()[-3000:]}")
+        process.wait_ready(server, url, log)
         customer = load_snapshot(snapshot_dir).features.customer_state["customer_id"].iloc[0]
         ranked = httpx.post(f"{url}/rank", json={"customer_id": customer, "k": 5},
                             headers={"X-API-Key": "k"}, timeout=10)
