@@ -93,10 +93,8 @@ class Ranking:
 class Prepared:
     """One customer's request resolved against the engine: scores and the policy masks."""
 
-    row: int
     stage: str
     region: str | None
-    consent: Consent
     scores: np.ndarray
     fallback: str | None
     masks: dict[str, np.ndarray]
@@ -245,8 +243,7 @@ class Engine:
             "exclusion": self._exclusions(row, now_ns, cart),
             "contact": self._contact(request.customer_id, now, exposure),
         }
-        return Prepared(row, stage, region, consent, scores, fallback, masks, history,
-                        session_based)
+        return Prepared(stage, region, scores, fallback, masks, history, session_based)
 
     def _scores(self, customer_id: str, row: int, region: str | None, consent: Consent,
                 session: np.ndarray, batch_scores: np.ndarray | None
