@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,8 @@ from features.columns import Columns as C
 from features.config import LifecycleConfig
 from features.context import read_context
 from features.settings import Settings
-from features.state import stage_from_days
+from features.side import CUSTOMER_FEATURES
+from features.state import age_band, stage_from_days
 from serving import policy
 from serving.policy import RULES, Consent, Offers
 from serving.store import NO_EXPOSURE, Exposure, Store
@@ -89,6 +91,14 @@ class Ranking:
     removed_offers: list[tuple[str, str]] = field(default_factory=list)  # (product, rule)
 
 
+class Resolved(NamedTuple):
+    row: int  # -1 for a customer serving does not know
+    now_ns: int
+    stage: str
+    session: np.ndarray  # offer indices of the session and the product looked at
+    cart: np.ndarray
+
+
 @dataclass
 class Prepared:
     """One customer's request resolved against the engine: scores and the policy masks."""
@@ -121,6 +131,8 @@ class Engine:
                                                             ).to_numpy(dtype=object, copy=True)
         self.birth_year = pd.to_numeric(profile[C.birth_year], errors="coerce").to_numpy(
             float, copy=True)
+        self.segment = profile["segment"].astype(object).where(profile["segment"].notna(), None
+                                                              ).to_numpy(dtype=object, copy=True)
         self.bought = self._matrix(tables["bought"], _ns(tables["bought"]["last_purchase"])
                                    .astype(np.float64) / NS_PER_DAY)
         self.returned = self._matrix(tables["returned"], None)
@@ -190,7 +202,8 @@ class Engine:
             matrix.rows[row], matrix.data[row] = [], []
             setattr(self, name, matrix.tocsr())
         self.first_ns[row] = self.last_ns[row] = np.iinfo(np.int64).min
-        self.usual_gap[row], self.birth_year[row], self.region[row] = np.nan, np.nan, None
+        self.usual_gap[row], self.birth_year[row] = np.nan, np.nan
+        self.region[row] = self.segment[row] = None
         return held | {"state_rows": 1}
 
     def row_of(self, customer_id: str) -> int:
@@ -219,22 +232,26 @@ class Engine:
             raise RequestError(f"unknown product id(s) in {what}: {unknown[:5]}")
         return found
 
-    def prepare(self, request: Request, now: datetime, consent: Consent,
-                scores: np.ndarray | None = None, exposure: Exposure | None = None
-                ) -> Prepared:
-        """Scores and every rule's mask for one customer (``scores`` when batch-scored)."""
+    def resolve(self, request: Request, now: datetime) -> Resolved:
+        """Check the request's channel and offers, and find the customer and their stage."""
         if request.channel not in CHANNELS:
             raise RequestError(f"unknown channel {request.channel!r}; known: {list(CHANNELS)}")
         now_ns = int(np.datetime64(now, "ns").astype(np.int64))
         row = self.row_of(request.customer_id)
-        region = request.region or (self.region[row] if row >= 0 else None)
-        stage = self.stage(row, now_ns)
         session = self.indices([*request.session, *([request.product_id] if request.product_id
                                                    else [])], "session/product_id")
         cart = self.indices(request.cart, "cart")
+        return Resolved(row, now_ns, self.stage(row, now_ns), session, cart)
+
+    def prepare(self, request: Request, now: datetime, consent: Consent,
+                scores: np.ndarray | None = None, exposure: Exposure | None = None
+                ) -> Prepared:
+        """Scores and every rule's mask for one customer (``scores`` when batch-scored)."""
+        row, now_ns, stage, session, cart = self.resolve(request, now)
+        region = request.region or (self.region[row] if row >= 0 else None)
         scores, fallback, history, session_based = self._scores(
-            request.customer_id, row, region, consent, np.r_[session, cart].astype(np.int64),
-            scores)
+            request.customer_id, row, region, stage, now, consent,
+            np.r_[session, cart].astype(np.int64), scores)
         masks = {
             "eligibility": policy.eligible(self.offers, now_ns, request.channel, region,
                                            self.age(row, now)),
@@ -245,9 +262,12 @@ class Engine:
         }
         return Prepared(stage, region, scores, fallback, masks, history, session_based)
 
-    def _scores(self, customer_id: str, row: int, region: str | None, consent: Consent,
-                session: np.ndarray, batch_scores: np.ndarray | None
+    def _scores(self, customer_id: str, row: int, region: str | None, stage: str,
+                now: datetime, consent: Consent, session: np.ndarray,
+                batch_scores: np.ndarray | None
                 ) -> tuple[np.ndarray, str | None, sparse.csr_matrix | None, bool]:
+        """The model's scores, else the best fallback: from the customer's profile (models
+        that read customer features), popular in the region, popular overall."""
         if not consent.personalization:
             return self.model.popularity.astype(np.float64), "non_personalised", None, False
         history = None
@@ -262,9 +282,25 @@ class Engine:
                 scores = batch_scores if batch_scores is not None and history is None else \
                     self.model.score([customer_id], history=stored)[0]
                 return scores.astype(np.float64), None, history, history is not None
+        if self.model.reads_customer_features and history is None:
+            profile = self.profile(row, region, stage, now)
+            empty = self.model._stored_history(np.array([-1]))
+            if not self.model.is_fallback(np.array([-1]), empty, profile)[0]:
+                scores = self.model.score([customer_id], history=empty,
+                                          customer_features=profile)[0]
+                return scores.astype(np.float64), "profile", None, False
         if region is not None and region in self.regions:
             return self.regional[self.regions.get_loc(region)], "popular_in_region", None, False
         return self.model.popularity.astype(np.float64), "popular", None, False
+
+    def profile(self, row: int, region: str | None, stage: str, now: datetime
+                ) -> pd.DataFrame:
+        """What is known of a customer the model cannot score by history, as its features."""
+        birth = self.birth_year[row] if row >= 0 else np.nan
+        values = {C.region: region, "lifecycle_stage": stage,
+                  "age_band": age_band(pd.Series([birth]), pd.Timestamp(now))[0],
+                  "segment": self.segment[row] if row >= 0 else None}
+        return pd.DataFrame({name: [values[name]] for name in CUSTOMER_FEATURES})
 
     def _exclusions(self, row: int, now_ns: int, cart: np.ndarray) -> np.ndarray:
         if row < 0:
@@ -294,12 +330,12 @@ class Engine:
         if not 1 <= request.k <= 100:
             raise RequestError(f"k must be between 1 and 100, got {request.k}")
         request_id = uuid.uuid4().hex
-        prepared = self.prepare(request, now, consent, scores, exposure)
         if not consent.allows_channel(request.channel):
             why = ("no e-mail consent with double opt-in" if request.channel == "email"
                    else f"no {request.channel} consent")
-            return Ranking(request_id, self.version, request.customer_id, prepared.stage,
-                           prepared.fallback, [], withheld=why)
+            return Ranking(request_id, self.version, request.customer_id,
+                           self.resolve(request, now).stage, None, [], withheld=why)
+        prepared = self.prepare(request, now, consent, scores, exposure)
         allowed = np.logical_and.reduce(list(prepared.masks.values()))
         picked = self.top(prepared.scores, allowed, request.k)
         removed, removed_offers = self.removed(prepared, picked, request.k)
@@ -387,7 +423,9 @@ class Engine:
         scores = self.similarity_to(anchor)
         consent = consent or Consent(False, frozenset(), False)
         request = Request(customer_id or "\0anonymous", channel, k, product_id=None)
-        prepared = self.prepare(request, now, consent)
+        # nobody to rest offers for without a customer: skip the feedback log
+        prepared = self.prepare(request, now, consent,
+                                exposure=None if customer_id else NO_EXPOSURE)
         prepared.masks["exclusion"][anchor] = False
         prepared.scores, prepared.fallback = scores, None
         allowed = np.logical_and.reduce(list(prepared.masks.values())) & (scores > 0)
@@ -445,28 +483,30 @@ class Engine:
         prepared = self.prepare(Request(customer_id, "email"), now, consent, scores,
                                 exposure if exposure is not None else NO_EXPOSURE)
         allowed = np.logical_and.reduce(list(prepared.masks.values()))
-        placed: list[tuple[str, int]] = []
+        placed: list[tuple[str, int, float]] = []
         for block in blocks:
-            taken = np.array([i for _, i in placed], dtype=np.int64)
+            taken = np.array([i for _, i, _ in placed], dtype=np.int64)
             candidates = allowed.copy()
             candidates[taken] = False
-            item = self.block(block, row, prepared, candidates, taken)
-            if item is not None:
-                placed.append((block, item))
-        reasons = self.reasons(customer_id, prepared, np.array([i for _, i in placed], np.int64))
+            found = self.block(block, row, prepared, candidates, taken)
+            if found is not None:
+                placed.append((block, *found))
+        reasons = self.reasons(customer_id, prepared,
+                               np.array([i for _, i, _ in placed], np.int64))
         base["lifecycle_stage"] = prepared.stage
         base["fallback"] = prepared.fallback
         base["blocks"] = [
             {"block": block, "product_id": str(self.items.ids[i]),
-             "title": str(self.offers.titles[i]), "score": round(float(prepared.scores[i]), 6),
+             "title": str(self.offers.titles[i]), "score": round(score, 6),
              "reason": ("popular in your region" if block == "regional" else
                         "from your last visit" if block == "last_visit" else reason)}
-            for (block, i), reason in zip(placed, reasons, strict=True)
+            for (block, i, score), reason in zip(placed, reasons, strict=True)
         ]
         return base
 
     def block(self, block: str, row: int, prepared: Prepared, candidates: np.ndarray,
-              taken: np.ndarray) -> int | None:
+              taken: np.ndarray) -> tuple[int, float] | None:
+        """The block's offer and the score it was picked by."""
         scores = prepared.scores
         if block == "lifecycle":
             candidates = candidates & self.offers.stage_targeted
@@ -485,7 +525,7 @@ class Engine:
                 candidates = candidates & regional
             scores = self.regional[self.regions.get_loc(region)]
         picked = self.top(scores, candidates, 1, taken)
-        return int(picked[0]) if len(picked) else None
+        return (int(picked[0]), float(scores[picked[0]])) if len(picked) else None
 
 
 def _ns(values: pd.Series) -> np.ndarray:

@@ -123,10 +123,6 @@ def shops(draw: st.DrawFn) -> dict:
                                      st.integers(1, 400)), max_size=30))
     returned = draw(st.lists(st.tuples(st.sampled_from(customers), st.integers(0, n - 1)),
                              max_size=5))
-    shown = [event for customer, item, action, times in draw(st.lists(st.tuples(
-        st.sampled_from(customers), st.integers(0, min(4, n - 1)),
-        st.sampled_from(["impression", "impression", "click"]), st.integers(1, 3)), max_size=8))
-        for event in [(customer, item, action)] * times]
     consents = draw(st.lists(st.tuples(
         st.sampled_from(customers),
         st.sampled_from(["personalization", "email", "sms", "sensitive"]),
@@ -138,6 +134,12 @@ def shops(draw: st.DrawFn) -> dict:
         "cart": draw(st.lists(st.integers(0, n - 1), max_size=3)),
         "region": draw(st.sampled_from([None, "north", "south"])),
     }
+    # impressions mostly of the asking customer, so the contact rule has offers to rest
+    shown = [event for customer, item, action, times in draw(st.lists(st.tuples(
+        st.sampled_from([request["customer"]] * 3 + customers), st.integers(0, n - 1),
+        st.sampled_from(["impression", "impression", "impression", "click"]),
+        st.integers(1, 3)), max_size=12))
+        for event in [(customer, item, action)] * times]
     return {"offers": frame, "customers": customers, "bought": bought, "returned": returned,
             "shown": shown, "consents": consents, "request": request,
             "birth_year": draw(st.lists(st.one_of(st.none(), st.integers(1950, 2015)),

@@ -54,6 +54,8 @@ class Recommender(ABC):
     kind: ClassVar[str]
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     search_space: ClassVar[dict[str, Param]] = {}
+    # True for models that rank customers without history from their features alone
+    reads_customer_features: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         self.config = config or self.config_class()

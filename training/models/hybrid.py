@@ -67,6 +67,7 @@ class LightFMHybrid(Recommender):
         "epochs": Param("int", 5, 80),
     }
     config: LightFMConfig
+    reads_customer_features = True
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__(config)
