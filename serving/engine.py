@@ -410,6 +410,7 @@ class Engine:
         if reason.code == "similar_customers":
             return "popular with customers like you"
         return {"popular_in_region": "popular in your region",
+                "profile": "popular with customers like you",
                 "non_personalised": "popular right now"}.get(prepared.fallback or "",
                                                              "popular right now")
 

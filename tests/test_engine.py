@@ -1,0 +1,111 @@
+"""The ranking engine without HTTP: cold customers, the newsletter's blocks, and the work a
+request must not do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.snapshot import load_snapshot
+from serving.engine import Engine, PolicySettings, Request
+from serving.policy import Consent
+from serving.store import Store
+
+EVERYTHING = Consent(True, frozenset({"email", "sms", "app", "push", "post"}), True)
+
+
+@pytest.fixture(scope="module")
+def hybrid_dir(snapshot_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LightFM hybrid of the shop saved with its serving context."""
+    from training.data import TrainData
+    from training.models import create
+    from training.pipeline import write_serving_context
+
+    snapshot = load_snapshot(snapshot_dir)
+    model = create("lightfm", {"components": 16, "epochs": 15}).fit(
+        TrainData.from_features(snapshot.features))
+    folder = model.save(tmp_path_factory.mktemp("hybrid") / "model")
+    write_serving_context(snapshot, folder / "context")
+    return folder
+
+
+def engine_of(folder: Path, tmp_path: Path) -> Engine:
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    return Engine.load(folder, "1", store, PolicySettings())
+
+
+def test_the_hybrid_ranks_a_cold_customer_from_the_region_they_give(
+        hybrid_dir: Path, snapshot_dir: Path, tmp_path: Path) -> None:
+    engine = engine_of(hybrid_dir, tmp_path)
+    now = load_snapshot(snapshot_dir).now.to_pydatetime()
+    a, b = str(engine.regions[0]), str(engine.regions[1])
+    prepared = {r: engine.prepare(Request("new-visitor", region=r), now, EVERYTHING)
+                for r in (a, b)}
+    for r in (a, b):
+        assert prepared[r].fallback == "profile"
+        features = pd.DataFrame({"region": [r], "age_band": ["unknown"],
+                                 "lifecycle_stage": ["prospect"], "segment": [None]})
+        expected = engine.model.score(["new-visitor"], customer_features=features)[0]
+        assert np.allclose(prepared[r].scores, expected, atol=1e-6)
+    assert not np.allclose(prepared[a].scores, prepared[b].scores)
+    assert not np.allclose(prepared[a].scores, engine.model.popularity)
+    ranking = engine.rank(Request("new-visitor", region=a), now, EVERYTHING)
+    assert ranking.fallback == "profile" and len(ranking.offers) == 10
+    assert {o.reason for o in ranking.offers} <= {"popular with customers like you",
+                                                  "welcome offer"}
+
+
+def test_models_without_customer_features_fall_back_to_the_region(
+        model_dir: Path, snapshot_dir: Path, tmp_path: Path) -> None:
+    engine = engine_of(model_dir, tmp_path)
+    now = load_snapshot(snapshot_dir).now.to_pydatetime()
+    region = str(engine.regions[0])
+    ranking = engine.rank(Request("new-visitor", region=region), now, EVERYTHING)
+    assert ranking.fallback == "popular_in_region"
+    assert {o.reason for o in ranking.offers} == {"popular in your region"}
+    assert engine.rank(Request("new-visitor"), now, EVERYTHING).fallback == "popular"
+
+
+def test_the_regional_block_reports_the_popularity_it_was_picked_by(
+        model_dir: Path, snapshot_dir: Path, tmp_path: Path) -> None:
+    engine = engine_of(model_dir, tmp_path)
+    snapshot = load_snapshot(snapshot_dir)
+    known = [c for c in snapshot.consents["customer_id"].unique()
+             if engine.row_of(c) >= 0 and engine.region[engine.row_of(c)]][:40]
+    for customer in known:
+        engine.store.set_consents(customer, {"email": (True, True)}, "test",
+                                  snapshot.now.to_pydatetime())
+    letters = engine.newsletter(known, ("profile", "regional"), snapshot.now.to_pydatetime())
+    checked = 0
+    for letter in letters:
+        for block in letter["blocks"]:
+            if block["block"] == "regional":
+                region = engine.region[engine.row_of(letter["customer_id"])]
+                popularity = engine.regional[engine.regions.get_loc(region)]
+                item = engine.items.row(block["product_id"])
+                assert block["score"] == pytest.approx(popularity[item], abs=1e-6)
+                checked += 1
+    assert checked > 0
+
+
+class NoFeedbackLog(Store):
+    def exposure(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        raise AssertionError("the feedback log was read")
+
+
+def test_withheld_and_anonymous_requests_do_not_read_the_feedback_log(
+        model_dir: Path, snapshot_dir: Path, tmp_path: Path) -> None:
+    store = NoFeedbackLog(f"sqlite:///{tmp_path / 'store.db'}")
+    engine = Engine.load(model_dir, "1", store, PolicySettings())
+    now = load_snapshot(snapshot_dir).now.to_pydatetime()
+    customer = str(engine.customers.ids[0])
+    no_email = Consent(True, frozenset(), False)
+    withheld = engine.rank(Request(customer, channel="email"), now, no_email)
+    assert withheld.offers == [] and withheld.withheld
+    product = str(engine.items.ids[0])
+    assert engine.similar(product, 5, "web", now, None, None).offers
+    with pytest.raises(AssertionError, match="feedback log"):
+        engine.rank(Request(customer), now, EVERYTHING)
