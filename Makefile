@@ -6,7 +6,7 @@ export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test test-fast lint bench setup
+.PHONY: demo test test-fast lint bench setup requirements
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check "uv>=0.5"
@@ -29,3 +29,8 @@ lint: setup
 
 bench: setup
 	$(UV) run --frozen python bench/pipeline.py
+
+# the Bento's pinned packages (bentofile.yaml), from uv.lock; rerun after 'uv lock'
+requirements:
+	$(UV) export --frozen --no-dev --no-hashes --no-emit-project --no-header --quiet \
+		--output-file serving/requirements.txt

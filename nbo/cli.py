@@ -634,6 +634,25 @@ def serve(
 
 
 @app.command()
+def build(
+    export: Annotated[Path | None, typer.Option(
+        help="Also write the Bento, model included, to this file (e.g. nbo.bento); "
+             "'bentoml import FILE' restores it on another machine.")] = None,
+) -> None:
+    """Package the service with the promoted champion into a Bento (bentoml build from
+    bentofile.yaml); serve it with 'bentoml serve nbo:latest'."""
+    from serving.models import build_bento
+
+    try:
+        built = build_bento(Path(__file__).resolve().parents[1], settings().model_tag, export)
+    except (FileNotFoundError, LookupError) as error:
+        raise fail(str(error), 2) from None
+    console.print(f"built Bento {built.bento} with model {', '.join(built.models)}")
+    if built.exported:
+        console.print(f"exported to {built.exported}")
+
+
+@app.command()
 def newsletter(
     customers: Annotated[Path, typer.Argument(help="Parquet or CSV file with a customer_id "
                                                    "column.")],
@@ -645,10 +664,10 @@ def newsletter(
 ) -> None:
     """Write the newsletter blocks of every customer of a file for an e-mail tool: one row per
     block, or one row with the reason a customer gets no personalised mail."""
+    import bentoml
     import pandas as pd
-    from rich.progress import MofNCompleteColumn
 
-    from serving.engine import Engine, PolicySettings, RequestError
+    from serving.engine import BLOCKS, Engine, PolicySettings
     from serving.models import newest
     from serving.store import Store
 
@@ -661,23 +680,46 @@ def newsletter(
                    EXIT_DATA)
     if out.suffix not in (".parquet", ".csv"):
         raise fail(f"{out}: write .parquet or .csv", 2)
+    chosen = tuple(b.strip() for b in blocks.split(",") if b.strip())
+    unknown = [b for b in chosen if b not in BLOCKS]
+    if unknown or not chosen:
+        raise fail(f"unknown block(s) {unknown}; choose from {', '.join(BLOCKS)}", 2)
     current = settings()
-    entry = newest(current.model_tag)
+    try:
+        entry = newest(current.model_tag)
+    except bentoml.exceptions.NotFound:
+        raise fail(f"no model {current.model_tag} in the BentoML store; run 'nbo promote' "
+                   "first", EXIT_MISSING) from None
     store = Store(current.consent_url())
-    engine = Engine.load(Path(entry.path), str(entry.info.labels.get("mlflow_version", "")),
-                         store, PolicySettings.from_settings(current))
-    moment = now or current.current_time()
-    ids = frame["customer_id"].astype(str).drop_duplicates().tolist()
+    try:
+        engine = Engine.load(Path(entry.path), str(entry.info.labels.get("mlflow_version", "")),
+                             store, PolicySettings.from_settings(current))
+        ids = frame["customer_id"].dropna().astype(str).str.strip()
+        table = _letters(engine, ids[ids != ""].drop_duplicates().tolist(), chosen,
+                         now or current.current_time())
+    finally:
+        store.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out, index=False) if out.suffix == ".parquet" else table.to_csv(out,
+                                                                                    index=False)
+    mailed = table.loc[table["no_mail"].isna(), "customer_id"].nunique()
+    total = table["customer_id"].nunique()
+    console.print(f"wrote {out}: {mailed:,} of {total:,} customers get a personalised mail "
+                  f"(model version {engine.version})")
+
+
+def _letters(engine: Any, ids: list[str], blocks: tuple[str, ...], moment: datetime
+             ) -> Any:
+    """Every customer's blocks as rows, 1,000 customers at a time, with a progress bar."""
+    import pandas as pd
+    from rich.progress import MofNCompleteColumn
+
     rows: list[dict[str, Any]] = []
     with Progress(TextColumn("newsletter"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("customers", total=len(ids))
         for start in range(0, len(ids), 1000):
-            try:
-                letters = engine.newsletter(ids[start:start + 1000],
-                                            tuple(b.strip() for b in blocks.split(",")), moment)
-            except RequestError as error:
-                raise fail(str(error), 2) from None
+            letters = engine.newsletter(ids[start:start + 1000], blocks, moment)
             for letter in letters:
                 if not letter["blocks"]:
                     rows.append({"customer_id": letter["customer_id"],
@@ -685,15 +727,8 @@ def newsletter(
                 rows.extend({"customer_id": letter["customer_id"], **block, "no_mail": None}
                             for block in letter["blocks"])  # type: ignore[attr-defined]
             progress.advance(task, len(letters))
-    table = pd.DataFrame(rows, columns=["customer_id", "block", "product_id", "title", "score",
-                                        "reason", "no_mail"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out, index=False) if out.suffix == ".parquet" else table.to_csv(out,
-                                                                                    index=False)
-    mailed = table.loc[table["no_mail"].isna(), "customer_id"].nunique()
-    console.print(f"wrote {out}: {mailed:,} of {len(ids):,} customers get a personalised mail "
-                  f"(model version {engine.version})")
-    store.close()
+    return pd.DataFrame(rows, columns=["customer_id", "block", "product_id", "title", "score",
+                                       "reason", "no_mail"])
 
 
 if __name__ == "__main__":

@@ -43,6 +43,32 @@ def newest(tag: str) -> bentoml.Model:
     return bentoml.models.get(tag)
 
 
+@dataclass(frozen=True)
+class Built:
+    bento: str  # the Bento's tag
+    models: list[str]  # the model store entries it carries
+    exported: Path | None  # the archive, model included, when one was written
+
+
+def build_bento(project: Path, tag: str, export: Path | None = None) -> Built:
+    """``bentoml build`` of ``project``'s bentofile.yaml, with the model store's ``tag`` in it;
+    ``export`` also writes the Bento as one archive that carries the model."""
+    bentofile = project / "bentofile.yaml"
+    if not bentofile.exists():
+        raise FileNotFoundError(f"{bentofile} is missing: build from a checkout of the project")
+    try:
+        model = newest(tag)
+    except bentoml.exceptions.NotFound:
+        raise LookupError(f"no model {tag} in the BentoML store; run 'nbo promote' first"
+                          ) from None
+    bento = bentoml.bentos.build_bentofile(str(bentofile), build_ctx=str(project))
+    carried = [str(m.tag) for m in bento.info.all_models]
+    if str(model.tag) not in carried:
+        raise RuntimeError(f"the Bento {bento.tag} carries {carried}, not {model.tag}")
+    exported = Path(bentoml.export_bento(bento.tag, str(export))) if export else None
+    return Built(str(bento.tag), carried, exported)
+
+
 @dataclass
 class Status:
     """What /readyz reports."""

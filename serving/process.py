@@ -14,12 +14,14 @@ import httpx
 SERVICE = "serving.service:NboService"
 
 
-def start(port: int, env: Mapping[str, str], log: Path, host: str = "127.0.0.1"
-          ) -> subprocess.Popen[bytes]:
-    """``bentoml serve`` in its own session (so its workers stop with it), output to ``log``."""
+def start(port: int, env: Mapping[str, str], log: Path, host: str = "127.0.0.1",
+          service: str = SERVICE, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """``bentoml serve`` of ``service`` (an import path from ``cwd``, or a Bento's tag) in its
+    own session, so its workers stop with it; output to ``log``."""
     return subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(port), "--host", host],
-        env=dict(env), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        [sys.executable, "-m", "bentoml", "serve", service, "--port", str(port), "--host", host],
+        env=dict(env), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=cwd)
 
 
 def wait_ready(server: subprocess.Popen[bytes], url: str, log: Path,

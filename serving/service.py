@@ -88,6 +88,10 @@ class NboService:
     """Rankings, newsletter blocks, similar offers and feedback, with the request-time policy
     of DESIGN.md applied per request."""
 
+    # declared so that 'bentoml build' packs the model store's entry into the Bento; the
+    # holder below finds it there (or a newer one) and loads it
+    ranker = bentoml.models.BentoModel(Settings().model_tag)
+
     def __init__(self) -> None:
         self.settings = Settings()
         if not self.settings.api_keys.strip() or not self.settings.admin_api_keys.strip():

@@ -76,3 +76,50 @@ def test_demo_runs_end_to_end(isolated_home: Path) -> None:
     finally:
         stopped = runner.invoke(app, ["demo", "--stop"])
     assert "stopped the demo service" in stopped.output
+
+
+def test_newsletter_writes_every_customers_blocks_or_why_not(
+        model_dir: Path, snapshot_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from features.snapshot import load_snapshot
+    from serving.models import import_model
+
+    snapshot = load_snapshot(snapshot_dir)
+    monkeypatch.setenv("NBO_NOW", snapshot.now.isoformat())
+    monkeypatch.setenv("NBO_CONSENT_DB_URL", f"sqlite:///{tmp_path / 'consent.db'}")
+    result = runner.invoke(app, ["newsletter", str(tmp_path / "missing.csv"),
+                                 str(tmp_path / "out.csv")])
+    assert result.exit_code == EXIT_MISSING
+    known = snapshot.features.customer_state["customer_id"].head(150).tolist()
+    people = tmp_path / "customers.csv"
+    pd.DataFrame({"customer_id": [*known, "nobody-we-know", known[0]]}).to_csv(people,
+                                                                                index=False)
+    result = runner.invoke(app, ["newsletter", str(people), str(tmp_path / "out.csv"),
+                                 "--blocks", "profile,gossip"])
+    assert result.exit_code == 2 and "gossip" in result.output
+
+    import_model(model_dir, "5")  # the newest entry of the store is what the job uses
+    out = tmp_path / "mail" / "blocks.parquet"
+    result = runner.invoke(app, ["newsletter", str(people), str(out)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(out)
+    assert set(table["customer_id"]) == {*known, "nobody-we-know"}
+    assert table.loc[table["customer_id"] == "nobody-we-know", "no_mail"].tolist() == [
+        "unknown customer"]
+    mailed = table[table["no_mail"].isna()]
+    assert len(mailed) and mailed["reason"].notna().all()
+    assert not mailed.duplicated(["customer_id", "product_id"]).any()
+    assert not mailed.duplicated(["customer_id", "block"]).any()
+    unmailed = table[table["no_mail"].notna()]
+    assert unmailed["product_id"].isna().all()
+    assert f"{mailed['customer_id'].nunique():,} of {len(known) + 1:,} customers" in \
+        result.output
+    assert "model version 5" in result.output
+
+
+def test_build_without_a_promoted_model_says_what_to_do(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    monkeypatch.setenv("NBO_MODEL_TAG", "nbo-ranker-never-imported:latest")
+    result = runner.invoke(app, ["build"])
+    assert result.exit_code == 2
+    assert "run 'nbo promote' first" in " ".join(result.output.split())
