@@ -1,5 +1,6 @@
 """The service's database through SQLAlchemy: consents with their audit trail, the feedback
-log, and erasures. A SQLite file by default, PostgreSQL (or any SQLAlchemy URL) by setting.
+log, and erasures. A SQLite file by default, PostgreSQL by setting a
+``postgresql+psycopg://`` URL; several service processes may share one database.
 
 Every write commits before it returns, so an acknowledged change or feedback call is durable;
 every read goes to the database, so a change is effective on the next request in every worker.
@@ -11,11 +12,12 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -38,11 +40,16 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from features.columns import MESSAGING_CHANNELS, PURPOSES
 from features.columns import Columns as C
 from serving.policy import Consent
+
+T = TypeVar("T")
 
 
 class Exposure(NamedTuple):
@@ -121,10 +128,15 @@ class Store:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
         self.engine: Engine = create_engine(url, future=True)
+        dialects = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+        if self.engine.dialect.name not in dialects:
+            raise ValueError(f"{self.engine.dialect.name} is not supported for the store: "
+                             "use a sqlite:/// or postgresql+psycopg:// URL")
+        self._insert = dialects[self.engine.dialect.name]
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
-        self._key = self._secret()
+        settled(lambda: metadata.create_all(self.engine))
+        self._key = settled(self._secret)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -134,6 +146,9 @@ class Store:
     def seed_consents(self, frame: pd.DataFrame, label: str) -> int:
         """Load a dataset's consents once per ``label`` (its fingerprint); records the store
         already holds (changed through the API since) are kept, erased customers skipped."""
+        return settled(lambda: self._seed(frame, label))
+
+    def _seed(self, frame: pd.DataFrame, label: str) -> int:
         key = f"seeded:{label}"
         with self.engine.begin() as db:
             if db.execute(select(settings_table.c.key).where(settings_table.c.key == key)
@@ -194,16 +209,29 @@ class Store:
         unknown = sorted(set(changes) - set(PURPOSES))
         if unknown:
             raise ValueError(f"unknown consent purpose(s) {unknown}; known: {list(PURPOSES)}")
+        return settled(lambda: self._set_consents(customer_id, changes, source, at))
+
+    def _set_consents(self, customer_id: str, changes: dict[str, tuple[bool, bool]],
+                      source: str, at: datetime) -> list[dict[str, Any]]:
         trail = []
         with self.engine.begin() as db:
             for purpose, (granted, double_opt_in) in changes.items():
-                key = (consents.c.customer_id == customer_id) & (consents.c.purpose == purpose)
-                old = db.execute(select(consents.c.granted).where(key)).first()
-                previous = "none" if old is None else ("granted" if old.granted else "denied")
-                db.execute(delete(consents).where(key))
-                row = {"customer_id": customer_id, "purpose": purpose, "granted": granted,
-                       "double_opt_in": double_opt_in, "updated_at": at, "source": source}
-                db.execute(insert(consents), [row])
+                values = {"granted": granted, "double_opt_in": double_opt_in,
+                          "updated_at": at, "source": source}
+                # insert if new; otherwise lock the row, read what it was and update it, so
+                # concurrent changes queue up and each one's trail names the one before
+                created = db.execute(
+                    self._insert(consents).values(customer_id=customer_id, purpose=purpose,
+                                                  **values)
+                    .on_conflict_do_nothing().returning(consents.c.purpose)).first()
+                previous = "none"
+                if created is None:
+                    key = (consents.c.customer_id == customer_id) & \
+                        (consents.c.purpose == purpose)
+                    old = db.execute(select(consents.c.granted).where(key).with_for_update()
+                                     ).one()  # erased in between: raises, the call fails
+                    previous = "granted" if old.granted else "denied"
+                    db.execute(update(consents).where(key).values(**values))
                 change = {"customer_id": customer_id, "purpose": purpose, "granted": granted,
                           "double_opt_in": double_opt_in, "previous": previous,
                           "changed_at": at, "source": source}
@@ -268,6 +296,10 @@ class Store:
               held_elsewhere: dict[str, int]) -> Erasure:
         """Delete the customer's consents, consent trail and feedback; keep a record of the
         erasure with counts only, and a keyed hash so the customer stays erased."""
+        return settled(lambda: self._erase(customer_id, source, at, held_elsewhere))
+
+    def _erase(self, customer_id: str, source: str, at: datetime,
+               held_elsewhere: dict[str, int]) -> Erasure:
         with self.engine.begin() as db:
             removed = {
                 "consents": db.execute(delete(consents).where(
@@ -312,6 +344,23 @@ class Store:
             key = secrets.token_bytes(32)
             db.execute(insert(settings_table), [{"key": "erasure_key", "value": key.hex()}])
             return key
+
+
+def settled(work: Callable[[], T], attempts: int = 6) -> T:
+    """Run ``work`` (one transaction) again when it lost a race with another process on the
+    same database: a key or table another writer created first, or SQLite's write lock. The
+    rerun sees what the other committed; any other error is raised at once."""
+    for attempt in range(attempts):
+        try:
+            return work()
+        except (IntegrityError, OperationalError, ProgrammingError) as error:
+            text = str(error.orig).lower()
+            lost = isinstance(error, IntegrityError) or "already exists" in text \
+                or "database is locked" in text
+            if not lost or attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _effective(held: dict[str, tuple[bool, bool]], personalization_default: bool) -> Consent:

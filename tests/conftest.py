@@ -1,7 +1,13 @@
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import socket
+import subprocess
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -69,3 +75,76 @@ def model_dir(snapshot_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     folder = model.save(tmp_path_factory.mktemp("model") / "model")
     write_serving_context(snapshot, folder / "context")
     return folder
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server for the store's tests: ``NBO_TEST_POSTGRES_URL`` if set, else a
+    throw-away cluster started from the machine's PostgreSQL binaries."""
+    given = os.environ.get("NBO_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    binaries = [Path(p).parent for p in sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))]
+    found = shutil.which("initdb")
+    folder = Path(found).parent if found else (binaries[-1] if binaries else None)
+    if folder is None or not (folder / "pg_ctl").exists():
+        pytest.skip("PostgreSQL test: no initdb/pg_ctl on this machine and no "
+                    "NBO_TEST_POSTGRES_URL")
+    base = Path(tempfile.mkdtemp(prefix="nbo-pg-"))
+    as_owner: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        owner = "postgres" if _user_exists("postgres") else "nobody"
+        shutil.chown(base, owner)
+        base.chmod(0o700)
+        as_owner = ["runuser", "-u", owner, "--"]
+    data, port = base / "data", _free_port()
+    subprocess.run([*as_owner, str(folder / "initdb"), "-D", str(data), "-A", "trust", "-U",
+                    "nbo", "--no-sync"], check=True, capture_output=True)
+    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run([*as_owner, str(folder / "pg_ctl"), "-D", str(data), "-o", options, "-l",
+                    str(base / "server.log"), "-w", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://nbo@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_owner, str(folder / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                        "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def consent_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store's database for one test: a SQLite file, or with ``indirect`` parameter
+    "postgresql" a new database of its own on the PostgreSQL server."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return f"sqlite:///{tmp_path / 'consent.db'}"
+    from sqlalchemy import create_engine, text
+
+    server = request.getfixturevalue("postgres_url")
+    name = f"nbo_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as db:
+        db.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return server.rsplit("/", 1)[0] + f"/{name}"
+
+
+BOTH_DATABASES = pytest.mark.parametrize(
+    "consent_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)],
+    indirect=True)
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
