@@ -334,6 +334,9 @@ def evaluate(
     test_days: TestDaysOption = 30.0,
     k: KOption = 10,
     out: Annotated[Path | None, typer.Option(help="Also write the table as CSV.")] = None,
+    log: Annotated[bool, typer.Option(
+        help="Also log each candidate's evaluation to MLflow (no model is registered).")
+                   ] = False,
 ) -> None:
     """Fit every candidate on the same time split and print their metrics side by side."""
     from training.pipeline import compare_candidates
@@ -341,8 +344,10 @@ def evaluate(
     for kind in models or []:
         _model_params(kind, [])
     experiment = _experiment(snapshot, cutoff, test_days, k)
+    if log:
+        _tracking()
     with steps("evaluating") as step:
-        table = compare_candidates(experiment, models or None, report=step)
+        table = compare_candidates(experiment, models or None, report=step, log=log)
     for task in ("all", "novel"):
         print_frame(table[table["task"] == task].drop(columns="task"),
                     f"task '{task}' at k={k}, cut-off {experiment.split.cutoff}")
@@ -496,7 +501,7 @@ def _demo_models(snapshot: Path) -> None:
     experiment = _experiment(snapshot, None, 30.0, 10)
     client = _tracking()
     with steps("comparing candidate models") as step:
-        table = compare_candidates(experiment, report=step)
+        table = compare_candidates(experiment, report=step, log=True)
     wide = table.pivot(index="model", columns="task", values="ndcg")
     wide["objective"] = wide[[name.split(".")[0] for name in OBJECTIVE]].mean(axis=1)
     wide["fit_s"] = table.groupby("model")["fit_s"].first()

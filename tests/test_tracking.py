@@ -133,3 +133,23 @@ def test_tuning_on_validation_windows_leaves_the_test_window_unseen(  # type: ig
     assert child.data.metrics["objective"] == pytest.approx(
         (child.data.metrics["fold0.all.ndcg"] + child.data.metrics["fold0.novel.ndcg"]
          + child.data.metrics["fold1.all.ndcg"] + child.data.metrics["fold1.novel.ndcg"]) / 4)
+
+
+def test_a_logged_comparison_is_a_parent_run_with_one_child_per_candidate(  # type: ignore[no-untyped-def]
+        experiment, client) -> None:
+    import mlflow
+
+    from training.pipeline import compare_candidates
+
+    table = compare_candidates(experiment, ["popularity", "itemknn"], log=True)
+    runs = mlflow.search_runs(experiment_names=["nbo"], filter_string="tags.`nbo.job` = 'compare'")
+    parents = runs[runs["tags.mlflow.parentRunId"].isna()]
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert len(parents) == 1 and sorted(children["tags.nbo.model"]) == ["itemknn", "popularity"]
+    assert (children["tags.mlflow.parentRunId"] == parents["run_id"].iloc[0]).all()
+    logged = children.set_index("tags.nbo.model")["metrics.all.ndcg"]
+    expected = table[table["task"] == "all"].set_index("model")["ndcg"]
+    assert np.allclose(logged.sort_index(), expected.sort_index())
+    assert children["metrics.novel.cold-start.ndcg"].notna().all()
+    assert children["metrics.fit_seconds"].gt(0).all()
+    assert list_versions(client).empty  # a comparison registers nothing

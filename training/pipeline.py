@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
 
 from features.context import serving_context, write_context
@@ -18,7 +20,7 @@ from training.data import TrainData
 from training.evaluate import Split, fit_and_evaluate, time_split
 from training.models import MODELS, create
 from training.models.base import Recommender
-from training.tracking import Logged, log_model_run
+from training.tracking import Logged, flat_metrics, log_model_run
 
 DEFAULT_TEST_DAYS = 30.0
 
@@ -119,21 +121,45 @@ def train(experiment: Experiment, kind: str, params: dict[str, Any] | None = Non
 
 def compare_candidates(experiment: Experiment, kinds: list[str] | None = None,
                        params: dict[str, dict[str, Any]] | None = None,
-                       report: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """Every candidate side by side on the same split: one row per model and task."""
+                       report: Callable[[str], None] | None = None,
+                       log: bool = False) -> pd.DataFrame:
+    """Every candidate side by side on the same split: one row per model and task.
+
+    With ``log`` each candidate is an MLflow run (params, every metric, fit time and the
+    evaluation table; no model) under one parent run tagged ``nbo.job=compare``."""
     rows = []
-    for kind in kinds or list(MODELS):
-        started = time.perf_counter()
-        evaluation, seconds = fit_and_evaluate(create(kind, (params or {}).get(kind)),
-                                               experiment.split, experiment.k, report)
-        overall = evaluation[evaluation["group"] == "overall"]
-        cold = evaluation[evaluation["group"] == "cold-start"].set_index("task")
-        for row in overall.itertuples(index=False):
-            rows.append({
-                "model": kind, "task": row.task, "ndcg": row.ndcg, "recall": row.recall,
-                "precision": row.precision, "map": row.map, "hit_rate": row.hit_rate,
-                "coverage": row.coverage,
-                "cold_ndcg": cold["ndcg"].get(row.task, float("nan")),
-                "fit_s": seconds, "total_s": time.perf_counter() - started,
-            })
+    parent = mlflow.start_run(run_name="compare") if log else nullcontext()
+    with parent:
+        if log:
+            mlflow.set_tags({"nbo.job": "compare", "nbo.split": experiment.key})
+            mlflow.log_params(experiment.params())
+        for kind in kinds or list(MODELS):
+            started = time.perf_counter()
+            model = create(kind, (params or {}).get(kind))
+            evaluation, seconds = fit_and_evaluate(model, experiment.split, experiment.k,
+                                                   report)
+            if log:
+                log_evaluation(model, evaluation, experiment, seconds)
+            overall = evaluation[evaluation["group"] == "overall"]
+            cold = evaluation[evaluation["group"] == "cold-start"].set_index("task")
+            for row in overall.itertuples(index=False):
+                rows.append({
+                    "model": kind, "task": row.task, "ndcg": row.ndcg, "recall": row.recall,
+                    "precision": row.precision, "map": row.map, "hit_rate": row.hit_rate,
+                    "coverage": row.coverage,
+                    "cold_ndcg": cold["ndcg"].get(row.task, float("nan")),
+                    "fit_s": seconds, "total_s": time.perf_counter() - started,
+                })
     return pd.DataFrame(rows)
+
+
+def log_evaluation(model: Recommender, evaluation: pd.DataFrame, experiment: Experiment,
+                   fit_seconds: float) -> None:
+    """A candidate's evaluation as a child run of the active run."""
+    with mlflow.start_run(run_name=model.kind, nested=True):
+        mlflow.set_tags({"nbo.model": model.kind, "nbo.split": experiment.key,
+                         "nbo.job": "compare"})
+        mlflow.log_params({"model": model.kind,
+                           **{f"model.{k}": v for k, v in model.params().items()}})
+        mlflow.log_metrics({**flat_metrics(evaluation), "fit_seconds": fit_seconds})
+        mlflow.log_text(evaluation.to_csv(index=False), "evaluation.csv")
