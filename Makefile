@@ -6,7 +6,7 @@ export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test test-fast lint bench setup requirements
+.PHONY: demo test test-fast test-notebooks clean-notebooks notebooks lint bench setup requirements
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check "uv>=0.5"
@@ -18,10 +18,21 @@ demo: setup
 # the whole suite, real-data and slow tests included (real-data tests skip where
 # ../shared/data is absent); pytest's "no tests collected" is not a failure
 test: setup
-	$(UV) run --frozen pytest -m "" ; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+	$(UV) run --frozen pytest -m "" --nbmake tests notebooks ; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 test-fast: setup
 	$(UV) run --frozen pytest -m "not slow and not realdata"
+
+# the notebooks, executed top to bottom on a small generated shop
+test-notebooks: setup
+	$(UV) run --frozen pytest --nbmake notebooks
+
+# strip outputs and execution counts before committing a notebook
+clean-notebooks: setup
+	$(UV) run --frozen jupyter nbconvert --clear-output --inplace notebooks/*.ipynb
+
+notebooks: setup
+	$(UV) run --frozen jupyter lab notebooks
 
 lint: setup
 	$(UV) run --frozen ruff check .
@@ -32,5 +43,5 @@ bench: setup
 
 # the Bento's pinned packages (bentofile.yaml), from uv.lock; rerun after 'uv lock'
 requirements:
-	$(UV) export --frozen --no-dev --no-hashes --no-emit-project --no-header --quiet \
+	$(UV) export --frozen --no-default-groups --no-hashes --no-emit-project --no-header --quiet \
 		--output-file serving/requirements.txt

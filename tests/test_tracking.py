@@ -153,3 +153,15 @@ def test_a_logged_comparison_is_a_parent_run_with_one_child_per_candidate(  # ty
     assert children["metrics.novel.cold-start.ndcg"].notna().all()
     assert children["metrics.fit_seconds"].gt(0).all()
     assert list_versions(client).empty  # a comparison registers nothing
+
+
+def test_artifacts_live_beside_a_sqlite_store(experiment, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    client = use_tracking(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    trained = train(experiment, "popularity")
+    assert not any(elsewhere.iterdir())  # nothing written where the job was started
+    run = client.get_run(trained.logged.run_id)
+    assert run.info.artifact_uri.startswith((tmp_path / "store" / "mlartifacts").as_uri())

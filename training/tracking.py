@@ -39,13 +39,19 @@ SIGNATURE = infer_signature(
 
 
 def use_tracking(uri: str) -> MlflowClient:
-    """Point MLflow at ``uri`` (tracking and registry) and make sure the experiment exists."""
+    """Point MLflow at ``uri`` (tracking and registry) and make sure the experiment exists.
+
+    With a SQLite file the experiment's artifacts go to ``mlartifacts`` beside it (MLflow's
+    own default is the current directory), so the runs and their files stay together."""
+    artifacts = None
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(uri.removeprefix("sqlite:///")).resolve().parent
+        folder.mkdir(parents=True, exist_ok=True)
+        artifacts = (folder / "mlartifacts").as_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        mlflow.create_experiment(EXPERIMENT)
+        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
     mlflow.set_experiment(EXPERIMENT)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
