@@ -129,11 +129,6 @@ def consent_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return server.rsplit("/", 1)[0] + f"/{name}"
 
 
-BOTH_DATABASES = pytest.mark.parametrize(
-    "consent_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)],
-    indirect=True)
-
-
 def _user_exists(name: str) -> bool:
     import pwd
 

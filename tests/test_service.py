@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BOTH_DATABASES
 from starlette.testclient import TestClient
+from store_backends import BOTH_DATABASES
 
 from features.snapshot import load_snapshot
 

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 import pytest
-from conftest import BOTH_DATABASES
+from store_backends import BOTH_DATABASES
 
 from serving.store import Store
 

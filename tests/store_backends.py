@@ -1,0 +1,7 @@
+"""Run a test on each database the store supports (the ``consent_url`` fixture)."""
+
+import pytest
+
+BOTH_DATABASES = pytest.mark.parametrize(
+    "consent_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)],
+    indirect=True)
