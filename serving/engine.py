@@ -363,7 +363,12 @@ class Engine:
     def removed(self, prepared: Prepared, picked: np.ndarray, k: int
                 ) -> tuple[dict[str, int], list[tuple[str, str]]]:
         """Which rule took each offer of the unfiltered top k (the first rule that did)."""
-        raw = np.argsort(-prepared.scores, kind="stable")[:k]
+        scores = prepared.scores
+        if k < len(scores):  # everything tied with the k-th best, then ties by offer order
+            best = np.flatnonzero(scores >= scores[np.argpartition(-scores, k - 1)[k - 1]])
+        else:
+            best = np.arange(len(scores))
+        raw = best[np.lexsort((best, -scores[best]))][:k]
         counts = dict.fromkeys(RULES, 0)
         offers = []
         served = set(picked.tolist())
@@ -372,7 +377,7 @@ class Engine:
                         None if item in served else "diversity")
             if rule is not None:
                 counts[rule] += 1
-                offers.append((str(self.items.ids[item]), rule))
+                offers.append((str(self.items.names[item]), rule))
         return counts, offers
 
     # --- reasons ------------------------------------------------------------------------
@@ -380,7 +385,7 @@ class Engine:
     def describe(self, customer_id: str, prepared: Prepared, picked: np.ndarray
                  ) -> list[Offer]:
         reasons = self.reasons(customer_id, prepared, picked)
-        return [Offer(str(self.items.ids[i]), str(self.offers.titles[i]), rank + 1,
+        return [Offer(str(self.items.names[i]), str(self.offers.titles[i]), rank + 1,
                       round(float(prepared.scores[i]), 6), reasons[rank])
                 for rank, i in enumerate(picked)]
 
@@ -389,7 +394,7 @@ class Engine:
             return []
         model_reasons = [Reason("popular")] * len(picked)
         if prepared.fallback is None:
-            model_reasons = self.model.explain(customer_id, list(self.items.ids[picked]),
+            model_reasons = self.model.explain(customer_id, list(self.items.names[picked]),
                                                history=prepared.history)
         return [self.reason_text(item, reason, prepared)
                 for item, reason in zip(picked, model_reasons, strict=True)]
@@ -434,7 +439,7 @@ class Engine:
         removed, removed_offers = self.removed(prepared, picked, k)
         name = ("similar offer" if self.offers.sensitive[anchor]
                 else f"similar to {self.offers.titles[anchor]}")
-        offers = [Offer(str(self.items.ids[i]), str(self.offers.titles[i]), rank + 1,
+        offers = [Offer(str(self.items.names[i]), str(self.offers.titles[i]), rank + 1,
                         round(float(scores[i]), 6), name) for rank, i in enumerate(picked)]
         return Ranking(uuid.uuid4().hex, self.version, customer_id or "", prepared.stage,
                        None, offers, removed=removed, removed_offers=removed_offers)
@@ -497,7 +502,7 @@ class Engine:
         base["lifecycle_stage"] = prepared.stage
         base["fallback"] = prepared.fallback
         base["blocks"] = [
-            {"block": block, "product_id": str(self.items.ids[i]),
+            {"block": block, "product_id": str(self.items.names[i]),
              "title": str(self.offers.titles[i]), "score": round(score, 6),
              "reason": ("popular in your region" if block == "regional" else
                         "from your last visit" if block == "last_visit" else reason)}

@@ -33,6 +33,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     case,
     create_engine,
     delete,
@@ -113,6 +114,22 @@ settings_table = Table(
     Column("value", Text, nullable=False),
 )
 
+# the per-request reads, built once: a statement built per call costs more than the query
+IDS_AT_ONCE = 900  # ids per query, under SQLite's bound-parameter limit
+_CUSTOMERS = bindparam("customers", expanding=True)
+CONSENT_ROWS = select(consents.c.customer_id, consents.c.purpose, consents.c.granted,
+                      consents.c.double_opt_in).where(consents.c.customer_id.in_(_CUSTOMERS))
+CONSENT_HOLDERS = select(consents.c.customer_id).distinct().where(
+    consents.c.customer_id.in_(_CUSTOMERS))
+EXPOSURE_ROWS = (
+    select(feedback.c.customer_id, feedback.c.product_id,
+           func.sum(case((feedback.c.action == "impression", 1), else_=0)).label("shown"),
+           func.max(case((feedback.c.action.in_(("click", "conversion")), 1), else_=0)
+                    ).label("clicked"))
+    .where(feedback.c.customer_id.in_(_CUSTOMERS)
+           & (feedback.c.timestamp >= bindparam("since")))
+    .group_by(feedback.c.customer_id, feedback.c.product_id))
+
 
 @dataclass(frozen=True)
 class Erasure:
@@ -185,11 +202,9 @@ class Store:
         ids = list(dict.fromkeys(customer_ids))
         records: dict[str, dict[str, tuple[bool, bool]]] = {cid: {} for cid in ids}
         with self.engine.connect() as db:
-            for start in range(0, len(ids), 900):
-                query = select(consents.c.customer_id, consents.c.purpose, consents.c.granted,
-                               consents.c.double_opt_in).where(
-                    consents.c.customer_id.in_(ids[start:start + 900]))
-                for row in db.execute(query):
+            for start in range(0, len(ids), IDS_AT_ONCE):
+                part = ids[start:start + IDS_AT_ONCE]
+                for row in db.execute(CONSENT_ROWS, {"customers": part}):
                     records[row.customer_id][row.purpose] = (row.granted, row.double_opt_in)
         return {cid: _effective(held, personalization_default) for cid, held in records.items()}
 
@@ -197,10 +212,9 @@ class Store:
         """The customers among ``customer_ids`` the store holds any consent record of."""
         ids, found = list(dict.fromkeys(customer_ids)), set()
         with self.engine.connect() as db:
-            for start in range(0, len(ids), 900):
+            for start in range(0, len(ids), IDS_AT_ONCE):
                 found |= {row.customer_id for row in db.execute(
-                    select(consents.c.customer_id).distinct().where(
-                        consents.c.customer_id.in_(ids[start:start + 900])))}
+                    CONSENT_HOLDERS, {"customers": ids[start:start + IDS_AT_ONCE]})}
         return found
 
     def set_consents(self, customer_id: str, changes: dict[str, tuple[bool, bool]],
@@ -260,19 +274,12 @@ class Store:
 
     def exposures(self, customer_ids: list[str], since: datetime) -> dict[str, Exposure]:
         """:meth:`exposure` for many customers in one query per 900 ids."""
-        responded = case((feedback.c.action.in_(("click", "conversion")), 1), else_=0)
-        shown = case((feedback.c.action == "impression", 1), else_=0)
         rows = []
         ids = list(dict.fromkeys(customer_ids))
         with self.engine.connect() as db:
-            for start in range(0, len(ids), 900):
-                query = (select(feedback.c.customer_id, feedback.c.product_id,
-                                func.sum(shown).label("shown"),
-                                func.max(responded).label("clicked"))
-                         .where(feedback.c.customer_id.in_(ids[start:start + 900])
-                                & (feedback.c.timestamp >= since))
-                         .group_by(feedback.c.customer_id, feedback.c.product_id))
-                rows.extend(db.execute(query).all())
+            for start in range(0, len(ids), IDS_AT_ONCE):
+                rows.extend(db.execute(EXPOSURE_ROWS, {
+                    "customers": ids[start:start + IDS_AT_ONCE], "since": since}).all())
         grouped: dict[str, list[Any]] = {}
         for row in rows:
             grouped.setdefault(row.customer_id, []).append(row)

@@ -12,6 +12,7 @@ from scipy import sparse
 
 from training.data import IdMap, TrainData
 from training.models import MODELS, Reason, create
+from training.models.base import csr_rows
 
 FAST = {  # small but sufficient settings so the suite stays quick
     "popularity": {},
@@ -206,3 +207,14 @@ def test_blend_repeat_puts_owned_offers_first(board: tuple) -> None:
     scores = model.score(["u0"])[0]
     owned = data.matrix[0].indices
     assert scores[owned].min() > np.delete(scores, owned).max()
+
+
+def test_csr_rows_picks_rows_and_gives_unknown_ones_an_empty_row() -> None:
+    matrix = sparse.random(30, 12, density=0.3, format="csr", random_state=3)
+    rows = np.array([4, -1, 29, 4, 0, -1])
+    picked = csr_rows(matrix, rows)
+    expected = matrix[np.maximum(rows, 0)].toarray()
+    expected[rows < 0] = 0.0
+    assert picked.shape == (6, 12)
+    np.testing.assert_array_equal(picked.toarray(), expected)
+    assert csr_rows(matrix, np.zeros(0, np.int64)).shape == (0, 12)

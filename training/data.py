@@ -22,6 +22,9 @@ class IdMap:
         self.ids = pd.Index(pd.Index(ids).astype(str), name="id")
         if not self.ids.is_unique:
             raise ValueError("ids must be unique")
+        # the same ids as a plain array: picking a few by position is what serving does
+        # per request, and an Arrow-backed index makes each pick cost microseconds
+        self.names = self.ids.to_numpy(dtype=object)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -113,9 +113,8 @@ class Recommender(ABC):
                customer_features: pd.DataFrame | None) -> np.ndarray: ...
 
     def _stored_history(self, rows: np.ndarray) -> sparse.csr_matrix:
-        picked = self.matrix[np.maximum(rows, 0)]
-        known = sparse.diags((rows >= 0).astype(np.float32))
-        return (known @ picked).tocsr()
+        """The history rows of ``rows``; an empty row where a row is -1 (unknown)."""
+        return csr_rows(self.matrix, rows)
 
     # --- erasure ------------------------------------------------------------------------
 
@@ -163,7 +162,7 @@ class Recommender(ABC):
                 row[anchors == target] = -np.inf  # an offer is no reason for itself
                 best = int(np.argmax(row))
                 if np.isfinite(row[best]) and row[best] > 0:
-                    anchor = self.items.ids[anchors[best]]
+                    anchor = self.items.names[anchors[best]]
                     reasons.append(Reason("because_you_bought", str(anchor)))
                     continue
             reasons.append(Reason("popular"))
@@ -216,6 +215,21 @@ class Recommender(ABC):
         model.popularity = arrays.pop("popularity")
         model._restore(arrays, path)
         return model
+
+
+def csr_rows(matrix: sparse.csr_matrix, rows: np.ndarray) -> sparse.csr_matrix:
+    """Rows of a CSR matrix by position, an empty row for -1, sliced from its arrays (a
+    request's one row costs microseconds instead of a sparse product)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = np.where(rows >= 0, matrix.indptr[np.maximum(rows, 0)], 0)
+    ends = np.where(rows >= 0, matrix.indptr[np.maximum(rows, 0) + 1], 0)
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(ends - starts, out=indptr[1:])
+    # position j of output row r reads matrix entry starts[r] + (j - indptr[r])
+    take = np.arange(indptr[-1], dtype=np.int64) + np.repeat(starts - indptr[:-1],
+                                                             ends - starts)
+    return sparse.csr_matrix((matrix.data[take], matrix.indices[take], indptr),
+                             shape=(len(rows), matrix.shape[1]))
 
 
 def normalised_rows(matrix: np.ndarray) -> np.ndarray:

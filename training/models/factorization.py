@@ -44,8 +44,8 @@ class FactorModel(Recommender):
         return np.asarray(weights @ history @ self.item_factors, dtype=np.float32)
 
     def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-        unit = normalised_rows(self.item_factors)
-        return unit[targets] @ unit[anchors].T
+        return normalised_rows(self.item_factors[targets]) @ \
+            normalised_rows(self.item_factors[anchors]).T
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"user_factors": self.user_factors, "item_factors": self.item_factors}

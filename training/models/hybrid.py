@@ -138,8 +138,8 @@ class LightFMHybrid(Recommender):
         return super().is_fallback(rows, history) & ~described
 
     def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-        unit = normalised_rows(self.item_vectors)
-        return unit[targets] @ unit[anchors].T
+        return normalised_rows(self.item_vectors[targets]) @ \
+            normalised_rows(self.item_vectors[anchors]).T
 
     def explain(self, customer_id: str, product_ids: list[str],
                 history: sparse.csr_matrix | None = None) -> list[Reason]:
