@@ -52,6 +52,15 @@ class Settings(BaseSettings):
         True, description="Move the loaded model and libraries out of the garbage collector's "
         "scans after start (avoids collection pauses of tens of ms on requests)."
     )
+    request_timeout_seconds: float = Field(
+        10.0, gt=0, description="A request still unanswered after this long gets 504. BentoML "
+        "keeps each request's timer, and what it references, alive this long, so a long "
+        "timeout means many live objects and long collection pauses at high request rates."
+    )
+    tracing: bool = Field(
+        False, description="Open an OpenTelemetry span per request, for a tracing exporter "
+        "configured in BentoML's own configuration; off, requests skip the tracing middleware."
+    )
     max_bad_share: float = Field(
         0.05, ge=0.0, le=1.0,
         description="Share of bad rows in any table above which a data job fails.",

@@ -534,7 +534,7 @@ def _demo_service(snapshot: Path, port: int) -> None:
 
     home = settings().home.resolve()
     stop_demo_service(home)
-    if not port_is_free(port):
+    if not process.port_is_free(port):
         raise fail(f"port {port} is in use (another service?): pass --port", 2)
     keys = {"NBO_API_KEYS": secrets.token_urlsafe(24),
             "NBO_ADMIN_API_KEYS": secrets.token_urlsafe(24)}
@@ -565,17 +565,6 @@ def _demo_service(snapshot: Path, port: int) -> None:
     console.print(f"  admin key (PUT /consents/..., DELETE /customers/...): "
                   f"{keys['NBO_ADMIN_API_KEYS']}", highlight=False, soft_wrap=True)
     console.print(f"Stop it with: kill {server.pid}   (or: nbo demo --stop)", highlight=False)
-
-
-def port_is_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def stop_demo_service(home: Path) -> bool:

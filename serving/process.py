@@ -3,6 +3,7 @@ ready: shared by ``nbo demo``, the serving benchmark and the process test."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -40,3 +41,15 @@ def wait_ready(server: subprocess.Popen[bytes], url: str, log: Path,
             pass
         time.sleep(0.5)
     raise RuntimeError(f"the service was not ready within {timeout:.0f} s; see {log}")
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on ``port``, so a new service will not answer for an old one."""
+    with socket.socket() as probe:
+        # as servers do: closed connections waiting out TIME_WAIT do not hold the port
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True

@@ -82,15 +82,21 @@ def count(ranking: Ranking, endpoint: str) -> None:
             METRICS.filtered.labels(rule=rule).inc(removed)
 
 
+STARTUP = Settings()  # what must be known when the class is declared
+
+
 @bentoml.asgi_app(admin, path="/")
-@bentoml.service(name="nbo", workers=1, traffic={"timeout": 60})
+@bentoml.service(name="nbo", workers=1,
+                 traffic={"timeout": STARTUP.request_timeout_seconds},
+                 # every path excluded: the tracing middleware passes requests straight through
+                 tracing={} if STARTUP.tracing else {"excluded_urls": "."})
 class NboService:
     """Rankings, newsletter blocks, similar offers and feedback, with the request-time policy
     of DESIGN.md applied per request."""
 
     # declared so that 'bentoml build' packs the model store's entry into the Bento; the
     # holder below finds it there (or a newer one) and loads it
-    ranker = bentoml.models.BentoModel(Settings().model_tag)
+    ranker = bentoml.models.BentoModel(STARTUP.model_tag)
 
     def __init__(self) -> None:
         self.settings = Settings()
@@ -106,6 +112,7 @@ class NboService:
         if self.settings.gc_freeze:  # the model and libraries are long-lived: out of GC scans
             gc.collect()
             gc.freeze()
+        METRICS.collections.start()
 
     @bentoml.on_shutdown
     def close(self) -> None:

@@ -70,6 +70,8 @@ def test_bentoml_serve_answers_rank_and_metrics(model_dir: Path, snapshot_dir: P
         assert ranked["model_version"] == "7" and ranked["offers"]
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
         assert 'nbo_served_offers_total{endpoint="rank"}' in metrics
+        assert 'nbo_gc_longest_pause_seconds{generation="0"}' in metrics
+        assert not process.port_is_free(int(url.rsplit(":", 1)[1]))
 
 
 def test_the_built_bento_carries_the_model_to_an_empty_machine(

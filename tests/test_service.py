@@ -3,6 +3,7 @@ consent changes effective on the next call, erasure, model reloads."""
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 from collections.abc import Iterator
@@ -212,6 +213,36 @@ def test_metrics_count_served_offers_and_filters(client: TestClient, people: dic
     client.post("/rank", json={"customer_id": people["buyer"]}, headers=AUTH)
     text = client.get("/metrics").text
     assert "nbo_served_offers_total" in text and 'endpoint="rank"' in text
+    assert 'nbo_gc_pause_seconds_count{generation="2"}' in text
+
+
+def test_garbage_collections_are_timed_by_generation() -> None:
+    from serving.metrics import CollectionPauses
+
+    pauses = CollectionPauses()
+    pauses.start()
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(pauses.on_collection)
+    assert sum(pauses.counts[2]) == 1
+    assert 0 < pauses.longest[2] == pauses.seconds[2]
+
+
+def test_answered_requests_leave_no_tracing_spans_alive(client: TestClient,
+                                                        people: dict) -> None:
+    """BentoML's request timer keeps each request's context alive for the whole timeout; with
+    tracing off there is no span in it, so a busy server holds few objects and its garbage
+    collections stay short."""
+    from opentelemetry.sdk.trace import Span
+
+    from serving.service import NboService
+
+    assert NboService.config["traffic"]["timeout"] == 10.0
+    for _ in range(20):
+        client.post("/rank", json={"customer_id": people["buyer"]}, headers=AUTH)
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, Span)]
 
 
 def test_a_broken_model_is_refused_and_the_old_one_keeps_serving(
