@@ -209,6 +209,14 @@ def test_blend_repeat_puts_owned_offers_first(board: tuple) -> None:
     assert scores[owned].min() > np.delete(scores, owned).max()
 
 
+def test_blend_repeat_orders_owned_offers_by_their_weight() -> None:
+    from training.models.blend import own_weights
+
+    history = sparse.csr_matrix(np.array([[0.0, 4.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    weights = own_weights(history)
+    np.testing.assert_allclose(weights, [[0.0, 1.0, 0.25, 0.0], [0.0, 0.0, 0.0, 0.0]])
+
+
 def test_csr_rows_picks_rows_and_gives_unknown_ones_an_empty_row() -> None:
     matrix = sparse.random(30, 12, density=0.3, format="csr", random_state=3)
     rows = np.array([4, -1, 29, 4, 0, -1])

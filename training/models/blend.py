@@ -1,5 +1,5 @@
 """A blend of EASE, ALS and item-item neighbours on per-customer standardised scores, with
-an optional buy-again term for the customer's own history."""
+a buy-again term from the customer's own weighted history."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ class BlendConfig(ModelConfig):
     als_weight: float = Field(1.0, ge=0, description="Weight of the ALS scores.")
     itemknn_weight: float = Field(0.5, ge=0, description="Weight of the neighbour scores.")
     repeat: float = Field(
-        0.0, ge=0, description="Standard deviations added for offers the customer already has."
+        8.0, ge=0, description="Buy-again term: standard deviations added for offers the "
+        "customer already has, times the offer's share of their heaviest (recency- and "
+        "quantity-weighted) offer, so what they buy often and lately comes first."
     )
     ease: EASEConfig = EASEConfig()
     als: ALSConfig = ALSConfig()
@@ -36,6 +38,14 @@ def standardised(scores: np.ndarray) -> np.ndarray:
     return (scores - mean) / np.maximum(spread, 1e-9)
 
 
+def own_weights(history: sparse.csr_matrix) -> np.ndarray:
+    """Each customer's history as a share of their heaviest offer (0 to 1), dense."""
+    positive = history.maximum(0).tocsr()
+    heaviest = np.asarray(positive.max(axis=1).todense(), dtype=np.float32).ravel()
+    scale = sparse.diags(1.0 / np.maximum(heaviest, 1e-9))
+    return np.asarray((scale @ positive).todense(), dtype=np.float32)
+
+
 class Blend(Recommender):
     kind = "blend"
     config_class = BlendConfig
@@ -43,7 +53,7 @@ class Blend(Recommender):
         "ease_weight": Param("float", 0.0, 2.0),
         "als_weight": Param("float", 0.0, 2.0),
         "itemknn_weight": Param("float", 0.0, 2.0),
-        "repeat": Param("float", 0.0, 4.0),
+        "repeat": Param("float", 0.5, 64.0, log=True),
         "ease.l2": Param("float", 50.0, 3000.0, log=True),
         "als.factors": Param("int", 32, 192, log=True),
         "als.regularization": Param("float", 0.01, 20.0, log=True),
@@ -74,7 +84,7 @@ class Blend(Recommender):
             if name in self.parts:
                 total += weight * standardised(self.parts[name]._score(rows, history, None))
         if self.config.repeat:
-            total += self.config.repeat * (history > 0).toarray()
+            total += self.config.repeat * own_weights(history)
         return total
 
     def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray | None:
