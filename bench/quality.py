@@ -29,7 +29,7 @@ from pipeline import ONLINE_RETAIL, RESULTS, ROOT, machine
 CUTOFF = pd.Timestamp("2011-11-09")
 FOLDS, FOLD_DAYS = 2, 30
 TRIALS = {"popularity": 6, "als": 30, "bpr": 12, "itemknn": 15, "ease": 15, "lightfm": 4,
-          "blend": 20}
+          "blend": 30}
 
 
 def main() -> None:
