@@ -7,7 +7,7 @@ import socket
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -62,19 +62,29 @@ def snapshot_dir(shop: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_dir(snapshot_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An ALS model of the shop saved with its serving context, as training registers it."""
+def saved_model(snapshot_dir: Path, tmp_path_factory: pytest.TempPathFactory
+                ) -> Callable[[str, dict], Path]:
+    """Fits a model of the shop and saves it with its serving context, as training registers
+    it: ``saved_model(kind, params)`` gives the folder."""
     from features.snapshot import load_snapshot
     from training.data import TrainData
     from training.models import create
     from training.pipeline import write_serving_context
 
-    snapshot = load_snapshot(snapshot_dir)
-    model = create("als", {"factors": 16, "iterations": 10}).fit(
-        TrainData.from_features(snapshot.features))
-    folder = model.save(tmp_path_factory.mktemp("model") / "model")
-    write_serving_context(snapshot, folder / "context")
-    return folder
+    def save(kind: str, params: dict) -> Path:
+        snapshot = load_snapshot(snapshot_dir)
+        model = create(kind, params).fit(TrainData.from_features(snapshot.features))
+        folder = model.save(tmp_path_factory.mktemp(kind) / "model")
+        write_serving_context(snapshot, folder / "context")
+        return folder
+
+    return save
+
+
+@pytest.fixture(scope="session")
+def model_dir(saved_model: Callable[[str, dict], Path]) -> Path:
+    """An ALS model of the shop saved with its serving context."""
+    return saved_model("als", {"factors": 16, "iterations": 10})
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ request must not do."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +19,9 @@ EVERYTHING = Consent(True, frozenset({"email", "sms", "app", "push", "post"}), T
 
 
 @pytest.fixture(scope="module")
-def hybrid_dir(snapshot_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def hybrid_dir(saved_model: Callable[[str, dict], Path]) -> Path:
     """A LightFM hybrid of the shop saved with its serving context."""
-    from training.data import TrainData
-    from training.models import create
-    from training.pipeline import write_serving_context
-
-    snapshot = load_snapshot(snapshot_dir)
-    model = create("lightfm", {"components": 16, "epochs": 15}).fit(
-        TrainData.from_features(snapshot.features))
-    folder = model.save(tmp_path_factory.mktemp("hybrid") / "model")
-    write_serving_context(snapshot, folder / "context")
-    return folder
+    return saved_model("lightfm", {"components": 16, "epochs": 15})
 
 
 def engine_of(folder: Path, tmp_path: Path) -> Engine:
