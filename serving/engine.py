@@ -351,9 +351,7 @@ class Engine:
             return candidates
         width = min(len(candidates), max(4 * k * self.settings.max_per_category, 64))
         while True:
-            part = candidates[np.argpartition(-scores[candidates], width - 1)[:width]] \
-                if width < len(candidates) else candidates
-            order = part[np.lexsort((part, -scores[part]))]  # ties: offer order, stable
+            order = best_first(scores, candidates, width)
             picked = policy.diversify(order, self.offers.category,
                                       self.settings.max_per_category, k, taken)
             if len(picked) == k or width == len(candidates):
@@ -363,12 +361,7 @@ class Engine:
     def removed(self, prepared: Prepared, picked: np.ndarray, k: int
                 ) -> tuple[dict[str, int], list[tuple[str, str]]]:
         """Which rule took each offer of the unfiltered top k (the first rule that did)."""
-        scores = prepared.scores
-        if k < len(scores):  # everything tied with the k-th best, then ties by offer order
-            best = np.flatnonzero(scores >= scores[np.argpartition(-scores, k - 1)[k - 1]])
-        else:
-            best = np.arange(len(scores))
-        raw = best[np.lexsort((best, -scores[best]))][:k]
+        raw = best_first(prepared.scores, np.arange(len(prepared.scores)), k)
         counts = dict.fromkeys(RULES, 0)
         offers = []
         served = set(picked.tolist())
@@ -532,6 +525,15 @@ class Engine:
             scores = self.regional[self.regions.get_loc(region)]
         picked = self.top(scores, candidates, 1, taken)
         return (int(picked[0]), float(scores[picked[0]])) if len(picked) else None
+
+
+def best_first(scores: np.ndarray, candidates: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` best ``candidates`` by score, best first, ties in offer order (found by
+    partition: everything tied with the n-th best is kept until the order is known)."""
+    if n < len(candidates):
+        values = scores[candidates]
+        candidates = candidates[values >= values[np.argpartition(-values, n - 1)[n - 1]]]
+    return candidates[np.lexsort((candidates, -scores[candidates]))][:n]
 
 
 def _ns(values: pd.Series) -> np.ndarray:
