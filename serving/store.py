@@ -30,6 +30,8 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Row,
+    Select,
     String,
     Table,
     Text,
@@ -201,21 +203,25 @@ class Store:
         has no record of it; messaging channels and sensitive offers never assumed."""
         ids = list(dict.fromkeys(customer_ids))
         records: dict[str, dict[str, tuple[bool, bool]]] = {cid: {} for cid in ids}
-        with self.engine.connect() as db:
-            for start in range(0, len(ids), IDS_AT_ONCE):
-                part = ids[start:start + IDS_AT_ONCE]
-                for row in db.execute(CONSENT_ROWS, {"customers": part}):
-                    records[row.customer_id][row.purpose] = (row.granted, row.double_opt_in)
+        for row in self._rows_for(CONSENT_ROWS, ids):
+            records[row.customer_id][row.purpose] = (row.granted, row.double_opt_in)
         return {cid: _effective(held, personalization_default) for cid, held in records.items()}
 
     def with_consent_records(self, customer_ids: Iterable[str]) -> set[str]:
         """The customers among ``customer_ids`` the store holds any consent record of."""
-        ids, found = list(dict.fromkeys(customer_ids)), set()
+        return {row.customer_id for row in self._rows_for(CONSENT_HOLDERS, customer_ids)}
+
+    def _rows_for(self, statement: Select[Any], customer_ids: Iterable[str], **params: Any
+                  ) -> list[Row[Any]]:
+        """``statement``'s rows for each distinct customer id (its ``customers`` parameter),
+        queried ``IDS_AT_ONCE`` ids at a time."""
+        ids = list(dict.fromkeys(customer_ids))
+        rows: list[Row[Any]] = []
         with self.engine.connect() as db:
             for start in range(0, len(ids), IDS_AT_ONCE):
-                found |= {row.customer_id for row in db.execute(
-                    CONSENT_HOLDERS, {"customers": ids[start:start + IDS_AT_ONCE]})}
-        return found
+                rows.extend(db.execute(statement, {"customers": ids[start:start + IDS_AT_ONCE],
+                                                   **params}))
+        return rows
 
     def set_consents(self, customer_id: str, changes: dict[str, tuple[bool, bool]],
                      source: str, at: datetime) -> list[dict[str, Any]]:
@@ -274,12 +280,7 @@ class Store:
 
     def exposures(self, customer_ids: list[str], since: datetime) -> dict[str, Exposure]:
         """:meth:`exposure` for many customers in one query per 900 ids."""
-        rows = []
-        ids = list(dict.fromkeys(customer_ids))
-        with self.engine.connect() as db:
-            for start in range(0, len(ids), IDS_AT_ONCE):
-                rows.extend(db.execute(EXPOSURE_ROWS, {
-                    "customers": ids[start:start + IDS_AT_ONCE], "since": since}).all())
+        rows = self._rows_for(EXPOSURE_ROWS, customer_ids, since=since)
         grouped: dict[str, list[Any]] = {}
         for row in rows:
             grouped.setdefault(row.customer_id, []).append(row)
