@@ -20,7 +20,7 @@ from training.data import TrainData
 from training.evaluate import Split, fit_and_evaluate, time_split
 from training.models import MODELS, create
 from training.models.base import Recommender
-from training.tracking import Logged, flat_metrics, log_model_run
+from training.tracking import Logged, log_evaluation, log_model_run
 
 DEFAULT_TEST_DAYS = 30.0
 
@@ -139,7 +139,10 @@ def compare_candidates(experiment: Experiment, kinds: list[str] | None = None,
             evaluation, seconds = fit_and_evaluate(model, experiment.split, experiment.k,
                                                    report)
             if log:
-                log_evaluation(model, evaluation, experiment, seconds)
+                with mlflow.start_run(run_name=kind, nested=True):
+                    mlflow.set_tag("nbo.job", "compare")
+                    log_evaluation(model, evaluation, experiment.key,
+                                   extra_metrics={"fit_seconds": seconds})
             overall = evaluation[evaluation["group"] == "overall"]
             cold = evaluation[evaluation["group"] == "cold-start"].set_index("task")
             for row in overall.itertuples(index=False):
@@ -152,14 +155,3 @@ def compare_candidates(experiment: Experiment, kinds: list[str] | None = None,
                 })
     return pd.DataFrame(rows)
 
-
-def log_evaluation(model: Recommender, evaluation: pd.DataFrame, experiment: Experiment,
-                   fit_seconds: float) -> None:
-    """A candidate's evaluation as a child run of the active run."""
-    with mlflow.start_run(run_name=model.kind, nested=True):
-        mlflow.set_tags({"nbo.model": model.kind, "nbo.split": experiment.key,
-                         "nbo.job": "compare"})
-        mlflow.log_params({"model": model.kind,
-                           **{f"model.{k}": v for k, v in model.params().items()}})
-        mlflow.log_metrics({**flat_metrics(evaluation), "fit_seconds": fit_seconds})
-        mlflow.log_text(evaluation.to_csv(index=False), "evaluation.csv")

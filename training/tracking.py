@@ -112,12 +112,8 @@ def log_model_run(
     ``context`` writes what serving needs besides the model (offer table, customer state,
     consents) into the given folder, which goes into the model's artifact."""
     with mlflow.start_run(run_name=model.kind, nested=nested) as run:
-        mlflow.set_tags({"nbo.model": model.kind, "nbo.split": split_key})
-        mlflow.log_params({"model": model.kind, **{f"model.{k}": v for k, v in
-                                                  model.params().items()}, **extra_params})
-        mlflow.log_metrics({**flat_metrics(evaluation), **extra_metrics})
+        log_evaluation(model, evaluation, split_key, extra_params, extra_metrics)
         mlflow.log_dict(manifest, "features/manifest.json")
-        mlflow.log_text(evaluation.to_csv(index=False), "evaluation.csv")
         for name, table in (tables or {}).items():
             mlflow.log_text(table.to_csv(index=False), f"{name}.csv")
         with tempfile.TemporaryDirectory() as tmp:
@@ -134,6 +130,17 @@ def log_model_run(
         if register:
             version = register_challenger(info.model_uri)
         return Logged(run.info.run_id, version)
+
+
+def log_evaluation(model: Recommender, evaluation: pd.DataFrame, split_key: str,
+                   extra_params: dict[str, Any] | None = None,
+                   extra_metrics: dict[str, float] | None = None) -> None:
+    """A model's kind, config and evaluation (every metric, and the table) on the active run."""
+    mlflow.set_tags({"nbo.model": model.kind, "nbo.split": split_key})
+    mlflow.log_params({"model": model.kind, **{f"model.{k}": v for k, v in
+                                              model.params().items()}, **(extra_params or {})})
+    mlflow.log_metrics({**flat_metrics(evaluation), **(extra_metrics or {})})
+    mlflow.log_text(evaluation.to_csv(index=False), "evaluation.csv")
 
 
 def register_challenger(model_uri: str) -> str:
