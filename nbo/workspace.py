@@ -20,6 +20,8 @@ from typing import Any
 
 import pandas as pd
 
+from features.settings import quiet_third_parties
+
 PROJECT = Path(__file__).resolve().parents[1]
 TUNED_MODEL = "als"
 
@@ -97,10 +99,7 @@ def open_workspace(dataset: Path | str | None = None, models: bool = True,
     os.environ.setdefault("NBO_HOME", str(PROJECT / ".nbo"))
     home = Path(os.environ["NBO_HOME"]).resolve()
     os.environ.setdefault("BENTOML_HOME", str(home / "bentoml"))
-    for name, value in (("OPENBLAS_NUM_THREADS", "1"), ("BENTOML_DO_NOT_TRACK", "true"),
-                        ("MLFLOW_DISABLE_TELEMETRY", "true"),
-                        ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
-        os.environ.setdefault(name, value)
+    quiet_third_parties()
     # a notebook shows results: MLflow's progress notes and Jupyter's widget hint are noise
     warnings.filterwarnings("ignore", message="IProgress not found")
     warnings.filterwarnings("ignore", message=r".* is experimental \(supported from")

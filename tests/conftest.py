@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+from features.settings import quiet_third_parties
+
+quiet_third_parties()
 # BentoML reads its home once: the test session gets its own model store
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="nbo-bentoml-")
 # what 'bentoml serve' sets up for its workers, needed by /metrics served in-process
