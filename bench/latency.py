@@ -81,11 +81,12 @@ def start_server(work: Path, key: str, settings: dict[str, str]) -> subprocess.P
 
 
 def ranking_ms(work: Path, customers: list[str], n: int = 2000) -> float:
-    """Milliseconds of one /rank's work without HTTP: consent and feedback-log queries, the
-    model's scores, every rule, reasons and the response body, as the service does it."""
+    """Milliseconds of one /rank's work without HTTP: the service's own ``rank_response``
+    (consent and feedback-log queries, the model's scores, every rule, reasons, counters and
+    the response body)."""
     from serving.engine import Engine, PolicySettings, Request
     from serving.models import newest
-    from serving.service import ranking_body
+    from serving.service import rank_response
     from serving.store import Store
 
     store = Store(f"sqlite:///{work / 'consent.db'}")
@@ -95,8 +96,7 @@ def ranking_ms(work: Path, customers: list[str], n: int = 2000) -> float:
         now = datetime.fromisoformat(NOW)
 
         def rank(customer: str) -> None:
-            consent = store.consent(customer, engine.settings.personalization_default)
-            ranking_body(engine.rank(Request(customer, "web", 10, now), now, consent))
+            rank_response(engine, store, Request(customer, "web", 10, now), now)
 
         for customer in customers[:200]:  # warm up
             rank(customer)

@@ -71,6 +71,16 @@ def ranking_body(ranking: Ranking) -> RankResponse:
         offers=[OfferOut(**vars(offer)) for offer in ranking.offers])
 
 
+def rank_response(engine: Engine, store: Store, request: RankRequest, now: datetime
+                  ) -> RankResponse:
+    """One /rank answered: the customer's consent from the store, the policed ranking, its
+    counters, the response body."""
+    consent = store.consent(request.customer_id, engine.settings.personalization_default)
+    ranking = engine.rank(request, now, consent)
+    count(ranking, "rank")
+    return ranking_body(ranking)
+
+
 def count(ranking: Ranking, endpoint: str) -> None:
     METRICS.served.labels(endpoint=endpoint).inc(len(ranking.offers))
     if ranking.fallback:
@@ -149,14 +159,10 @@ class NboService:
         given = context or RankContext()
 
         def work() -> RankResponse:
-            engine = self._engine()
             now = moment(self.settings, given.now)
-            consent = self.store.consent(customer_id, engine.settings.personalization_default)
             request = RankRequest(customer_id, channel, k, now, given.product_id, given.cart,
                                   given.session, given.region)
-            ranking = engine.rank(request, now, consent)
-            count(ranking, "rank")
-            return ranking_body(ranking)
+            return rank_response(self._engine(), self.store, request, now)
 
         return await self._answer(work)  # type: ignore[return-value]
 
