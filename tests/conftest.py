@@ -3,7 +3,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -11,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from free_ports import free_port
 
 from features.settings import quiet_third_parties
 
@@ -108,7 +108,7 @@ def postgres_url() -> Iterator[str]:
         shutil.chown(base, owner)
         base.chmod(0o700)
         as_owner = ["runuser", "-u", owner, "--"]
-    data, port = base / "data", _free_port()
+    data, port = base / "data", free_port()
     subprocess.run([*as_owner, str(folder / "initdb"), "-D", str(data), "-A", "trust", "-U",
                     "nbo", "--no-sync"], check=True, capture_output=True)
     options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
@@ -147,9 +147,3 @@ def _user_exists(name: str) -> bool:
     except KeyError:
         return False
     return True
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

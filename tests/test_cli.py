@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from free_ports import free_port
 from typer.testing import CliRunner
 
 from nbo.cli import EXIT_DATA, EXIT_MISSING, app
@@ -62,11 +63,7 @@ def test_unknown_setting_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_demo_runs_end_to_end(isolated_home: Path) -> None:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     try:
         result = runner.invoke(app, ["demo", "--customers", "150", "--port", str(port)])
         assert result.exit_code == 0, result.output

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,18 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from free_ports import free_port
 
 from features.snapshot import load_snapshot
 from serving import process
 
 pytestmark = pytest.mark.slow
 PROJECT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def service_env(snapshot_dir: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
