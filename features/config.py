@@ -87,7 +87,11 @@ def to_flat(model: BaseModel, prefix: str = "") -> dict[str, Any]:
 
 
 def from_flat(cls: type[M], flat: dict[str, Any]) -> M:
-    """Inverse of :func:`to_flat`; unknown keys are an error, as in the model itself."""
+    """Inverse of :func:`to_flat`; unknown keys are an error, as in the model itself.
+
+    A nested setting changes only itself: the rest of its section keeps the field's own
+    default (``itemknn.neighbours`` leaves a blend's ``itemknn.similarity`` as the blend sets
+    it, not as the neighbour model's class does)."""
     nested: dict[str, Any] = {}
     for key, value in flat.items():
         node = nested
@@ -95,4 +99,18 @@ def from_flat(cls: type[M], flat: dict[str, Any]) -> M:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
+    for name, field in cls.model_fields.items():
+        key = field.alias or name
+        default = field.get_default(call_default_factory=True)
+        if isinstance(nested.get(key), dict) and isinstance(default, BaseModel):
+            nested[key] = _merged(default.model_dump(by_alias=True), nested[key])
     return cls.model_validate(nested)
+
+
+def _merged(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in given.items():
+        inner = out.get(key)
+        out[key] = (_merged(inner, value) if isinstance(value, dict) and isinstance(inner, dict)
+                    else value)
+    return out
