@@ -111,6 +111,17 @@ def test_config_round_trips_through_flat_params(kind: str) -> None:
         type(model).from_params({**model.params(), "nonsense": 1})
 
 
+def test_a_nested_setting_keeps_the_rest_of_its_section_as_the_model_sets_it() -> None:
+    """The blend's neighbours use bm25 (not the neighbour model's own cosine default), also
+    when a trial sets only their number."""
+    from training.models.blend import BlendConfig
+
+    config = create("blend", {"itemknn.neighbours": 99}).config
+    assert isinstance(config, BlendConfig)
+    assert config.itemknn.neighbours == 99
+    assert config.itemknn.similarity == BlendConfig().itemknn.similarity == "bm25"
+
+
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_search_space_names_real_config_fields(kind: str) -> None:
     cls = MODELS[kind]
