@@ -50,9 +50,24 @@ def test_split_uses_nothing_after_the_cut_off(data) -> None:  # type: ignore[no-
     later = time_split(pd.concat([data.events, planted], ignore_index=True), data.products,
                        data.customers, cutoff)
     assert (later.data.matrix != base.data.matrix).nnz == 0
+    assert (later.data.ages != base.data.ages).nnz == 0
     pd.testing.assert_frame_equal(later.features.customer_state, base.features.customer_state)
     row, col = base.data.customers.index_of([customer])[0], base.data.items.index_of([product])[0]
     assert later.truth[row, col] == 1
+
+
+def test_ages_are_days_from_a_pairs_last_event_to_the_cut_off(data) -> None:  # type: ignore[no-untyped-def]
+    cutoff = cutoff_of(data.events)
+    split = time_split(data.events, data.products, data.customers, cutoff)
+    ages = split.data.ages.tocoo()
+    assert ages.nnz == split.data.matrix.nnz
+    before = data.events[data.events["timestamp"] < cutoff]
+    last = before.groupby(["customer_id", "product_id"])["timestamp"].max()
+    for i in np.random.default_rng(0).choice(ages.nnz, 50, replace=False):
+        customer = split.data.customers.names[ages.row[i]]
+        product = split.data.items.names[ages.col[i]]
+        expected = (cutoff - last[(customer, product)]).total_seconds() / 86_400
+        assert ages.data[i] == pytest.approx(expected, rel=1e-5)
 
 
 def test_novel_truth_excludes_what_was_bought_before(data) -> None:  # type: ignore[no-untyped-def]

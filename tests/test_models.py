@@ -46,6 +46,8 @@ def checkerboard(users: int = 40, items: int = 20, seed: int = 0) -> tuple[Train
                 cols.append(i)
     matrix = sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
                                shape=(users, items))
+    ages = matrix.copy()
+    ages.data = rng.uniform(0.0, 90.0, ages.nnz).astype(np.float32)
     customers = IdMap([f"u{u}" for u in range(users)])
     products = IdMap([f"i{i}" for i in range(items)])
     customer_features = pd.DataFrame({
@@ -56,7 +58,7 @@ def checkerboard(users: int = 40, items: int = 20, seed: int = 0) -> tuple[Train
         "category": np.where(np.arange(items) < half, "left", "right"), "brand": "x",
         "price_band": "mid", "offer_type": "product",
     }, index=products.ids)
-    data = TrainData(customers, products, matrix, customer_features, item_features)
+    data = TrainData(customers, products, matrix, customer_features, item_features, ages)
     return data, {"group": group, "held_out": held_out, "half": half}
 
 
@@ -226,6 +228,35 @@ def test_blend_repeat_orders_owned_offers_by_their_weight() -> None:
     history = sparse.csr_matrix(np.array([[0.0, 4.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
     weights = own_weights(history)
     np.testing.assert_allclose(weights, [[0.0, 1.0, 0.25, 0.0], [0.0, 0.0, 0.0, 0.0]])
+
+
+def test_recent_buyers_count_by_how_lately_they_took_the_offer() -> None:
+    matrix = sparse.csr_matrix(np.array([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 1.0]]))
+    ages = matrix.copy()
+    ages.data = np.array([0.0, 7.0, 7.0, 14.0, np.inf])  # row by row
+    empty = pd.DataFrame(index=pd.Index(["a", "b", "c"]))
+    data = TrainData(IdMap(["a", "b", "c"]), IdMap(["x", "y", "z"]), matrix, empty, empty, ages)
+    np.testing.assert_allclose(data.recent_buyers(7.0), [1.0 + 0.5 + 0.25, 0.5, 0.0])
+    undated = TrainData(data.customers, data.items, matrix, empty, empty)
+    np.testing.assert_array_equal(undated.recent_buyers(7.0), np.zeros(3))
+
+
+def test_blend_trend_puts_what_sells_now_first(board: tuple) -> None:
+    """Every offer of the board has the same number of buyers; the one all of them took
+    yesterday tops the ranking of a customer who owns nothing of its block."""
+    data, truth = board
+    ages = data.ages.copy()
+    ages.data[:] = 60.0
+    lately = int(truth["half"]) + 3  # in the second block
+    ages.data[ages.indices == lately] = 1.0
+    dated = TrainData(data.customers, data.items, data.matrix, data.customer_features,
+                      data.item_features, ages)
+    only_trend = {"ease_weight": 0.0, "als_weight": 0.0, "itemknn_weight": 0.0, "repeat": 0.0,
+                  "trend": 1.0}
+    model = create("blend", FAST["blend"] | only_trend).fit(dated)
+    assert int(np.argmax(model.score(["u0"])[0])) == lately
+    blended = create("blend", FAST["blend"] | {"trend": 0.0}).fit(dated)
+    assert int(np.argmax(blended.score(["u0"])[0])) < truth["half"]
 
 
 def test_csr_rows_picks_rows_and_gives_unknown_ones_an_empty_row() -> None:

@@ -63,6 +63,8 @@ class TrainData:
 
     ``matrix`` holds the net weight of the positive (customer, offer) pairs; all other cells
     are zero. ``customer_features`` and ``item_features`` are aligned to the id maps.
+    ``ages`` (when known) has the same cells as ``matrix``: days from the pair's last event
+    to the moment the features describe (infinite where no event dates the pair).
     """
 
     customers: IdMap
@@ -70,6 +72,17 @@ class TrainData:
     matrix: sparse.csr_matrix
     customer_features: pd.DataFrame
     item_features: pd.DataFrame
+    ages: sparse.csr_matrix | None = None
+
+    def recent_buyers(self, half_life_days: float) -> np.ndarray:
+        """Per offer, its positive customers weighted by how lately they took it (one who
+        took it ``half_life_days`` ago counts half): what is selling now. Zeros when the
+        ages are not known."""
+        if self.ages is None:
+            return np.zeros(self.matrix.shape[1], dtype=np.float32)
+        lately = np.exp2(-self.ages.data / half_life_days)
+        counts = np.bincount(self.ages.indices, weights=lately, minlength=self.ages.shape[1])
+        return counts.astype(np.float32)
 
     @classmethod
     def from_features(cls, features: Features) -> TrainData:
@@ -79,13 +92,19 @@ class TrainData:
         rows = customers.index_of(positive[C.customer])
         cols = items.index_of(positive[C.product])
         keep = (rows >= 0) & (cols >= 0)
+        shape = (len(customers), len(items))
         matrix = sparse.csr_matrix(
             (positive[C.weight].to_numpy(np.float32)[keep], (rows[keep], cols[keep])),
-            shape=(len(customers), len(items)),
+            shape=shape,
+        )
+        age = (features.now - positive["last_event"]).dt.total_seconds() / 86_400.0
+        ages = sparse.csr_matrix(
+            (age.fillna(np.inf).to_numpy(np.float32)[keep], (rows[keep], cols[keep])),
+            shape=shape,
         )
         customer_features = (features.customer_features.set_index(C.customer)
                              .reindex(customers.ids)[list(CUSTOMER_FEATURES)])
         item_features = (features.item_features.set_index(C.product)
                          .reindex(items.ids)[list(ITEM_FEATURES)])
         return cls(customers, items, matrix, customer_features.fillna("unknown"),
-                   item_features.fillna("unknown"))
+                   item_features.fillna("unknown"), ages)

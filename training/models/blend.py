@@ -1,5 +1,6 @@
 """A blend of EASE, ALS and item-item neighbours on per-customer standardised scores, with
-a buy-again term from the customer's own weighted history."""
+a buy-again term from the customer's own weighted history and a term for what is selling
+now."""
 
 from __future__ import annotations
 
@@ -25,6 +26,14 @@ class BlendConfig(ModelConfig):
         8.0, ge=0, description="Buy-again term: standard deviations added for offers the "
         "customer already has, times the offer's share of their heaviest (recency- and "
         "quantity-weighted) offer, so what they buy often and lately comes first."
+    )
+    trend: float = Field(
+        0.8, ge=0, description="Weight of what is selling now: the offers' standardised "
+        "count of customers who took them lately, the same for every customer."
+    )
+    trend_half_life_days: float = Field(
+        7.0, gt=0, description="A customer who took an offer this many days before the "
+        "training data ends counts half towards its trend."
     )
     ease: EASEConfig = EASEConfig()
     als: ALSConfig = ALSConfig()
@@ -54,6 +63,8 @@ class Blend(Recommender):
         "als_weight": Param("float", 0.0, 2.0),
         "itemknn_weight": Param("float", 0.0, 2.0),
         "repeat": Param("float", 0.5, 64.0, log=True),
+        "trend": Param("float", 0.0, 3.0),
+        "trend_half_life_days": Param("float", 2.0, 60.0, log=True),
         "ease.l2": Param("float", 50.0, 3000.0, log=True),
         "als.factors": Param("int", 32, 192, log=True),
         "als.regularization": Param("float", 0.01, 20.0, log=True),
@@ -65,6 +76,7 @@ class Blend(Recommender):
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__(config)
         self.parts: dict[str, Recommender] = {}
+        self.trending = np.zeros(0, dtype=np.float32)
 
     def _components(self) -> dict[str, tuple[type[Recommender], ModelConfig, float]]:
         c = self.config
@@ -74,8 +86,10 @@ class Blend(Recommender):
     def _fit(self, data: TrainData) -> None:
         self.parts = {name: cls(config).fit(data)
                       for name, (cls, config, weight) in self._components().items() if weight > 0}
-        if not self.parts and self.config.repeat == 0:
-            raise ValueError("a blend needs at least one component weight or repeat above 0")
+        if not self.parts and self.config.repeat == 0 and self.config.trend == 0:
+            raise ValueError("a blend needs a component weight, repeat or trend above 0")
+        recent = data.recent_buyers(self.config.trend_half_life_days)
+        self.trending = standardised(recent[np.newaxis, :])[0]
 
     def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
                customer_features: pd.DataFrame | None) -> np.ndarray:
@@ -85,6 +99,8 @@ class Blend(Recommender):
                 total += weight * standardised(self.parts[name]._score(rows, history, None))
         if self.config.repeat:
             total += self.config.repeat * own_weights(history)
+        if self.config.trend:
+            total += self.config.trend * self.trending
         return total
 
     def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray | None:
@@ -98,6 +114,9 @@ class Blend(Recommender):
         for part in self.parts.values():
             part.forget(part.customers.ids[rows])
 
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {"trending": self.trending}
+
     def save(self, path: Path) -> Path:
         super().save(path)
         for name, part in self.parts.items():
@@ -105,5 +124,7 @@ class Blend(Recommender):
         return path
 
     def _restore(self, arrays: dict[str, np.ndarray], path: Path) -> None:
+        # a blend saved before the trend term ranks as it did: no offer is trending
+        self.trending = arrays.get("trending", np.zeros(len(self.items), dtype=np.float32))
         self.parts = {name: Recommender.load(path / name) for name in ("ease", "als", "itemknn")
                       if (path / name / "model.json").exists()}
