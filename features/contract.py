@@ -200,7 +200,7 @@ def validate_tables(
             file=str(files.get(name, name)),
             read=len(kept) + len(bad),
             kept=len(kept),
-            reasons=bad[C.reason].value_counts().to_dict() if len(bad) else {},
+            reasons=counts(bad[C.reason]),
         )
     return Dataset(
         events=results["events"][0],
@@ -525,3 +525,8 @@ def _feedback_reasons(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     for column in (C.channel, C.request_id, C.model_version):
         out[column] = as_text(_optional(frame, column))
     return out, reasons.series()
+
+
+def counts(values: pd.Series) -> dict[str, int]:
+    """How often each value occurs, most frequent first."""
+    return {str(value): int(n) for value, n in values.value_counts().items()}

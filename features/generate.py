@@ -119,6 +119,11 @@ def generate_shop(
     return counts
 
 
+def nullable_ints(values: np.ndarray, valid: np.ndarray) -> pd.arrays.IntegerArray:
+    """Integers with a missing value wherever ``valid`` is False."""
+    return pd.arrays.IntegerArray(np.where(valid, values, 0).astype(np.int64), ~valid)
+
+
 def _write(frame: pd.DataFrame, path: Path) -> None:
     if path.suffix == ".csv":
         frame.to_csv(path, index=False)
@@ -198,6 +203,8 @@ def _catalogue(spec: ShopSpec, rng: np.random.Generator) -> Catalogue:
     nouns = [CATEGORIES[c][5][i] for c, i in zip(category, rng.integers(0, 5, n), strict=True)]
     adjectives = np.array(ADJECTIVES)[rng.integers(0, len(ADJECTIVES), n)]
     brands = np.array(BRANDS)[rng.integers(0, len(BRANDS), n)]
+    region_names = np.array(REGIONS, dtype=object)[np.maximum(region, 0)]
+    region_names[region < 0] = None
     frame = pd.DataFrame({
         C.product: [f"p{i:05d}" for i in range(n)],
         C.title: [f"{a.capitalize()} {w}" for a, w in zip(adjectives, nouns, strict=True)],
@@ -210,9 +217,9 @@ def _catalogue(spec: ShopSpec, rng: np.random.Generator) -> Catalogue:
         C.channels: channels,
         C.valid_from: pd.NaT,
         C.valid_to: valid_to,
-        C.stock: pd.array(np.where(stock < 0, None, stock), dtype="Int64"),
-        C.region: np.where(region >= 0, np.array(REGIONS)[np.maximum(region, 0)], None),
-        C.min_age: pd.array(np.where(min_age > 0, min_age, None), dtype="Int64"),
+        C.stock: nullable_ints(stock, stock >= 0),
+        C.region: region_names,
+        C.min_age: nullable_ints(min_age, min_age > 0),
         C.sensitive: np.array([cat[3] for cat in CATEGORIES])[category],
         C.repurchase_days: pd.array(
             np.array([cat[2] or -1 for cat in CATEGORIES])[category], dtype="Int64"
@@ -269,7 +276,7 @@ def _customers(spec: ShopSpec, first: int, size: int, rng: np.random.Generator) 
     return pd.DataFrame({
         C.customer: [f"c{i:07d}" for i in ids],
         C.signup_date: signup.floor("s"),
-        C.birth_year: pd.array(np.where(np.isnan(birth_year), None, birth_year), dtype="Int64"),
+        C.birth_year: nullable_ints(birth_year, ~np.isnan(birth_year)),
         C.gender: np.array(["f", "m", "d", ""])[rng.choice(4, size, p=[0.48, 0.44, 0.02, 0.06])],
         C.region: region,
         C.postcode: [f"{r[0].upper()}{n:04d}" for r, n in
@@ -346,7 +353,7 @@ def _events(
 
     age = people["age"].to_numpy()[view_who]
     allowed = people["buyer"].to_numpy()[view_who]
-    region_idx = pd.Index(REGIONS).get_indexer(people[C.region].to_numpy()[view_who])
+    region_idx = pd.Index(REGIONS).get_indexer(pd.Index(people[C.region].to_numpy()[view_who]))
     allowed &= (cat.region[product] < 0) | (cat.region[product] == region_idx)
     allowed &= (cat.min_age[product] == 0) | (np.nan_to_num(age, nan=0) >= cat.min_age[product])
     bought = allowed & (rng.random(len(product)) < 0.03 + 0.4 * affinity**2)
@@ -404,8 +411,8 @@ def _pick_products(
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each view: a category from the customer's taste, then among a few popular
     products of that category the one closest to the customer's style (with noise)."""
-    taste = np.vstack(people["taste"].to_numpy())
-    style_pref = np.vstack(people["style_pref"].to_numpy())
+    taste = np.vstack(list(people["taste"]))
+    style_pref = np.vstack(list(people["style_pref"]))
     cum_taste = np.cumsum(taste, axis=1)
     u = rng.random(len(who))
     category = (cum_taste[who] < u[:, None]).sum(axis=1).clip(0, taste.shape[1] - 1)

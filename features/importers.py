@@ -11,7 +11,7 @@ import pandas as pd
 
 from features.columns import Columns as C
 from features.columns import EventType as E
-from features.contract import ContractError
+from features.contract import ContractError, counts
 
 ONLINE_RETAIL_COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate",
                          "UnitPrice", "CustomerID", "Country")
@@ -150,7 +150,7 @@ def import_online_retail(path: Path, out: Path) -> ImportReport:
         default="purchase",
     )
     report = ImportReport(source=str(path), rows_in=len(raw))
-    report.buckets = pd.Series(bucket).value_counts().to_dict()
+    report.buckets = counts(pd.Series(bucket))
     report.anonymous_rows = int(customer.isna().sum())
 
     kept = np.isin(bucket, ["purchase", "return"])
@@ -168,7 +168,7 @@ def import_online_retail(path: Path, out: Path) -> ImportReport:
     products = _products(raw.assign(StockCode=code), ~is_fee_code(code))
     report.fee_codes = int(code[is_fee_code(code)].nunique())
     report.products = len(products)
-    report.categories = products[C.category].value_counts().to_dict()
+    report.categories = counts(products[C.category])
     customers = _customers(raw.assign(CustomerID=customer), kept)
     report.customers = len(customers)
 
@@ -183,8 +183,8 @@ def _returns_after_purchase(events: pd.DataFrame) -> int:
     purchases = events[events[C.event_type] == E.purchase]
     first = purchases.groupby([C.customer, C.product])[C.timestamp].min()
     returns = events[events[C.event_type] == E.return_]
-    bought_at = pd.MultiIndex.from_frame(returns[[C.customer, C.product]]).map(first.get)
-    bought_at = pd.to_datetime(pd.Series(bought_at, index=returns.index))
+    pairs = pd.MultiIndex.from_frame(returns[[C.customer, C.product]])
+    bought_at = pd.to_datetime(pd.Series(pairs.map(first.get), index=returns.index))
     return int((bought_at <= returns[C.timestamp]).sum())
 
 

@@ -20,7 +20,7 @@ def price_bands(price: pd.Series, names: tuple[str, ...]) -> pd.Series:
     edges = np.unique(priced.quantile(np.linspace(0, 1, len(names) + 1)).to_numpy())
     edges[0], edges[-1] = -np.inf, np.inf
     labels = list(names[: len(edges) - 1])
-    bands = pd.cut(price, bins=edges, labels=labels).astype(object)
+    bands = pd.cut(price, bins=edges.tolist(), labels=labels).astype(object)
     return bands.where(price > 0, "unpriced")
 
 

@@ -486,8 +486,8 @@ def demo(
     for column in ("segment", "customers", "median_orders", "median_value", "top_categories"):
         table.add_column(column)
     for row in segments.itertuples():
-        table.add_row(row.segment, f"{row.customers:,}", f"{row.median_orders:.0f}",
-                      f"{row.median_value:,.0f}", row.top_categories)
+        table.add_row(str(row.segment), f"{row.customers:,}", f"{row.median_orders:.0f}",
+                      f"{row.median_value:,.0f}", str(row.top_categories))
     console.print(table)
     _demo_models(snapshot)
     _demo_service(snapshot, port)

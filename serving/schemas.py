@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -98,5 +98,5 @@ class ConsentChange(Body):
 
 
 class ConsentUpdate(Body):
-    consents: list[ConsentChange] = Field(min_length=1, max_length=len(Purpose.__args__))
+    consents: list[ConsentChange] = Field(min_length=1, max_length=len(get_args(Purpose)))
     source: str = Field("api", min_length=1, max_length=64)

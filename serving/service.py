@@ -10,7 +10,7 @@ import gc
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_args
 
 import anyio.to_thread
 import bentoml
@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 
 from features.settings import Settings, quiet_third_parties
 from serving import models
-from serving.engine import BLOCKS, Engine, PolicySettings, Ranking, RequestError
+from serving.engine import Engine, PolicySettings, Ranking, RequestError
 from serving.engine import Request as RankRequest
 from serving.http import ApiKeys
 from serving.metrics import METRICS
@@ -194,18 +194,19 @@ class NboService:
     async def newsletter(
         self,
         customers: Annotated[list[str], Field(min_length=1, max_length=1000)],
-        blocks: list[Block] = list(BLOCKS),  # noqa: B006  (pydantic copies defaults)
+        blocks: list[Block] = list(get_args(Block)),  # noqa: B006  (pydantic copies defaults)
         now: datetime | None = None,
     ) -> NewsletterResponse:
         """Distinct offers per customer for the newsletter blocks, or why there is no mail."""
 
         def work() -> NewsletterResponse:
             engine = self._engine()
-            letters = engine.newsletter(customers, tuple(blocks), moment(self.settings, now))
+            letters = [Letter.model_validate(x) for x in
+                       engine.newsletter(customers, tuple(blocks), moment(self.settings, now))]
             for letter in letters:
-                METRICS.served.labels(endpoint="newsletter").inc(len(letter["blocks"]))
+                METRICS.served.labels(endpoint="newsletter").inc(len(letter.blocks))
             return NewsletterResponse(request_id=uuid.uuid4().hex, model_version=engine.version,
-                                      letters=[Letter.model_validate(x) for x in letters])
+                                      letters=letters)
 
         return await self._answer(work, in_thread=True)  # type: ignore[return-value]
 
@@ -234,7 +235,8 @@ class NboService:
     async def set_consents(self, customer_id: str, update: ConsentUpdate) -> dict[str, Any]:
         """Change a customer's consents; effective on the next request; kept in the trail."""
         at = datetime.now(UTC).replace(tzinfo=None)
-        changes = {c.purpose: (c.granted, c.double_opt_in) for c in update.consents}
+        changes: dict[str, tuple[bool, bool]] = {
+            c.purpose: (c.granted, c.double_opt_in) for c in update.consents}
         trail = await anyio.to_thread.run_sync(
             lambda: self.store.set_consents(customer_id, changes, update.source, at))
         return {"request_id": uuid.uuid4().hex, "customer_id": customer_id,
@@ -264,4 +266,5 @@ class NboService:
                 "refused": status.refused}
 
 
-NboService.add_asgi_middleware(ApiKeys)  # type: ignore[arg-type]
+# bentoml.service returns a Service, which the type checker still sees as the class
+NboService.add_asgi_middleware(ApiKeys)  # type: ignore[attr-defined]

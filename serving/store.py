@@ -13,7 +13,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 import pandas as pd
 from sqlalchemy import (
+    BindParameter,
     Boolean,
     Column,
     DateTime,
@@ -118,7 +119,7 @@ settings_table = Table(
 
 # the per-request reads, built once: a statement built per call costs more than the query
 IDS_AT_ONCE = 900  # ids per query, under SQLite's bound-parameter limit
-_CUSTOMERS = bindparam("customers", expanding=True)
+_CUSTOMERS: BindParameter[str] = bindparam("customers", expanding=True)
 CONSENT_ROWS = select(consents.c.customer_id, consents.c.purpose, consents.c.granted,
                       consents.c.double_opt_in).where(consents.c.customer_id.in_(_CUSTOMERS))
 CONSENT_HOLDERS = select(consents.c.customer_id).distinct().where(
@@ -147,7 +148,8 @@ class Store:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
         self.engine: Engine = create_engine(url, future=True)
-        dialects = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+        dialects: dict[str, Callable[[Table], sqlite.Insert | postgresql.Insert]] = {
+            "sqlite": sqlite.insert, "postgresql": postgresql.insert}
         if self.engine.dialect.name not in dialects:
             raise ValueError(f"{self.engine.dialect.name} is not supported for the store: "
                              "use a sqlite:/// or postgresql+psycopg:// URL")
@@ -181,12 +183,13 @@ class Store:
             held = {(r.customer_id, r.purpose) for r in db.execute(
                 select(consents.c.customer_id, consents.c.purpose))}
             gone = {r.token for r in db.execute(select(suppressed.c.token))}
+            given: Iterator[Any] = rows.itertuples(index=False)  # each column as stored
             records = [
                 {"customer_id": r.customer_id, "purpose": r.purpose, "granted": bool(r.granted),
                  "double_opt_in": bool(r.double_opt_in) if pd.notna(r.double_opt_in) else False,
                  "updated_at": pd.Timestamp(r.updated_at).to_pydatetime(),
                  "source": str(r.source) if pd.notna(r.source) else "dataset"}
-                for r in rows.itertuples(index=False)
+                for r in given
                 if (r.customer_id, r.purpose) not in held and self.token(r.customer_id) not in gone
             ]
             for start in range(0, len(records), 5_000):

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from features.snapshot import load_snapshot
-from serving.engine import Engine, PolicySettings, Request
+from serving.engine import BLOCKS, Engine, PolicySettings, Request
 from serving.policy import Consent
+from serving.schemas import Block
 from serving.store import Store
 
 EVERYTHING = Consent(True, frozenset({"email", "sms", "app", "push", "post"}), True)
@@ -101,3 +103,8 @@ def test_withheld_and_anonymous_requests_do_not_read_the_feedback_log(
     assert engine.similar(product, 5, "web", now, None, None).offers
     with pytest.raises(AssertionError, match="feedback log"):
         engine.rank(Request(customer), now, EVERYTHING)
+
+
+def test_the_api_offers_exactly_the_blocks_the_engine_builds() -> None:
+    """The newsletter endpoint's default asks for every block of the schema."""
+    assert get_args(Block) == BLOCKS

@@ -18,7 +18,7 @@ from features.snapshot import Features
 class IdMap:
     """External ids <-> matrix rows; saved with every model."""
 
-    def __init__(self, ids: pd.Index | list[str] | np.ndarray) -> None:
+    def __init__(self, ids: pd.Index | pd.Series | list[str] | np.ndarray) -> None:
         self.ids = pd.Index(pd.Index(ids).astype(str), name="id")
         if not self.ids.is_unique:
             raise ValueError("ids must be unique")

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 
 from training.models.base import Recommender
@@ -56,7 +57,7 @@ def use_tracking(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-class NboRanker(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class NboRanker(PythonModel):  # type: ignore[misc]
     """The registered pyfunc: its artifacts are the saved model folder (factors, id maps,
     offer table, config). ``predict`` takes ``customer_id`` (and optionally ``k``) and
     returns the top offers per customer; serving loads the folder itself."""
@@ -82,7 +83,7 @@ def flat_metrics(table: pd.DataFrame) -> dict[str, float]:
     """Evaluation rows as MLflow metric names: 'all.ndcg', 'novel.cold-start.recall', ..."""
     metrics: dict[str, float] = {}
     for row in table.itertuples(index=False):
-        group = "" if row.group == "overall" else f"{row.group.replace('stage: ', 'stage_')}."
+        group = "" if row.group == "overall" else f"{str(row.group).replace('stage: ', 'stage_')}."
         for name in ("ndcg", "recall", "precision", "map", "hit_rate", "coverage"):
             metrics[f"{row.task}.{group}{name}"] = float(getattr(row, name))
     return metrics
@@ -243,12 +244,15 @@ def list_versions(client: MlflowClient) -> pd.DataFrame:
         aliases.setdefault(str(version), []).append(alias)
     rows = []
     for v in sorted(versions, key=lambda v: int(v.version)):
-        run = client.get_run(v.run_id)
+        # a version registered from outside a run has no tags or metrics to show
+        run = client.get_run(v.run_id).data if v.run_id else None
+        tags = run.tags if run else {}
+        metrics = run.metrics if run else {}
         rows.append({
             "version": int(v.version), "aliases": ",".join(aliases.get(str(v.version), [])),
-            "model": run.data.tags.get("nbo.model", ""),
-            **{m: run.data.metrics.get(m, float("nan")) for m in GATE_METRICS},
-            "split": run.data.tags.get("nbo.split", ""), "run_id": v.run_id,
+            "model": tags.get("nbo.model", ""),
+            **{m: metrics.get(m, float("nan")) for m in GATE_METRICS},
+            "split": tags.get("nbo.split", ""), "run_id": v.run_id or "",
         })
     return pd.DataFrame(rows)
 

@@ -110,9 +110,9 @@ def tune(
 
         study.optimize(objective, n_trials=trials)
         best = study.best_trial
-        mlflow.log_metric("best_objective", best.value)
+        mlflow.log_metric("best_objective", study.best_value)
         mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
         if report:
             report(f"refitting the best trial ({best.number})")
         trained = train(experiment, kind, best.params, nested=True, report=report)
-    return Tuned(study, best.params, float(best.value), trained, parent.info.run_id)
+    return Tuned(study, best.params, study.best_value, trained, parent.info.run_id)

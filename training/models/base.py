@@ -187,7 +187,8 @@ class Recommender(ABC):
         self.items.save(path / "items.json")
         sparse.save_npz(path / "history.npz", self.matrix)
         arrays = {"popularity": self.popularity, **self._arrays()}
-        np.savez(path / "arrays.npz", **arrays)
+        # numpy's stub reads any keyword as its allow_pickle flag
+        np.savez(path / "arrays.npz", **arrays)  # type: ignore[arg-type]
         return path
 
     def _arrays(self) -> dict[str, np.ndarray]:

@@ -61,7 +61,7 @@ class Popularity(Recommender):
         group = (np.where(rows >= 0, self.customer_group[np.maximum(rows, 0)], -1)
                  if len(self.customer_group) else np.full(len(rows), -1))
         if features is not None and self.config.by in features:
-            given = self.groups.get_indexer(features[self.config.by].astype(str))
+            given = self.groups.get_indexer(pd.Index(features[self.config.by].astype(str)))
             group = np.where(given >= 0, given, group)
         return group
 
