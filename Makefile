@@ -15,9 +15,9 @@ setup:
 demo: setup
 	$(UV) run --frozen nbo demo
 
-# the whole suite, real-data and slow tests included (real-data tests skip where
-# ../shared/data is absent); pytest's "no tests collected" is not a failure
-test: setup
+# the linters, then the whole suite, real-data and slow tests included (real-data tests
+# skip where ../shared/data is absent); pytest's "no tests collected" is not a failure
+test: lint
 	$(UV) run --frozen pytest -m "" --nbmake tests notebooks ; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 test-fast: setup
