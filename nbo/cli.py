@@ -367,8 +367,9 @@ def tune(
                      ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the TPE sampler.")] = 42,
     folds: Annotated[int, typer.Option(
-        min=0, help="Validation windows of --test-days before the cut-off to tune on; 0 tunes "
-                    "on the evaluation split itself.")] = 1,
+        min=0, help="Validation windows of --test-days before the cut-off to tune on, the "
+                    "objective being their mean (configs chosen on one window carry over "
+                    "worse to the next); 0 tunes on the evaluation split itself.")] = 3,
     snapshot: SnapshotOption = None,
     cutoff: CutoffOption = None,
     test_days: TestDaysOption = 30.0,

@@ -75,6 +75,26 @@ def test_demo_runs_end_to_end(isolated_home: Path) -> None:
     assert "stopped the demo service" in stopped.output
 
 
+def test_tune_searches_on_three_windows_before_the_split_by_default(snapshot_dir: Path) -> None:
+    import optuna
+
+    from features.settings import Settings
+
+    result = runner.invoke(app, ["tune", "popularity", "--trials", "2",
+                                 "--snapshot", str(snapshot_dir)])
+    assert result.exit_code == 0, result.output
+    assert "as challenger" in result.output
+    studies = optuna.get_all_study_names(Settings().optuna_url())
+    assert len(studies) == 1 and studies[0].endswith("-folds3")
+
+
+def test_tune_on_more_windows_than_the_data_holds_exits_3(snapshot_dir: Path) -> None:
+    result = runner.invoke(app, ["tune", "popularity", "--trials", "1", "--folds", "40",
+                                 "--snapshot", str(snapshot_dir)])
+    assert result.exit_code == EXIT_DATA
+    assert "cannot make 40 validation window(s)" in result.output
+
+
 def test_newsletter_writes_every_customers_blocks_or_why_not(
         model_dir: Path, snapshot_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
