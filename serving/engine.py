@@ -20,13 +20,13 @@ from features.columns import CHANNELS, Stage
 from features.columns import Columns as C
 from features.config import LifecycleConfig
 from features.context import read_context
+from features.ids import IdMap
 from features.settings import Settings
 from features.side import CUSTOMER_FEATURES
 from features.state import age_band, stage_from_days
 from serving import policy
 from serving.policy import RULES, Consent, Offers
 from serving.store import NO_EXPOSURE, Exposure, Store
-from training.data import IdMap
 from training.models.base import Reason, Recommender
 
 NS_PER_DAY = 86_400 * 10**9

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
-from training.data import IdMap, TrainData
+from features.ids import IdMap
+from training.data import TrainData
 from training.models import MODELS, Reason, create
 from training.models.base import csr_rows
 

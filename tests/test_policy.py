@@ -16,11 +16,12 @@ from scipy import sparse
 
 from features.columns import Stage
 from features.config import LifecycleConfig
+from features.ids import IdMap
 from serving import policy
 from serving.engine import Engine, PolicySettings, Request
 from serving.policy import Consent, Offers
 from serving.store import Store
-from training.data import IdMap, TrainData
+from training.data import TrainData
 from training.models import create
 
 NOW = datetime(2026, 6, 30, 12)

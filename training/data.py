@@ -1,60 +1,20 @@
-"""What models train on: id maps and the customer x offer matrix built from features."""
+"""What models train on: the customer x offer matrix built from features, with its id maps."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
 from features.columns import Columns as C
+from features.ids import IdMap
 from features.side import CUSTOMER_FEATURES, ITEM_FEATURES
-from features.snapshot import Features
 
-
-class IdMap:
-    """External ids <-> matrix rows; saved with every model."""
-
-    def __init__(self, ids: pd.Index | pd.Series | list[str] | np.ndarray) -> None:
-        self.ids = pd.Index(pd.Index(ids).astype(str), name="id")
-        if not self.ids.is_unique:
-            raise ValueError("ids must be unique")
-        # the same ids as a plain array: picking a few by position is what serving does
-        # per request, and an Arrow-backed index makes each pick cost microseconds
-        self.names = self.ids.to_numpy(dtype=object)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, IdMap) and self.ids.equals(other.ids)
-
-    def index_of(self, ids: pd.Series | list[str] | np.ndarray) -> np.ndarray:
-        """Row per id; -1 for ids the map does not know."""
-        if isinstance(ids, list | np.ndarray) and len(ids) <= 16:  # a request's few ids
-            return np.fromiter((self.row(i) for i in ids), dtype=np.int64, count=len(ids))
-        return self.ids.get_indexer(pd.Index(ids).astype(str))
-
-    def row(self, id_: object) -> int:
-        """Row of one id; -1 if the map does not know it."""
-        try:
-            found = self.ids.get_loc(str(id_))
-        except KeyError:
-            return -1
-        return found if isinstance(found, int) else -1
-
-    def to_list(self) -> list[str]:
-        return self.ids.tolist()
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_list()))
-
-    @classmethod
-    def load(cls, path: Path) -> IdMap:
-        return cls(json.loads(path.read_text()))
+if TYPE_CHECKING:  # the snapshot module pulls in scikit-learn, which serving does not need
+    from features.snapshot import Features
 
 
 @dataclass

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import sparse
 
 from features.config import from_flat, to_flat
-from training.data import IdMap, TrainData
+from features.ids import IdMap
+from training.data import TrainData
 
 FORMAT_VERSION = 1
 
@@ -131,9 +132,7 @@ class Recommender(ABC):
         matrix.eliminate_zeros()
         self._forget_rows(rows)
         self.matrix = matrix
-        ids = self.customers.ids.to_numpy(dtype=object).copy()
-        ids[rows] = [f"\0erased:{row}" for row in rows]  # no id of theirs is kept
-        self.customers = IdMap(ids)
+        self.customers = self.customers.replaced(rows, "\0erased:")
         return len(rows)
 
     def _forget_rows(self, rows: np.ndarray) -> None:  # noqa: B027
