@@ -1,0 +1,64 @@
+"""Rankings, reasons, newsletter blocks and similar offers pinned on the generated shop: a
+change to the engine's structure must serve exactly what it served before. After a change
+that is meant to alter what is served, rewrite the file with ``NBO_PIN_WRITE=1`` and say why
+in the commit."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from features.snapshot import load_snapshot
+from serving.engine import Engine, PolicySettings, Request
+from serving.policy import Consent
+from serving.store import Store
+
+PINNED = Path(__file__).parent / "pinned" / "rankings.json"
+EVERYTHING = Consent(True, frozenset({"email", "sms", "app", "push", "post"}), True)
+MODELS = {"blend": {"als.factors": 16, "als.iterations": 8},
+          "als": {"factors": 16, "iterations": 10},
+          "lightfm": {"components": 16, "epochs": 15}}
+
+
+def served(engine: Engine, now: Any, customers: list[str]) -> dict[str, Any]:
+    first_product = str(engine.items.names[0])
+    rankings = [engine.rank(Request(c, k=8), now, EVERYTHING) for c in customers]
+    rankings += [engine.rank(Request("someone-new", session=[first_product]), now, EVERYTHING),
+                 engine.rank(Request("someone-new", region=str(engine.regions[0])), now,
+                             EVERYTHING),
+                 engine.rank(Request(customers[0]), now, Consent(False, frozenset(), False))]
+    for customer in customers:
+        engine.store.set_consents(customer, {"email": (True, True)}, "test", now)
+    letters = engine.newsletter(customers, ("profile", "lifecycle", "last_visit", "regional"),
+                                now)
+    similar = engine.similar(first_product, 6, "web", now, None, None)
+    keep = ("customer_id", "lifecycle_stage", "fallback", "withheld", "removed")
+    return {
+        "rankings": [{**{name: getattr(r, name) for name in keep},
+                      "offers": [asdict(o) for o in r.offers]} for r in rankings],
+        "letters": [json.loads(json.dumps(letter, default=str)) for letter in letters],
+        "similar": [asdict(o) for o in similar.offers],
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_the_engine_serves_what_it_served_before(
+        kind: str, saved_model: Callable[[str, dict], Path], snapshot_dir: Path,
+        tmp_path: Path) -> None:
+    folder = saved_model(kind, MODELS[kind])
+    engine = Engine.load(folder, "1", Store(f"sqlite:///{tmp_path / 'store.db'}"),
+                         PolicySettings())
+    now = load_snapshot(snapshot_dir).now.to_pydatetime()
+    customers = [str(c) for c in engine.customers.names[::57][:7]]
+    got = served(engine, now, customers)
+    pinned = json.loads(PINNED.read_text()) if PINNED.exists() else {}
+    if os.environ.get("NBO_PIN_WRITE"):
+        PINNED.write_text(json.dumps(pinned | {kind: got}, indent=1, sort_keys=True) + "\n")
+    assert kind in pinned, f"nothing pinned for {kind}: run once with NBO_PIN_WRITE=1"
+    assert got == pinned[kind]
