@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from serving.engine import Engine
 
 EXIT_DATA = 3
 EXIT_MISSING = 4
@@ -703,7 +707,7 @@ def newsletter(
                   f"(model version {engine.version})")
 
 
-def _letters(engine: Any, ids: list[str], blocks: tuple[str, ...], moment: datetime
+def _letters(engine: Engine, ids: list[str], blocks: tuple[str, ...], moment: datetime
              ) -> Any:
     """Every customer's blocks as rows, 1,000 customers at a time, with a progress bar."""
     import pandas as pd
@@ -716,11 +720,10 @@ def _letters(engine: Any, ids: list[str], blocks: tuple[str, ...], moment: datet
         for start in range(0, len(ids), 1000):
             letters = engine.newsletter(ids[start:start + 1000], blocks, moment)
             for letter in letters:
-                if not letter["blocks"]:
-                    rows.append({"customer_id": letter["customer_id"],
-                                 "no_mail": letter.get("no_mail")})
-                rows.extend({"customer_id": letter["customer_id"], **block, "no_mail": None}
-                            for block in letter["blocks"])  # type: ignore[attr-defined]
+                if not letter.blocks:
+                    rows.append({"customer_id": letter.customer_id, "no_mail": letter.no_mail})
+                rows.extend({"customer_id": letter.customer_id, **asdict(block), "no_mail": None}
+                            for block in letter.blocks)
             progress.advance(task, len(letters))
     return pd.DataFrame(rows, columns=["customer_id", "block", "product_id", "title", "score",
                                        "reason", "no_mail"])

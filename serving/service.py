@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar, get_args
 
@@ -201,7 +202,7 @@ class NboService:
 
         def work() -> NewsletterResponse:
             engine = self._engine()
-            letters = [Letter.model_validate(x) for x in
+            letters = [Letter.model_validate(asdict(x)) for x in
                        engine.newsletter(customers, tuple(blocks), moment(self.settings, now))]
             for letter in letters:
                 METRICS.served.labels(endpoint="newsletter").inc(len(letter.blocks))

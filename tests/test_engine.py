@@ -35,7 +35,7 @@ def test_the_hybrid_ranks_a_cold_customer_from_the_region_they_give(
         hybrid_dir: Path, snapshot_dir: Path, tmp_path: Path) -> None:
     engine = engine_of(hybrid_dir, tmp_path)
     now = load_snapshot(snapshot_dir).now.to_pydatetime()
-    a, b = str(engine.regions[0]), str(engine.regions[1])
+    a, b = str(engine.state.regions[0]), str(engine.state.regions[1])
     prepared = {r: engine.prepare(Request("new-visitor", region=r), now, EVERYTHING)
                 for r in (a, b)}
     for r in (a, b):
@@ -56,7 +56,7 @@ def test_models_without_customer_features_fall_back_to_the_region(
         model_dir: Path, snapshot_dir: Path, tmp_path: Path) -> None:
     engine = engine_of(model_dir, tmp_path)
     now = load_snapshot(snapshot_dir).now.to_pydatetime()
-    region = str(engine.regions[0])
+    region = str(engine.state.regions[0])
     ranking = engine.rank(Request("new-visitor", region=region), now, EVERYTHING)
     assert ranking.fallback == "popular_in_region"
     assert {o.reason for o in ranking.offers} == {"popular in your region"}
@@ -68,19 +68,19 @@ def test_the_regional_block_reports_the_popularity_it_was_picked_by(
     engine = engine_of(model_dir, tmp_path)
     snapshot = load_snapshot(snapshot_dir)
     known = [c for c in snapshot.consents["customer_id"].unique()
-             if engine.row_of(c) >= 0 and engine.region[engine.row_of(c)]][:40]
+             if engine.row_of(c) >= 0 and engine.state.region[engine.row_of(c)]][:40]
     for customer in known:
         engine.store.set_consents(customer, {"email": (True, True)}, "test",
                                   snapshot.now.to_pydatetime())
     letters = engine.newsletter(known, ("profile", "regional"), snapshot.now.to_pydatetime())
     checked = 0
     for letter in letters:
-        for block in letter["blocks"]:
-            if block["block"] == "regional":
-                region = engine.region[engine.row_of(letter["customer_id"])]
-                popularity = engine.regional[engine.regions.get_loc(region)]
-                item = engine.items.row(block["product_id"])
-                assert block["score"] == pytest.approx(popularity[item], abs=1e-6)
+        for block in letter.blocks:
+            if block.block == "regional":
+                region = engine.state.region[engine.row_of(letter.customer_id)]
+                popularity = engine.state.regional_scores(region)
+                item = engine.items.row(block.product_id)
+                assert block.score == pytest.approx(popularity[item], abs=1e-6)
                 checked += 1
     assert checked > 0
 

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from features.contract import load_dataset
-from training.evaluate import evaluate, ranking_metrics, time_split, top_k
+from training.evaluate import evaluate, ranking_metrics, time_split
 from training.models import create
+from training.ranking import top_k
 
 
 def test_metrics_on_a_hand_computed_example() -> None:

@@ -30,7 +30,7 @@ def served(engine: Engine, now: Any, customers: list[str]) -> dict[str, Any]:
     first_product = str(engine.items.names[0])
     rankings = [engine.rank(Request(c, k=8), now, EVERYTHING) for c in customers]
     rankings += [engine.rank(Request("someone-new", session=[first_product]), now, EVERYTHING),
-                 engine.rank(Request("someone-new", region=str(engine.regions[0])), now,
+                 engine.rank(Request("someone-new", region=str(engine.state.regions[0])), now,
                              EVERYTHING),
                  engine.rank(Request(customers[0]), now, Consent(False, frozenset(), False))]
     for customer in customers:
@@ -42,9 +42,13 @@ def served(engine: Engine, now: Any, customers: list[str]) -> dict[str, Any]:
     return {
         "rankings": [{**{name: getattr(r, name) for name in keep},
                       "offers": [asdict(o) for o in r.offers]} for r in rankings],
-        "letters": [json.loads(json.dumps(letter, default=str)) for letter in letters],
+        "letters": [without_nones(asdict(letter)) for letter in letters],
         "similar": [asdict(o) for o in similar.offers],
     }
+
+
+def without_nones(letter: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in letter.items() if value is not None}
 
 
 @pytest.mark.parametrize("kind", sorted(MODELS))
@@ -61,4 +65,5 @@ def test_the_engine_serves_what_it_served_before(
     if os.environ.get("NBO_PIN_WRITE"):
         PINNED.write_text(json.dumps(pinned | {kind: got}, indent=1, sort_keys=True) + "\n")
     assert kind in pinned, f"nothing pinned for {kind}: run once with NBO_PIN_WRITE=1"
-    assert got == pinned[kind]
+    expected = pinned[kind] | {"letters": [without_nones(x) for x in pinned[kind]["letters"]]}
+    assert got == expected

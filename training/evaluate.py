@@ -20,6 +20,7 @@ from features.config import FeatureConfig
 from features.snapshot import Features, compute_features
 from training.data import TrainData
 from training.models.base import Recommender
+from training.ranking import top_k
 
 TASKS = ("all", "novel")
 METRICS = ("ndcg", "recall", "precision", "map", "hit_rate", "coverage")
@@ -88,14 +89,6 @@ def _pairs(data: TrainData, events: pd.DataFrame) -> sparse.csr_matrix:
                                shape=(len(data.customers), len(data.items)))
     matrix.data[:] = 1.0  # duplicates summed: back to 0/1
     return matrix
-
-
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k highest scores per row, best first (argpartition, then a small sort)."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
 
 
 def ranking_metrics(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> dict[str, np.ndarray]:

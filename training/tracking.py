@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -22,6 +21,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 
 from training.models.base import Recommender
+from training.ranking import top_k
 
 MODEL_NAME = "nbo-ranker"
 EXPERIMENT = "nbo"
@@ -70,7 +70,7 @@ class NboRanker(PythonModel):  # type: ignore[misc]
         k = int(model_input["k"].iloc[0]) if "k" in model_input else 10
         ids = model_input["customer_id"].astype(str).to_numpy()
         scores = self.model.score(ids)
-        best = np.argsort(-scores, axis=1)[:, :k]
+        best = top_k(scores, k)
         rows = [
             {"customer_id": cid, "product_id": self.model.items.ids[item], "rank": rank + 1,
              "score": float(scores[i, item])}

@@ -45,11 +45,42 @@ class Reason:
     anchor: str | None = None
 
 
+POPULAR = "popular"  # the fallback of a customer a model cannot rank
+PROFILE = "profile"  # ranked from the customer features given, without history
+
+
+@dataclass(frozen=True)
+class Query:
+    """Customers to score. ``history`` (customers x offers, in the order of the model's
+    offers) replaces their stored training rows, e.g. a session's events or what happened
+    since training; ``customer_features`` describes customers the model may not know (read
+    by models with ``reads_customer_features``)."""
+
+    customer_ids: list[str] | np.ndarray | pd.Index
+    history: sparse.csr_matrix | None = None
+    customer_features: pd.DataFrame | None = None
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A model's answer: scores (customers x offers, float32), per customer the fallback
+    that made them (None where the model ranked the customer itself, ``PROFILE`` or
+    ``POPULAR``), and the history they were scored from."""
+
+    scores: np.ndarray
+    fallback: np.ndarray
+    history: sparse.csr_matrix
+
+    @property
+    def personalised(self) -> np.ndarray:
+        return np.array([f is None for f in self.fallback], dtype=bool)
+
+
 class Recommender(ABC):
     """Fit on :class:`TrainData`; score many customers x all offers in one call.
 
     Scores are comparable within a customer's row only. Customers the model does not know,
-    and with no history given, get the popularity scores (``is_fallback`` says which).
+    and with no history given, get the popularity scores (:meth:`answer` says which).
     """
 
     kind: ClassVar[str]
@@ -81,41 +112,44 @@ class Recommender(ABC):
 
     # --- scoring ------------------------------------------------------------------------
 
+    def answer(self, query: Query) -> Scored:
+        """Scores of the query's customers with, per customer, what made them: the model's
+        own ranking, or the fallback it fell to. Customers it cannot rank get popularity."""
+        if not len(self.items):
+            raise RuntimeError(f"the {self.kind} model is not fitted: call fit() or load() first")
+        rows = self.customers.index_of(np.asarray(query.customer_ids, dtype=object))
+        history = query.history if query.history is not None else csr_rows(self.matrix, rows)
+        if history.shape != (len(rows), len(self.items)):
+            raise ValueError(f"history of shape {history.shape} for {len(rows)} customers and "
+                             f"{len(self.items)} offers")
+        scores = self._score(rows, history, query.customer_features)
+        fallback = self._fallback(rows, history, query.customer_features)
+        popular = fallback == POPULAR
+        if popular.any():
+            scores[popular] = self.popularity
+        return Scored(scores.astype(np.float32, copy=False), fallback, history)
+
     def score(
         self,
         customer_ids: list[str] | np.ndarray | pd.Index,
         history: sparse.csr_matrix | None = None,
         customer_features: pd.DataFrame | None = None,
     ) -> np.ndarray:
-        """Scores (customers x offers, float32) in the order of ``self.items``.
+        """Scores (customers x offers, float32) in the order of ``self.items``: the scores of
+        :meth:`answer` without what made them."""
+        return self.answer(Query(customer_ids, history, customer_features)).scores
 
-        ``history`` replaces the stored training rows (e.g. a session's events);
-        ``customer_features`` describes customers the model may not know (hybrid models).
-        """
-        if not len(self.items):
-            raise RuntimeError(f"the {self.kind} model is not fitted: call fit() or load() first")
-        ids = np.asarray(customer_ids, dtype=object)
-        rows = self.customers.index_of(ids)
-        if history is None:
-            history = self._stored_history(rows)
-        scores = self._score(rows, history, customer_features)
-        fallback = self.is_fallback(rows, history, customer_features)
-        if fallback.any():
-            scores[fallback] = self.popularity
-        return scores.astype(np.float32, copy=False)
-
-    def is_fallback(self, rows: np.ndarray, history: sparse.csr_matrix,
-                    customer_features: pd.DataFrame | None = None) -> np.ndarray:
-        """Customers the model cannot personalise for: those without any history."""
-        return np.diff(history.indptr) == 0
+    def _fallback(self, rows: np.ndarray, history: sparse.csr_matrix,
+                  customer_features: pd.DataFrame | None) -> np.ndarray:
+        """Per customer, None where the model ranks them, else the fallback: customers
+        without any history get popularity."""
+        fallback = np.full(history.shape[0], None, dtype=object)
+        fallback[np.diff(history.indptr) == 0] = POPULAR
+        return fallback
 
     @abstractmethod
     def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
                customer_features: pd.DataFrame | None) -> np.ndarray: ...
-
-    def _stored_history(self, rows: np.ndarray) -> sparse.csr_matrix:
-        """The history rows of ``rows``; an empty row where a row is -1 (unknown)."""
-        return csr_rows(self.matrix, rows)
 
     # --- erasure ------------------------------------------------------------------------
 
@@ -148,7 +182,7 @@ class Recommender(ABC):
                 history: sparse.csr_matrix | None = None) -> list[Reason]:
         """A reason per product: the bought product it is most similar to, else popularity."""
         rows = self.customers.index_of([customer_id])
-        history = history if history is not None else self._stored_history(rows)
+        history = history if history is not None else csr_rows(self.matrix, rows)
         anchors = history.indices[history.data > 0]
         targets = self.items.index_of(product_ids)
         similarity = None

@@ -13,7 +13,7 @@ from pydantic import Field
 from scipy import sparse
 
 from training.data import TrainData
-from training.models.base import ModelConfig, Param, Recommender
+from training.models.base import ModelConfig, Param, Query, Recommender
 from training.models.factorization import ALS, ALSConfig
 from training.models.neighbours import EASE, EASEConfig, ItemKNN, ItemKNNConfig
 
@@ -94,9 +94,12 @@ class Blend(Recommender):
     def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
                customer_features: pd.DataFrame | None) -> np.ndarray:
         total = np.zeros((len(rows), len(self.items)), dtype=np.float32)
+        # the parts share the blend's id map: a row's id is the same customer to them
+        query = Query(np.where(rows >= 0, self.customers.names[np.maximum(rows, 0)],
+                               "\0unknown"), history)
         for name, (_, _, weight) in self._components().items():
             if name in self.parts:
-                total += weight * standardised(self.parts[name]._score(rows, history, None))
+                total += weight * standardised(self.parts[name].answer(query).scores)
         if self.config.repeat:
             total += self.config.repeat * own_weights(history)
         if self.config.trend:

@@ -14,7 +14,15 @@ from scipy import sparse
 
 from features.side import CUSTOMER_FEATURES, ITEM_FEATURES
 from training.data import TrainData
-from training.models.base import ModelConfig, Param, Reason, Recommender, normalised_rows
+from training.models.base import (
+    POPULAR,
+    PROFILE,
+    ModelConfig,
+    Param,
+    Reason,
+    Recommender,
+    normalised_rows,
+)
 
 
 class LightFMConfig(ModelConfig):
@@ -131,11 +139,15 @@ class LightFMHybrid(Recommender):
         users = self._users(rows, history, customer_features)
         return users @ self.item_vectors.T + self.item_bias
 
-    def is_fallback(self, rows: np.ndarray, history: sparse.csr_matrix,
-                    customer_features: pd.DataFrame | None = None) -> np.ndarray:
+    def _fallback(self, rows: np.ndarray, history: sparse.csr_matrix,
+                  customer_features: pd.DataFrame | None) -> np.ndarray:
         # known customers have features from training: their features rank for them
-        described = self._described(customer_features, len(rows)) | (rows >= 0)
-        return super().is_fallback(rows, history) & ~described
+        no_history = np.diff(history.indptr) == 0
+        described = self._described(customer_features, len(rows)) & (rows < 0)
+        fallback = np.full(len(rows), None, dtype=object)
+        fallback[no_history & described] = PROFILE
+        fallback[no_history & ~described & (rows < 0)] = POPULAR
+        return fallback
 
     def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
         return normalised_rows(self.item_vectors[targets]) @ \

@@ -73,9 +73,9 @@ class Popularity(Recommender):
             scores[group >= 0] = self.group_scores[group[group >= 0]]
         return scores
 
-    def is_fallback(self, rows: np.ndarray, history: sparse.csr_matrix,
-                    customer_features: pd.DataFrame | None = None) -> np.ndarray:
-        return np.zeros(len(rows), dtype=bool)  # popularity is itself the fallback
+    def _fallback(self, rows: np.ndarray, history: sparse.csr_matrix,
+                  customer_features: pd.DataFrame | None) -> np.ndarray:
+        return np.full(len(rows), None, dtype=object)  # popularity is its own ranking
 
     def explain(self, customer_id: str, product_ids: list[str],
                 history: sparse.csr_matrix | None = None) -> list[Reason]:

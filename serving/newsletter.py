@@ -1,0 +1,115 @@
+"""Newsletter letters: per customer, distinct offers for the blocks asked for (``profile``,
+``lifecycle``, ``last_visit``, ``regional``), or why there is no mail."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from serving import ranker
+from serving.policy import Consent
+from serving.requests import Prepared, Request, RequestError
+from serving.scorer import Batch
+from serving.store import NO_EXPOSURE, Exposure
+
+if TYPE_CHECKING:
+    from serving.engine import Engine
+
+BLOCKS = ("profile", "lifecycle", "last_visit", "regional")
+BLOCK_REASONS = {"regional": "popular in your region", "last_visit": "from your last visit"}
+
+
+@dataclass(frozen=True)
+class LetterBlock:
+    block: str
+    product_id: str
+    title: str
+    score: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Letter:
+    customer_id: str
+    blocks: list[LetterBlock] = field(default_factory=list)
+    lifecycle_stage: str | None = None
+    fallback: str | None = None
+    no_mail: str | None = None  # why the customer gets no personalised mail
+
+
+class Newsletter:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def letters(self, customer_ids: list[str], blocks: tuple[str, ...], now: datetime
+                ) -> list[Letter]:
+        unknown_blocks = [b for b in blocks if b not in BLOCKS]
+        if unknown_blocks:
+            raise RequestError(f"unknown block(s) {unknown_blocks}; known: {list(BLOCKS)}")
+        engine, store = self.engine, self.engine.store
+        consents = store.consents_of(customer_ids, engine.settings.personalization_default)
+        exposures = store.exposures(customer_ids,
+                                    now - timedelta(days=engine.settings.contact_window_days))
+        batch = engine.scorer.batch(customer_ids)
+        erased = store.erased_tokens()
+        with_records = store.with_consent_records(customer_ids)
+        return [self.letter(customer_id, blocks, now, consents[customer_id], batch,
+                            exposures.get(customer_id), erased, customer_id in with_records)
+                for customer_id in customer_ids]
+
+    def letter(self, customer_id: str, blocks: tuple[str, ...], now: datetime, consent: Consent,
+               batch: Batch, exposure: Exposure | None, erased: set[str],
+               has_consent_record: bool) -> Letter:
+        engine = self.engine
+        row = engine.state.row_of(customer_id)
+        if erased and engine.store.token(customer_id) in erased:
+            return Letter(customer_id, no_mail="erased")
+        if row < 0 and not has_consent_record:
+            return Letter(customer_id, no_mail="unknown customer")
+        if not consent.allows_channel("email"):
+            return Letter(customer_id, no_mail="no e-mail consent with double opt-in")
+        prepared = engine.prepare(Request(customer_id, "email"), now, consent, batch,
+                                  exposure if exposure is not None else NO_EXPOSURE)
+        allowed = prepared.allowed()
+        placed: list[tuple[str, int, float]] = []
+        for block in blocks:
+            taken = np.array([i for _, i, _ in placed], dtype=np.int64)
+            candidates = allowed.copy()
+            candidates[taken] = False
+            found = self.block(block, row, prepared, candidates, taken)
+            if found is not None:
+                placed.append((block, *found))
+        reasons = engine.reasons.of(customer_id, prepared.scored, prepared.stage,
+                                    np.array([i for _, i, _ in placed], np.int64))
+        offers = engine.offers
+        return Letter(customer_id, [
+            LetterBlock(block, str(offers.ids[i]), str(offers.titles[i]), round(score, 6),
+                        BLOCK_REASONS.get(block, reason))
+            for (block, i, score), reason in zip(placed, reasons, strict=True)
+        ], prepared.stage, prepared.fallback)
+
+    def block(self, block: str, row: int, prepared: Prepared, candidates: np.ndarray,
+              taken: np.ndarray) -> tuple[int, float] | None:
+        """The block's offer and the score it was picked by."""
+        engine = self.engine
+        scores = prepared.scores
+        if block == "lifecycle":
+            candidates = candidates & engine.offers.stage_targeted
+        elif block == "last_visit":
+            visited = np.zeros(len(engine.offers), dtype=bool)
+            visited[engine.state.visited(row)] = True
+            candidates = candidates & visited
+        elif block == "regional":
+            regional_scores = engine.state.regional_scores(prepared.region)
+            if regional_scores is None:
+                return None
+            regional = engine.offers.region == prepared.region
+            if (candidates & regional).any():
+                candidates = candidates & regional
+            scores = regional_scores
+        picked = ranker.top(scores, candidates, 1, engine.offers.category,
+                            engine.settings.max_per_category, taken)
+        return (int(picked[0]), float(scores[picked[0]])) if len(picked) else None

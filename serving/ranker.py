@@ -1,0 +1,43 @@
+"""A policed list: the best allowed offers by score with at most so many per category (the
+top k of :mod:`training.ranking`, which the offline evaluation ranks with), and which rule
+took each offer of the unfiltered top k."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from serving import policy
+from serving.policy import RULES
+from training.ranking import best_first
+
+
+def top(scores: np.ndarray, allowed: np.ndarray, k: int, category: np.ndarray,
+        max_per_category: int, taken: np.ndarray | None = None) -> np.ndarray:
+    """Best allowed offers by score, at most ``max_per_category`` per category (counting the
+    offers already ``taken`` elsewhere)."""
+    candidates = np.flatnonzero(allowed)
+    if not len(candidates):
+        return candidates
+    width = min(len(candidates), max(4 * k * max_per_category, 64))
+    while True:
+        order = best_first(scores, candidates, width)
+        picked = policy.diversify(order, category, max_per_category, k, taken)
+        if len(picked) == k or width == len(candidates):
+            return picked
+        width = len(candidates)
+
+
+def removed(scores: np.ndarray, masks: dict[str, np.ndarray], picked: np.ndarray, k: int,
+            names: np.ndarray) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Which rule took each offer of the unfiltered top k (the first rule that did, in the
+    order of ``masks``; "diversity" for an allowed offer the category cap left out)."""
+    counts = dict.fromkeys(RULES, 0)
+    offers = []
+    served = set(picked.tolist())
+    for item in best_first(scores, np.arange(len(scores)), k):
+        rule = next((name for name, mask in masks.items() if not mask[item]),
+                    None if item in served else "diversity")
+        if rule is not None:
+            counts[rule] += 1
+            offers.append((str(names[item]), rule))
+    return counts, offers

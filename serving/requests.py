@@ -1,0 +1,98 @@
+"""What the engine's parts pass each other: a request, its settings, and the answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple
+
+import numpy as np
+
+from features.settings import Settings
+from serving.scorer import CustomerScores
+
+
+class RequestError(ValueError):
+    """The caller's mistake: answered with 4xx and this message."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    personalization_default: bool = True
+    max_impressions: int = 3
+    contact_window_days: float = 14.0
+    max_per_category: int = 3
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PolicySettings:
+        return cls(settings.personalization_default == "granted",
+                   settings.contact_max_impressions, settings.contact_window_days,
+                   settings.max_per_category)
+
+
+@dataclass
+class Request:
+    customer_id: str
+    channel: str = "web"
+    k: int = 10
+    now: datetime | None = None
+    product_id: str | None = None
+    cart: list[str] = field(default_factory=list)
+    session: list[str] = field(default_factory=list)
+    region: str | None = None
+
+
+@dataclass
+class Offer:
+    product_id: str
+    title: str
+    rank: int
+    score: float
+    reason: str
+
+
+@dataclass
+class Ranking:
+    request_id: str
+    model_version: str
+    customer_id: str
+    lifecycle_stage: str
+    fallback: str | None
+    offers: list[Offer]
+    withheld: str | None = None
+    removed: dict[str, int] = field(default_factory=dict)  # per rule, of the unfiltered top k
+    removed_offers: list[tuple[str, str]] = field(default_factory=list)  # (product, rule)
+
+
+class Resolved(NamedTuple):
+    row: int  # -1 for a customer serving does not know
+    now_ns: int
+    stage: str
+    session: np.ndarray  # offer indices of the session and the product looked at
+    cart: np.ndarray
+
+
+@dataclass
+class Prepared:
+    """One customer's request resolved against the engine: scores and the policy masks."""
+
+    stage: str
+    region: str | None
+    scored: CustomerScores
+    masks: dict[str, np.ndarray]
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.scored.values
+
+    @property
+    def fallback(self) -> str | None:
+        return self.scored.fallback
+
+    def allowed(self) -> np.ndarray:
+        """Offers every rule lets through."""
+        return np.logical_and.reduce(list(self.masks.values()))

@@ -1,0 +1,87 @@
+"""One customer's scores for a request: the model's answer, else the best fallback (from the
+customer's profile for models that read customer features, popular in the region, popular
+overall), or popularity alone without personalisation consent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from scipy import sparse
+
+from serving.policy import Consent
+from serving.state import CustomerState
+from training.models.base import PROFILE, Query, Recommender
+
+NON_PERSONALISED = "non_personalised"
+POPULAR_IN_REGION = "popular_in_region"
+POPULAR = "popular"
+
+
+@dataclass(frozen=True)
+class CustomerScores:
+    """Scores over every offer, the fallback that made them (None: the model ranked the
+    customer), the history given at request time that they came from (None: the model's
+    stored history) and whether that history is the request's session."""
+
+    values: np.ndarray
+    fallback: str | None
+    history: sparse.csr_matrix | None = None
+
+    @property
+    def session_based(self) -> bool:
+        return self.history is not None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Customers scored together (the newsletter): their rows of one model answer."""
+
+    rows: dict[str, int]
+    scores: np.ndarray
+    fallback: np.ndarray
+
+
+class Scorer:
+    def __init__(self, model: Recommender, state: CustomerState) -> None:
+        self.model, self.state = model, state
+
+    def batch(self, customer_ids: list[str]) -> Batch:
+        """The model's answer for customers serving knows, from their stored history."""
+        known = [c for c in customer_ids if self.state.row_of(c) >= 0]
+        if not known:
+            return Batch({}, np.zeros((0, len(self.model.items)), np.float32),
+                         np.zeros(0, object))
+        answer = self.model.answer(Query(known))
+        return Batch({c: i for i, c in enumerate(known)}, answer.scores, answer.fallback)
+
+    def score(self, customer_id: str, row: int, region: str | None, stage: str,
+              now: datetime, consent: Consent, session: np.ndarray,
+              batch: Batch | None = None) -> CustomerScores:
+        """``session``: offer indices seen in the session (they stand in for the history of
+        a customer serving does not know); ``batch``: where the customer was scored already."""
+        if not consent.personalization:
+            return CustomerScores(self.model.popularity.astype(np.float64), NON_PERSONALISED)
+        history = None
+        if row < 0 and len(session):
+            history = sparse.csr_matrix((np.ones(len(session), np.float32),
+                                         (np.zeros(len(session), np.int64), session)),
+                                        shape=(1, len(self.model.items)))
+        if batch is not None and customer_id in batch.rows:
+            i = batch.rows[customer_id]
+            scores, fallback = batch.scores[i], batch.fallback[i]
+        else:
+            features = None
+            if self.model.reads_customer_features and history is None and row < 0:
+                features = self.state.profile(row, region, stage, now)
+            answer = self.model.answer(Query([customer_id], history, features))
+            scores, fallback = answer.scores[0], answer.fallback[0]
+        if fallback is None:
+            return CustomerScores(scores.astype(np.float64), None, history)
+        if fallback == PROFILE:
+            return CustomerScores(scores.astype(np.float64), PROFILE)
+        regional = self.state.regional_scores(region)
+        if regional is not None:
+            return CustomerScores(regional, POPULAR_IN_REGION)
+        return CustomerScores(self.model.popularity.astype(np.float64), POPULAR)

@@ -1,0 +1,33 @@
+"""The one top k: offers best first by score, ties in offer order. Offline evaluation ranks
+with it and serving picks its lists with it, so what is measured is what is served."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def best_first(scores: np.ndarray, candidates: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` best ``candidates`` by score, best first, ties in offer order (found by
+    partition: everything tied with the n-th best is kept until the order is known)."""
+    if n < len(candidates):
+        values = scores[candidates]
+        candidates = candidates[values >= values[np.argpartition(-values, n - 1)[n - 1]]]
+    return candidates[np.lexsort((candidates, -scores[candidates]))][:n]
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Per row of a customers x offers matrix, the ``k`` best offers, best first, ties in
+    offer order: row by row what :func:`best_first` picks from every offer."""
+    n, m = scores.shape
+    k = min(k, m)
+    if k == 0 or n == 0:
+        return np.zeros((n, k), dtype=np.int64)
+    kth = np.take_along_axis(scores, np.argpartition(-scores, k - 1, axis=1)[:, k - 1:k], 1)
+    above = scores > kth
+    tied = scores == kth
+    # of the offers tied with the k-th best, the first ones in offer order fill the rest
+    room = k - above.sum(axis=1, keepdims=True)
+    chosen = above | (tied & (np.cumsum(tied, axis=1) <= room))
+    picked = np.nonzero(chosen)[1].reshape(n, k)  # in offer order within each row
+    order = np.argsort(-np.take_along_axis(scores, picked, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(picked, order, axis=1)
