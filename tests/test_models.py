@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
+from model_contract import BOARD, RecommenderContract
 from scipy import sparse
 
 from features.ids import IdMap
@@ -28,90 +26,15 @@ FAST = {  # small but sufficient settings so the suite stays quick
 PERSONAL = [kind for kind in MODELS if kind != "popularity"]
 
 
-def checkerboard(users: int = 40, items: int = 20, seed: int = 0) -> tuple[TrainData, dict]:
-    """Two taste groups; each user bought every item of their group's block but one.
-
-    The held-out item of a user's own block must outrank every item of the other block.
-    """
-    rng = np.random.default_rng(seed)
-    group = np.arange(users) % 2
-    half = items // 2
-    rows, cols, held_out = [], [], {}
-    for u in range(users):
-        block = np.arange(half) + group[u] * half
-        hidden = int(rng.choice(block))
-        held_out[u] = hidden
-        for i in block:
-            if i != hidden:
-                rows.append(u)
-                cols.append(i)
-    matrix = sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
-                               shape=(users, items))
-    ages = matrix.copy()
-    ages.data = rng.uniform(0.0, 90.0, ages.nnz).astype(np.float32)
-    customers = IdMap([f"u{u}" for u in range(users)])
-    products = IdMap([f"i{i}" for i in range(items)])
-    customer_features = pd.DataFrame({
-        "region": np.where(group == 0, "north", "south"), "age_band": "35-44",
-        "lifecycle_stage": "active", "segment": np.where(group == 0, "a", "b"),
-    }, index=customers.ids)
-    item_features = pd.DataFrame({
-        "category": np.where(np.arange(items) < half, "left", "right"), "brand": "x",
-        "price_band": "mid", "offer_type": "product",
-    }, index=products.ids)
-    data = TrainData(customers, products, matrix, customer_features, item_features, ages)
-    return data, {"group": group, "held_out": held_out, "half": half}
-
-
 @pytest.fixture(scope="module")
 def board() -> tuple[TrainData, dict]:
-    return checkerboard()
+    return BOARD
 
 
 @pytest.fixture(scope="module")
 def fitted(board: tuple[TrainData, dict]) -> dict:
     data, _ = board
     return {kind: create(kind, FAST[kind]).fit(data) for kind in MODELS}
-
-
-@pytest.mark.parametrize("kind", PERSONAL)
-def test_held_out_item_outranks_the_other_block(kind: str, fitted: dict, board: tuple) -> None:
-    data, truth = board
-    model = fitted[kind]
-    scores = model.score(data.customers.to_list())
-    half = truth["half"]
-    wins = 0
-    for u, hidden in truth["held_out"].items():
-        other = np.arange(half) + (1 - truth["group"][u]) * half
-        wins += scores[u, hidden] > scores[u, other].max()
-    assert wins / len(truth["held_out"]) >= 0.9
-
-
-@pytest.mark.parametrize("kind", list(MODELS))
-def test_save_load_gives_the_same_scores(kind: str, fitted: dict, tmp_path: Path) -> None:
-    model = fitted[kind]
-    ids = [*model.customers.to_list()[:5], "stranger"]
-    loaded = type(model).load(model.save(tmp_path / kind))
-    assert loaded.kind == kind and loaded.params() == model.params()
-    np.testing.assert_allclose(loaded.score(ids), model.score(ids), rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("kind", list(MODELS))
-def test_refit_with_the_same_seed_is_deterministic(kind: str, board: tuple) -> None:
-    data, _ = board
-    ids = data.customers.to_list()
-    first = create(kind, FAST[kind]).fit(data).score(ids)
-    second = create(kind, FAST[kind]).fit(data).score(ids)
-    np.testing.assert_array_equal(first, second)
-
-
-@pytest.mark.parametrize("kind", list(MODELS))
-def test_config_round_trips_through_flat_params(kind: str) -> None:
-    model = create(kind, FAST[kind])
-    again = type(model).from_params(model.params())
-    assert again.config == model.config
-    with pytest.raises(ValueError, match=r"extra|not permitted"):
-        type(model).from_params({**model.params(), "nonsense": 1})
 
 
 def test_a_nested_setting_keeps_the_rest_of_its_section_as_the_model_sets_it() -> None:
@@ -123,65 +46,6 @@ def test_a_nested_setting_keeps_the_rest_of_its_section_as_the_model_sets_it() -
     assert isinstance(config, BlendConfig)
     assert config.itemknn.neighbours == 99
     assert config.itemknn.similarity == BlendConfig().itemknn.similarity == "bm25"
-
-
-@pytest.mark.parametrize("kind", list(MODELS))
-def test_search_space_names_real_config_fields(kind: str) -> None:
-    cls = MODELS[kind]
-    assert set(cls.search_space) <= set(cls().params())
-
-
-@pytest.mark.parametrize("kind", list(MODELS))
-def test_unknown_customer_without_history_gets_popularity(kind: str, fitted: dict) -> None:
-    model = fitted[kind]
-    scores = model.score(["stranger"])
-    np.testing.assert_allclose(scores[0], model.popularity)
-
-
-@pytest.mark.parametrize("kind", PERSONAL)
-def test_unknown_customer_with_a_session_history_is_personalised(
-    kind: str, fitted: dict, board: tuple
-) -> None:
-    data, truth = board
-    model = fitted[kind]
-    half = truth["half"]
-    session = sparse.csr_matrix(([1.0, 1.0], ([0, 0], [0, 1])), shape=(1, len(data.items)))
-    scores = model.score(["stranger"], history=session)[0]
-    assert scores[2:half].mean() > scores[half:].mean()
-
-
-@pytest.mark.parametrize("kind", list(MODELS))
-def test_a_forgotten_customer_is_unknown_and_leaves_no_trace(kind: str, board: tuple,
-                                                            tmp_path: Path) -> None:
-    data, _ = board
-    model = create(kind, FAST[kind]).fit(data)
-    gone, kept = data.customers.ids[0], data.customers.ids[1]
-    before_kept = model.score([kept])
-    assert model.forget([gone, "never-seen"]) == 1
-    assert model.customers.index_of([gone])[0] == -1
-    assert model.matrix[0].nnz == 0
-    np.testing.assert_allclose(model.score([gone])[0], model.popularity)
-    np.testing.assert_allclose(model.score([kept]), before_kept, rtol=1e-5, atol=1e-6)
-    stored = np.load(model.save(tmp_path / kind) / "arrays.npz")
-    for name in ("user_factors", "customer_group"):
-        if name in stored.files and len(stored[name]):
-            assert not np.any(stored[name][0] > 0), name
-    assert gone not in json.loads((tmp_path / kind / "customers.json").read_text())
-
-
-@pytest.mark.parametrize("kind", list(MODELS))
-def test_one_user_and_empty_edge_cases(kind: str) -> None:
-    one = sparse.csr_matrix(np.array([[1.0, 0.0, 1.0, 0.0]], dtype=np.float32))
-    features = pd.DataFrame({"region": ["x"], "age_band": ["u"], "lifecycle_stage": ["new"],
-                             "segment": ["s"]}, index=pd.Index(["u0"]))
-    items = pd.DataFrame({"category": list("aabb"), "brand": "b", "price_band": "mid",
-                          "offer_type": "product"}, index=pd.Index([f"i{i}" for i in range(4)]))
-    params = FAST[kind] | ({"factors": 2} if kind in ("als", "bpr") else {}) | (
-        {"als.factors": 2} if kind == "blend" else {})
-    data = TrainData(IdMap(["u0"]), IdMap(items.index), one, features, items)
-    model = create(kind, params).fit(data)
-    assert model.score(["u0"]).shape == (1, 4)
-    assert model.score([]).shape == (0, 4)
 
 
 def test_hybrid_ranks_cold_customers_from_their_features(fitted: dict, board: tuple) -> None:
@@ -269,3 +133,36 @@ def test_csr_rows_picks_rows_and_gives_unknown_ones_an_empty_row() -> None:
     assert picked.shape == (6, 12)
     np.testing.assert_array_equal(picked.toarray(), expected)
     assert csr_rows(matrix, np.zeros(0, np.int64)).shape == (0, 12)
+
+
+class TestPopularity(RecommenderContract):
+    kind, params, personal = "popularity", FAST["popularity"], False
+
+
+class TestALS(RecommenderContract):
+    kind, params = "als", FAST["als"]
+
+
+class TestBPR(RecommenderContract):
+    kind, params = "bpr", FAST["bpr"]
+
+
+class TestItemKNN(RecommenderContract):
+    kind, params = "itemknn", FAST["itemknn"]
+
+
+class TestEASE(RecommenderContract):
+    kind, params = "ease", FAST["ease"]
+
+
+class TestLightFM(RecommenderContract):
+    kind, params = "lightfm", FAST["lightfm"]
+
+
+class TestBlend(RecommenderContract):
+    kind, params = "blend", FAST["blend"]
+
+
+def test_every_model_has_a_contract_class() -> None:
+    tested = {cls.kind for cls in RecommenderContract.__subclasses__()}
+    assert tested == set(MODELS)

@@ -171,6 +171,11 @@ class LightFMHybrid(Recommender):
         keep[rows] = 0.0
         self.user_features = (sparse.diags(keep) @ self.user_features).tocsr()
         self.user_embeddings = embeddings
+        # their identity feature keeps its column, under a name that is not their id
+        for row, customer_id in zip(rows, self.customers.names[rows], strict=True):
+            column = self.user_vocabulary.pop(f"id:{customer_id}", None)
+            if column is not None:
+                self.user_vocabulary[f"id:\0erased:{row}"] = column
 
     def _arrays(self) -> dict[str, np.ndarray]:
         f = self.user_features
