@@ -139,6 +139,10 @@ class TestPopularity(RecommenderContract):
     kind, params, personal = "popularity", FAST["popularity"], False
 
 
+class TestPopularityBySegment(RecommenderContract):
+    kind, params, personal = "popularity", {"by": "segment"}, False
+
+
 class TestALS(RecommenderContract):
     kind, params = "als", FAST["als"]
 
