@@ -62,6 +62,7 @@ def test_unknown_setting_is_a_usage_error(tmp_path: Path) -> None:
     assert result.exit_code == 2
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(isolated_home: Path) -> None:
     port = free_port()
     try:
