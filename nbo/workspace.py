@@ -80,14 +80,10 @@ class Workspace:
         it, for looking at what a customer is served."""
         import tempfile
 
-        from serving.engine import Engine, PolicySettings
-        from serving.store import Store
-        from training.tracking import CHAMPION, registered_folder
+        from nbo.jobs.champion import champion_engine
 
         into = Path(tempfile.mkdtemp(prefix="nbo-champion-"))
-        folder, version = registered_folder(self.client, CHAMPION, into)
-        store = Store(self.settings.consent_url())
-        return Engine.load(folder, version, store, PolicySettings.from_settings(self.settings))
+        return champion_engine(self.client, self.settings, into)
 
 
 def open_workspace(dataset: Path | str | None = None, models: bool = True,
@@ -168,5 +164,10 @@ def _champion(space: Workspace) -> None:
 
     if version_by_alias(space.client, CHAMPION) is not None:
         return
+    from nbo.jobs.champion import publish_champion
+
     decision = promote(space.client)  # the study registered its best trial as challenger
     space.log.append(decision.message)
+    if decision.promoted:  # as 'nbo promote' does: the service would serve it
+        space.log.append(f"published the champion to BentoML's model store as "
+                         f"{publish_champion(space.client)}")

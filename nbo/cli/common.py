@@ -1,0 +1,101 @@
+"""What every command shares: the application, its consoles, settings, exit codes, errors,
+progress and tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+EXIT_DATA = 3
+EXIT_MISSING = 4
+
+console = Console()
+err_console = Console(stderr=True)
+app = typer.Typer(
+    help="nbo: next-best-offer recommendations with consent and lifecycle rules.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+import_app = typer.Typer(help="Convert public data sets into the nbo data contract.",
+                         no_args_is_help=True)
+data_app = typer.Typer(help="Check datasets against the data contract.", no_args_is_help=True)
+features_app = typer.Typer(help="Build feature snapshots.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
+
+
+def settings() -> Any:
+    from features.settings import Settings
+
+    return Settings()
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@contextmanager
+def data_errors() -> Iterator[None]:
+    """Turn contract and missing-file errors into a message and a meaningful exit code."""
+    from features.contract import ContractError
+
+    try:
+        yield
+    except ContractError as exc:
+        raise fail(str(exc), EXIT_DATA) from None
+    except FileNotFoundError as exc:
+        raise fail(str(exc), EXIT_MISSING) from None
+
+
+@contextmanager
+def steps(title: str) -> Iterator[Callable[[str], None]]:
+    """A spinner that shows the current step of a long job."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=err_console, transient=True) as progress:
+        task = progress.add_task(title)
+        yield lambda step: progress.update(task, description=f"{title}: {step}")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def feature_config(overrides: list[str]) -> Any:
+    from pydantic import ValidationError
+
+    from features.config import FeatureConfig, from_flat, to_flat
+
+    given = parse_overrides(overrides)
+    flat = to_flat(FeatureConfig()) | given
+    if "price_bands" in given:
+        flat["price_bands"] = flat["price_bands"].split(";")
+    try:
+        return from_flat(FeatureConfig, flat)
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--set") from None
+
+
+
+def print_frame(frame: Any, title: str, floats: str = "{:.4f}") -> None:
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column))
+    for row in frame.itertuples(index=False):
+        table.add_row(*[floats.format(v) if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+

@@ -1,0 +1,209 @@
+"""Training commands: evaluate, train, tune, promote and list the registered models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from nbo.cli.common import (
+    EXIT_DATA,
+    app,
+    console,
+    data_errors,
+    fail,
+    parse_overrides,
+    print_frame,
+    settings,
+    steps,
+)
+
+# --- training -----------------------------------------------------------------------------
+
+SnapshotOption = Annotated[Path | None, typer.Option(
+    help="Feature snapshot folder; default NBO_HOME/demo/snapshot (made by 'nbo demo').")]
+CutoffOption = Annotated[datetime | None, typer.Option(
+    help="Train strictly before this time, test after; default the last --test-days.")]
+TestDaysOption = Annotated[float, typer.Option(min=1, help="Days of the test window.")]
+KOption = Annotated[int, typer.Option(min=1, help="Length of the ranked lists evaluated.")]
+
+
+def experiment_of(snapshot: Path | None, cutoff: datetime | None, test_days: float, k: int
+                ) -> Any:
+    import pandas as pd
+
+    from training.pipeline import prepare
+
+    path = snapshot or settings().home / "demo" / "snapshot"
+    with data_errors(), steps("preparing the split") as _:
+        try:
+            return prepare(path, pd.Timestamp(cutoff) if cutoff else None, test_days, k)
+        except ValueError as exc:
+            raise fail(str(exc), EXIT_DATA) from None
+
+
+def _model_params(kind: str, overrides: list[str]) -> dict[str, Any]:
+    from pydantic import ValidationError
+
+    from training.models import MODELS
+
+    if kind not in MODELS:
+        raise typer.BadParameter(f"choose one of {', '.join(MODELS)}", param_hint="MODEL")
+    params = parse_overrides(overrides)
+    try:
+        return MODELS[kind].from_params(params).params()
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--set") from None
+
+
+def tracking() -> Any:
+    from training.tracking import use_tracking
+
+    return use_tracking(settings().tracking_uri())
+
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Argument(help="Model: popularity, als, bpr, itemknn, ease, "
+                                              "lightfm.")],
+    snapshot: SnapshotOption = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Model setting, e.g. --set factors=128.")] = None,
+    cutoff: CutoffOption = None,
+    test_days: TestDaysOption = 30.0,
+    k: KOption = 10,
+) -> None:
+    """Evaluate a model on a time split, refit it on all data, log it to MLflow and register
+    it as the 'challenger' version of nbo-ranker."""
+    from training.pipeline import train as run
+
+    params = _model_params(model, set_ or [])
+    experiment = experiment_of(snapshot, cutoff, test_days, k)
+    tracking()
+    with steps("training") as step:
+        trained = run(experiment, model, params, report=step)
+    print_frame(trained.evaluation[trained.evaluation["group"] == "overall"]
+                .drop(columns="group"), f"{model} on split {experiment.key}")
+    logged = trained.logged
+    assert logged is not None
+    console.print(f"fit {trained.fit_seconds:.1f} s; MLflow run {logged.run_id}; "
+                  f"registered nbo-ranker version {logged.version} as challenger")
+
+
+@app.command()
+def evaluate(
+    models: Annotated[list[str] | None, typer.Argument(help="Models to compare; default all.")
+                      ] = None,
+    snapshot: SnapshotOption = None,
+    cutoff: CutoffOption = None,
+    test_days: TestDaysOption = 30.0,
+    k: KOption = 10,
+    out: Annotated[Path | None, typer.Option(help="Also write the table as CSV.")] = None,
+    log: Annotated[bool, typer.Option(
+        help="Also log each candidate's evaluation to MLflow (no model is registered).")
+                   ] = False,
+) -> None:
+    """Fit every candidate on the same time split and print their metrics side by side."""
+    from training.pipeline import compare_candidates
+
+    for kind in models or []:
+        _model_params(kind, [])
+    experiment = experiment_of(snapshot, cutoff, test_days, k)
+    if log:
+        tracking()
+    with steps("evaluating") as step:
+        table = compare_candidates(experiment, models or None, report=step, log=log)
+    for task in ("all", "novel"):
+        print_frame(table[table["task"] == task].drop(columns="task"),
+                    f"task '{task}' at k={k}, cut-off {experiment.split.cutoff}")
+    if out:
+        table.to_csv(out, index=False)
+        console.print(f"wrote {out}")
+
+
+@app.command()
+def tune(
+    model: Annotated[str, typer.Argument(help="Model to tune.")],
+    trials: Annotated[int, typer.Option(min=1, help="Trials to run in this process.")] = 20,
+    storage: Annotated[str | None, typer.Option(
+        help="Optuna storage URL; several workers on one URL share a study. Default "
+             "NBO_OPTUNA_STORAGE, else sqlite:///NBO_HOME/optuna.db.")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name; default from model and split.")
+                     ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the TPE sampler.")] = 42,
+    folds: Annotated[int, typer.Option(
+        min=0, help="Validation windows of --test-days before the cut-off to tune on, the "
+                    "objective being their mean (configs chosen on one window carry over "
+                    "worse to the next); 0 tunes on the evaluation split itself.")] = 3,
+    snapshot: SnapshotOption = None,
+    cutoff: CutoffOption = None,
+    test_days: TestDaysOption = 30.0,
+    k: KOption = 10,
+) -> None:
+    """Tune a model with Optuna (seeded TPE, default config first, pruning) on validation
+    windows before the evaluation split; every trial is an MLflow child run; the best is
+    evaluated on the split, refit, logged and registered as challenger."""
+    from training.pipeline import validation_folds
+    from training.tune import tune as run
+
+    _model_params(model, [])
+    experiment = experiment_of(snapshot, cutoff, test_days, k)
+    try:
+        validation = validation_folds(experiment, folds, test_days) if folds else None
+    except ValueError as exc:
+        raise fail(f"cannot make {folds} validation window(s): {exc}", EXIT_DATA) from None
+    current = settings()
+    url = storage or current.optuna_url()
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    tracking()
+    with steps(f"tuning {model}") as step:
+        result = run(experiment, model, trials, url, study, seed, report=step,
+                     validation=validation)
+    trials_done = result.study.trials
+    pruned = sum(t.state.name == "PRUNED" for t in trials_done)
+    console.print(f"{len(trials_done)} trials in study '{result.study.study_name}' "
+                  f"({pruned} pruned); best objective {result.best_value:.4f} with "
+                  f"{result.best_params}")
+    logged = result.trained.logged
+    assert logged is not None
+    console.print(f"registered nbo-ranker version {logged.version} as challenger "
+                  f"(parent run {result.parent_run_id})")
+
+
+@app.command()
+def promote(
+    force: Annotated[bool, typer.Option(
+        help="Promote even if worse; recorded as a tag on the version.")] = False,
+) -> None:
+    """Make the challenger the champion if it is at least as good as the current champion on
+    the same split (all.ndcg and novel.ndcg); the comparison is printed and logged."""
+    from nbo.jobs.champion import publish_champion
+    from training.tracking import promote as run
+
+    client = tracking()
+    decision = run(client, force=force)
+    if len(decision.comparison):
+        print_frame(decision.comparison, "challenger vs champion")
+    console.print(decision.message)
+    if not decision.promoted:
+        raise typer.Exit(1)
+    console.print(f"published to the BentoML model store as {publish_champion(client)}; a "
+                  "running service switches to it within NBO_RELOAD_SECONDS")
+
+
+@app.command()
+def models() -> None:
+    """List the registered versions of nbo-ranker with aliases and gate metrics."""
+    from training.tracking import list_versions
+
+    table = list_versions(tracking())
+    if table.empty:
+        console.print("no registered versions yet: run 'nbo train MODEL'")
+        return
+    print_frame(table, "nbo-ranker")
+
+
