@@ -95,8 +95,9 @@ class Blend(Recommender):
                customer_features: pd.DataFrame | None) -> np.ndarray:
         total = np.zeros((len(rows), len(self.items)), dtype=np.float32)
         # the parts share the blend's id map: a row's id is the same customer to them
-        query = Query(np.where(rows >= 0, self.customers.names[np.maximum(rows, 0)],
-                               "\0unknown"), history)
+        ids = np.full(len(rows), "\0unknown", dtype=object)
+        ids[rows >= 0] = self.customers.names[rows[rows >= 0]]
+        query = Query(ids, history)
         for name, (_, _, weight) in self._components().items():
             if name in self.parts:
                 total += weight * standardised(self.parts[name].answer(query).scores)
