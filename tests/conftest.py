@@ -16,9 +16,16 @@ from features.settings import quiet_third_parties
 
 quiet_third_parties()
 # BentoML reads its home once: the test session gets its own model store
-os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="nbo-bentoml-")
+SESSION_FOLDERS = [tempfile.mkdtemp(prefix=f"nbo-{name}-") for name in ("bentoml", "prometheus")]
+os.environ["BENTOML_HOME"] = SESSION_FOLDERS[0]
 # what 'bentoml serve' sets up for its workers, needed by /metrics served in-process
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="nbo-prometheus-")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = SESSION_FOLDERS[1]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The session's own folders go with it (pytest's tmp_path folders are pruned by pytest)."""
+    for folder in SESSION_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
 
 ONLINE_RETAIL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "online_retail" / (
     "online_retail.csv"
