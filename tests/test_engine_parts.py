@@ -1,0 +1,81 @@
+"""The engine's parts on their own: ranker, customer state and scorer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from features.snapshot import load_snapshot
+from serving import ranker
+from serving.engine import Engine, PolicySettings
+from serving.policy import Consent
+from serving.store import Store
+from training.ranking import best_first, top_k
+
+EVERYTHING = Consent(True, frozenset({"email", "sms", "app", "push", "post"}), True)
+
+
+def test_one_top_k_for_evaluation_and_serving_with_ties_in_offer_order() -> None:
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 4, size=(50, 30)).astype(np.float32)  # many ties
+    best = top_k(scores, 7)
+    for row in range(len(scores)):
+        assert best[row].tolist() == best_first(scores[row], np.arange(30), 7).tolist()
+    assert top_k(np.array([[0.1, 0.9, 0.5, 0.7]]), 3).tolist() == [[1, 3, 2]]
+
+
+def test_the_ranker_caps_each_category_and_counts_what_others_took() -> None:
+    scores = np.array([9.0, 8.0, 7.0, 6.0, 5.0, 4.0])
+    category = np.array([0, 0, 0, 1, 1, 2])
+    allowed = np.ones(6, dtype=bool)
+    assert ranker.top(scores, allowed, 4, category, 2).tolist() == [0, 1, 3, 4]
+    taken = np.array([3])  # a category-1 offer placed elsewhere counts against the cap
+    assert ranker.top(scores, allowed, 4, category, 1, taken).tolist() == [0, 5]
+
+
+def test_removals_name_the_first_rule_that_took_each_offer_of_the_unfiltered_top() -> None:
+    scores = np.array([9.0, 8.0, 7.0, 6.0, 5.0])
+    masks = {"consent": np.array([True, False, True, True, True]),
+             "contact": np.array([True, False, False, True, True])}
+    picked = np.array([0, 4])  # offer 3 was allowed but not served: the category cap
+    counts, offers = ranker.removed(scores, masks, picked, 4, np.array(list("abcde")))
+    assert offers == [("b", "consent"), ("c", "contact"), ("d", "diversity")]
+    assert counts["consent"] == counts["contact"] == counts["diversity"] == 1
+
+
+@pytest.fixture
+def engine(model_dir: Path, tmp_path: Path) -> Engine:
+    return Engine.load(model_dir, "1", Store(f"sqlite:///{tmp_path / 'store.db'}"),
+                       PolicySettings())
+
+
+def test_state_and_model_share_one_id_map_so_a_forgotten_customer_is_unknown_to_both(
+        engine: Engine) -> None:
+    customer = next(str(c) for c in engine.customers.names
+                    if engine.state.purchases(engine.row_of(str(c)), 0)[0].size)
+    row = engine.row_of(customer)
+    assert engine.state.customers is engine.model.customers
+    assert engine.forget(customer) == {"model_rows": 1, "state_rows": 1}
+    assert engine.row_of(customer) == engine.model.customers.row(customer) == -1
+    assert engine.state.purchases(row, 0)[0].size == 0 and engine.state.region[row] is None
+    assert engine.forget(customer) == {"model_rows": 0, "state_rows": 0}
+
+
+def test_the_scorer_falls_back_from_the_model_to_the_region_to_popularity(
+        engine: Engine, snapshot_dir: Path) -> None:
+    now = load_snapshot(snapshot_dir).now.to_pydatetime()
+    scorer, none = engine.scorer, np.zeros(0, np.int64)
+    known = str(engine.customers.names[0])
+    region = str(engine.state.regions[0])
+    assert scorer.score(known, 0, None, "active", now, EVERYTHING, none).fallback is None
+    denied = Consent(False, frozenset(), False)
+    assert scorer.score(known, 0, None, "active", now, denied, none).fallback == \
+        "non_personalised"
+    regional = scorer.score("new", -1, region, "prospect", now, EVERYTHING, none)
+    assert regional.fallback == "popular_in_region"
+    np.testing.assert_allclose(regional.values, engine.state.regional_scores(region))
+    assert scorer.score("new", -1, None, "prospect", now, EVERYTHING, none).fallback == "popular"
+    session = scorer.score("new", -1, region, "prospect", now, EVERYTHING, np.array([0, 1]))
+    assert session.fallback is None and session.session_based
