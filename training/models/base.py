@@ -122,12 +122,19 @@ class Recommender(ABC):
         if history.shape != (len(rows), len(self.items)):
             raise ValueError(f"history of shape {history.shape} for {len(rows)} customers and "
                              f"{len(self.items)} offers")
-        scores = self._score(rows, history, query.customer_features)
-        fallback = self._fallback(rows, history, query.customer_features)
+        features = query.customer_features
+        fallback = self._fallback(rows, history, features)
         popular = fallback == POPULAR
-        if popular.any():
+        if not popular.any():
+            scores = self._score(rows, history, features).astype(np.float32, copy=False)
+        else:  # only the customers it ranks are scored: the rest get popularity
+            scores = np.empty((len(rows), len(self.items)), dtype=np.float32)
             scores[popular] = self.popularity
-        return Scored(scores.astype(np.float32, copy=False), fallback, history)
+            ranked = np.flatnonzero(~popular)
+            if len(ranked):
+                scores[ranked] = self._score(rows[ranked], history[ranked],
+                                             None if features is None else features.iloc[ranked])
+        return Scored(scores, fallback, history)
 
     def score(
         self,
@@ -146,6 +153,12 @@ class Recommender(ABC):
         fallback = np.full(history.shape[0], None, dtype=object)
         fallback[np.diff(history.indptr) == 0] = POPULAR
         return fallback
+
+    def raw_scores(self, rows: np.ndarray, history: sparse.csr_matrix,
+                   customer_features: pd.DataFrame | None = None) -> np.ndarray:
+        """The model's own scores of customer ``rows`` (-1: unknown) from ``history``, with
+        no fallback: what a model that combines others (the blend) adds up."""
+        return self._score(rows, history, customer_features)
 
     @abstractmethod
     def _score(self, rows: np.ndarray, history: sparse.csr_matrix,

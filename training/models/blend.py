@@ -13,7 +13,7 @@ from pydantic import Field
 from scipy import sparse
 
 from training.data import TrainData
-from training.models.base import ModelConfig, Param, Query, Recommender
+from training.models.base import ModelConfig, Param, Recommender
 from training.models.factorization import ALS, ALSConfig
 from training.models.neighbours import EASE, EASEConfig, ItemKNN, ItemKNNConfig
 
@@ -94,13 +94,10 @@ class Blend(Recommender):
     def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
                customer_features: pd.DataFrame | None) -> np.ndarray:
         total = np.zeros((len(rows), len(self.items)), dtype=np.float32)
-        # the parts share the blend's id map: a row's id is the same customer to them
-        ids = np.full(len(rows), "\0unknown", dtype=object)
-        ids[rows >= 0] = self.customers.names[rows[rows >= 0]]
-        query = Query(ids, history)
+        # the parts were fitted on the blend's data: its rows are their rows
         for name, (_, _, weight) in self._components().items():
             if name in self.parts:
-                total += weight * standardised(self.parts[name].answer(query).scores)
+                total += weight * standardised(self.parts[name].raw_scores(rows, history))
         if self.config.repeat:
             total += self.config.repeat * own_weights(history)
         if self.config.trend:
