@@ -214,6 +214,16 @@ def validate_tables(
     )
 
 
+def validate_events(frame: pd.DataFrame, products: pd.Index) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The events table's rules alone, for events arriving without a dataset (the service's
+    /events): the kept rows, normalised, and the bad ones with their ``source_row`` (from 1)
+    and ``reason``. ``products`` are the known product ids."""
+    missing = [c for c in REQUIRED_COLUMNS["events"] if c not in frame.columns]
+    if missing:
+        raise ContractError(f"events: required column(s) {', '.join(missing)} missing")
+    return _split(frame, lambda f: _event_reasons(f, products))
+
+
 Rule = Callable[[pd.DataFrame], tuple[pd.DataFrame, pd.Series]]
 
 

@@ -42,6 +42,17 @@ class Settings(BaseSettings):
         14.0, gt=0, description="Window in days of the contact policy's impression count."
     )
     max_per_category: int = Field(3, ge=1, description="Offers per category in one list.")
+    dismiss_rest_days: float = Field(
+        30.0, ge=0, description="Days an offer rests for a customer after they dismissed it."
+    )
+    live_events_per_customer: int = Field(
+        200, ge=1, le=10_000, description="Events posted since the model's snapshot that "
+        "count per customer (their latest); the rest wait for the next training."
+    )
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, le=64,
+        description="Worker processes of the service; default: the number of cores."
+    )
     model_tag: str = Field(
         "nbo-ranker:latest", description="BentoML model the service serves (imported on promote)."
     )

@@ -24,19 +24,29 @@ def event_contributions(
 ) -> np.ndarray:
     """Signed, time-decayed weight of every event (events after ``now`` must be removed)."""
     kinds = kinds or kind_masks(events[C.event_type])
-    quantity = events[C.quantity].to_numpy(dtype=float)
+    return contributions(kinds, events[C.quantity].to_numpy(dtype=float),
+                         events[C.rating].to_numpy(dtype=float),
+                         events[C.timestamp].to_numpy("datetime64[ns]").view(np.int64),
+                         now.as_unit("ns").value, w)
+
+
+def contributions(kinds: dict[str, np.ndarray], quantity: np.ndarray, rating: np.ndarray,
+                  times_ns: np.ndarray, now_ns: int, w: EventWeights) -> np.ndarray:
+    """:func:`event_contributions` over plain arrays: a mask per event type, quantities,
+    ratings (NaN where none) and times in int64 nanoseconds. Serving weighs live events
+    with this, the features job the history."""
     units = np.log2(1.0 + quantity) if w.damp_quantity else quantity
-    out = np.zeros(len(events))
+    out = np.zeros(len(quantity))
     out[kinds[E.purchase]] = w.purchase * units[kinds[E.purchase]]
     out[kinds[E.return_]] = -w.return_ * w.purchase * units[kinds[E.return_]]
-    del quantity, units
+    del units
     out[kinds[E.cart]] = w.cart
     out[kinds[E.wishlist]] = w.wishlist
     out[kinds[E.view]] = w.view
     rated = kinds[E.rating]
-    out[rated] = w.rating * (events[C.rating].to_numpy(dtype=float)[rated] - 2.5)
-    age_days = events[C.timestamp].to_numpy("datetime64[ns]").view(np.int64).astype(float)
-    age_days -= now.as_unit("ns").value
+    out[rated] = w.rating * (rating[rated] - 2.5)
+    age_days = times_ns.astype(float)
+    age_days -= now_ns
     age_days /= -86_400e9
     np.maximum(age_days, 0.0, out=age_days)
     age_days /= -w.half_life_days

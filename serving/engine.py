@@ -10,21 +10,22 @@ new engine and swapping the reference.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from features.columns import CHANNELS
-from features.config import LifecycleConfig
+from features.config import EventWeights, LifecycleConfig
 from features.context import read_context
-from features.ids import IdMap
+from features.ids import MISSING, IdMap
 from serving import ranker
+from serving.live import Activity, activity
 from serving.masks import Masks
 from serving.newsletter import BLOCKS, Letter, LetterBlock, Newsletter
 from serving.policy import Consent, Offers
-from serving.reasons import Reasons
+from serving.reasons import Anchors, Reasons
 from serving.requests import (
     Offer,
     PolicySettings,
@@ -37,7 +38,7 @@ from serving.requests import (
 from serving.scorer import Batch, Scorer
 from serving.similar import similar
 from serving.state import CustomerState
-from serving.store import Exposure, Store
+from serving.store import NO_EXPOSURE, Exposure, LiveEvent, Store, Window
 from training.models.base import Query, Recommender
 
 CONTEXT_DIR = "context"
@@ -49,13 +50,17 @@ class Engine:
     """A model, its offer table and the customer state serving reads, as arrays."""
 
     def __init__(self, model: Recommender, version: str, tables: dict[str, pd.DataFrame],
-                 lifecycle: LifecycleConfig, store: Store, settings: PolicySettings) -> None:
+                 lifecycle: LifecycleConfig, store: Store, settings: PolicySettings,
+                 as_of: datetime = datetime.min, weights: EventWeights | None = None) -> None:
+        """``as_of``: the snapshot's moment (events posted for later moments are live);
+        ``weights``: the features' event weights, which live events are weighed with."""
         self.model, self.version, self.store, self.settings = model, version, store, settings
+        self.as_of, self.weights = as_of, weights or EventWeights()
         self.items = model.items
         self.offers = Offers.from_frame(tables["offers"], model.items.ids)
         self.state = CustomerState(model, model.items, tables, lifecycle)
         self.scorer = Scorer(model, self.state)
-        self.masks = Masks(self.offers, model.items, self.state, store, settings)
+        self.masks = Masks(self.offers, model.items, self.state, settings)
         self.reasons = Reasons(model, self.offers)
         self._newsletter = Newsletter(self)
 
@@ -63,11 +68,12 @@ class Engine:
     def load(cls, folder: Path, version: str, store: Store, settings: PolicySettings) -> Engine:
         """Load a model folder with its serving context and check they fit together."""
         model = Recommender.load(folder)
-        tables, config, _ = read_context(folder / CONTEXT_DIR)
+        tables, config, as_of = read_context(folder / CONTEXT_DIR)
         consents = tables["consents"]
         store.seed_consents(consents, f"{len(consents)}:"
                             f"{int(pd.util.hash_pandas_object(consents, index=False).sum())}")
-        engine = cls(model, version, tables, config.lifecycle, store, settings)
+        engine = cls(model, version, tables, config.lifecycle, store, settings,
+                     as_of.to_pydatetime(), config.weights)
         engine.forget_erased()
         engine.check()
         return engine
@@ -88,10 +94,13 @@ class Engine:
         return self.model.customers
 
     def row_of(self, customer_id: str) -> int:
-        return self.state.row_of(customer_id)
-
-    def stage(self, row: int, now_ns: int) -> str:
-        return self.state.stage(row, now_ns)
+        """The customer's row, ``MISSING`` for one the model does not know or one erased in
+        any worker or replica (the store says; the engine then forgets them too)."""
+        row = self.state.row_of(customer_id)
+        if row >= 0 and self.store.is_erased(customer_id):
+            self.forget(customer_id)
+            return MISSING
+        return row
 
     def forget_erased(self) -> None:
         """Drop customers erased through the API, also from a model trained before."""
@@ -118,26 +127,50 @@ class Engine:
         return found
 
     def resolve(self, request: Request, now: datetime) -> Resolved:
-        """Check the request's channel and offers, and find the customer and their stage."""
+        """Check the request's channel and offers, and find the customer."""
         if request.channel not in CHANNELS:
             raise RequestError(f"unknown channel {request.channel!r}; known: {list(CHANNELS)}")
         now_ns = int(np.datetime64(now, "ns").astype(np.int64))
-        row = self.state.row_of(request.customer_id)
-        session = self.indices([*request.session, *([request.product_id] if request.product_id
-                                                   else [])], "session/product_id")
+        session = self.indices(request.session, "session")
+        page = self.indices([request.product_id] if request.product_id else [], "product_id")
         cart = self.indices(request.cart, "cart")
-        return Resolved(row, now_ns, self.state.stage(row, now_ns), session, cart)
+        return Resolved(self.row_of(request.customer_id), now_ns, session, page, cart)
+
+    def window(self, now: datetime) -> Window:
+        settings = self.settings
+        return Window(now - timedelta(days=settings.contact_window_days),
+                      now - timedelta(days=settings.dismiss_rest_days), self.as_of)
+
+    def activity(self, customer_id: str, resolved: Resolved, now: datetime, exposure: Exposure,
+                 events: list[LiveEvent] | None = None) -> Activity:
+        """What the customer did since the snapshot (``events`` None: read from the store)
+        with the request's session, page and cart."""
+        if events is None:
+            events = self.store.live_events([customer_id], self.as_of, now,
+                                            self.settings.live_events).get(customer_id, [])
+        return activity(events, exposure, self.items, resolved.now_ns, self.weights,
+                        resolved.session, resolved.cart, resolved.page)
 
     def prepare(self, request: Request, now: datetime, consent: Consent,
-                batch: Batch | None = None, exposure: Exposure | None = None) -> Prepared:
-        """Scores and every rule's mask for one customer (``batch`` where batch-scored)."""
-        row, now_ns, stage, session, cart = self.resolve(request, now)
+                batch: Batch | None = None, exposure: Exposure | None = None,
+                events: list[LiveEvent] | None = None) -> Prepared:
+        """Scores and every rule's mask for one customer (``batch`` where batch-scored;
+        ``exposure`` and ``events`` where read for many customers at once)."""
+        resolved = self.resolve(request, now)
+        row, now_ns = resolved.row, resolved.now_ns
+        if exposure is None:
+            exposure = self.store.exposure(request.customer_id, self.window(now))
+        act = self.activity(request.customer_id, resolved, now, exposure, events)
+        stage = self.state.stage(row, now_ns, act.first_and_last_purchase())
         region = request.region or self.state.region_of(row)
+        history = self.scorer.history(row, act) if consent.personalization else None
         scored = self.scorer.score(request.customer_id, row, region, stage, now, consent,
-                                   np.r_[session, cart].astype(np.int64), batch)
-        masks = self.masks.of(request.customer_id, row, request.channel, now, now_ns, region,
-                              stage, consent, cart, exposure)
-        return Prepared(stage, region, scored, masks)
+                                   history, batch)
+        masks = self.masks.of(row, request.channel, now, now_ns, region, stage, consent,
+                              resolved.cart, exposure, act)
+        anchors = Anchors(np.r_[self.state.purchases(row, now_ns)[0], act.bought],
+                          act.carted, act.wished, np.r_[act.seen, self.state.visited(row)])
+        return Prepared(stage, region, scored, masks, act, anchors)
 
     def rank(self, request: Request, now: datetime, consent: Consent,
              exposure: Exposure | None = None) -> Ranking:
@@ -148,14 +181,20 @@ class Engine:
         if not consent.allows_channel(request.channel):
             why = ("no e-mail consent with double opt-in" if request.channel == "email"
                    else f"no {request.channel} consent")
-            return Ranking(request_id, self.version, request.customer_id,
-                           self.resolve(request, now).stage, None, [], withheld=why)
+            # nothing is offered: the stage from the events alone, no feedback log read
+            resolved = self.resolve(request, now)
+            act = self.activity(request.customer_id, resolved, now, NO_EXPOSURE)
+            stage = self.state.stage(resolved.row, resolved.now_ns,
+                                     act.first_and_last_purchase())
+            return Ranking(request_id, self.version, request.customer_id, stage, None, [],
+                           withheld=why)
         prepared = self.prepare(request, now, consent, exposure=exposure)
         picked = ranker.top(prepared.scores, prepared.allowed(), request.k,
                             self.offers.category, self.settings.max_per_category)
         removed, removed_offers = ranker.removed(prepared.scores, prepared.masks, picked,
                                                  request.k, self.offers.ids)
-        reasons = self.reasons.of(request.customer_id, prepared.scored, prepared.stage, picked)
+        reasons = self.reasons.of(request.customer_id, prepared.scored, prepared.stage, picked,
+                                  prepared.anchors)
         offers = [Offer(str(self.offers.ids[i]), str(self.offers.titles[i]), rank + 1,
                         round(float(prepared.scores[i]), 6), reasons[rank])
                   for rank, i in enumerate(picked)]

@@ -4,48 +4,56 @@ over the state serving holds."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 
 from features.ids import IdMap
 from serving import policy
+from serving.live import Activity
 from serving.policy import Consent, Offers
 from serving.requests import PolicySettings
-from serving.state import CustomerState
-from serving.store import Exposure, Store
+from serving.state import NS_PER_DAY, CustomerState
+from serving.store import Exposure
 
 
 class Masks:
-    def __init__(self, offers: Offers, items: IdMap, state: CustomerState, store: Store,
+    def __init__(self, offers: Offers, items: IdMap, state: CustomerState,
                  settings: PolicySettings) -> None:
-        self.offers, self.items, self.state = offers, items, state
-        self.store, self.settings = store, settings
+        self.offers, self.items, self.state, self.settings = offers, items, state, settings
 
-    def of(self, customer_id: str, row: int, channel: str, now: datetime, now_ns: int,
-           region: str | None, stage: str, consent: Consent, cart: np.ndarray,
-           exposure: Exposure | None) -> dict[str, np.ndarray]:
-        """Rule name -> offers it lets through; ``exposure`` None reads the feedback log."""
+    def of(self, row: int, channel: str, now: datetime, now_ns: int, region: str | None,
+           stage: str, consent: Consent, cart: np.ndarray, exposure: Exposure, act: Activity
+           ) -> dict[str, np.ndarray]:
+        """Rule name -> offers it lets through."""
         return {
             "eligibility": policy.eligible(self.offers, now_ns, channel, region,
                                            self.state.age(row, now)),
             "consent": policy.consented(self.offers, consent),
             "lifecycle": policy.in_stage(self.offers, stage),
-            "exclusion": self.exclusions(row, now_ns, cart),
-            "contact": self.contact(customer_id, now, exposure),
+            "exclusion": self.exclusions(row, now_ns, cart, act),
+            "contact": self.contact(exposure, act),
         }
 
-    def exclusions(self, row: int, now_ns: int, cart: np.ndarray) -> np.ndarray:
+    def exclusions(self, row: int, now_ns: int, cart: np.ndarray, act: Activity) -> np.ndarray:
+        """What the customer bought (also since the snapshot) within its repurchase time,
+        returned, has in the cart or is looking at on the page."""
         bought, days_ago = self.state.purchases(row, now_ns)
-        return policy.not_excluded(self.offers, bought, days_ago, self.state.returns(row), cart)
+        if len(act.bought):
+            bought = np.r_[bought, act.bought]
+            days_ago = np.r_[days_ago, (now_ns - act.bought_ns) / NS_PER_DAY]
+        returned = self.state.returns(row)
+        if len(act.returned):
+            returned = np.r_[returned, act.returned]
+        return policy.not_excluded(self.offers, bought, days_ago, returned,
+                                   np.r_[cart, act.page].astype(np.int64))
 
-    def contact(self, customer_id: str, now: datetime, exposure: Exposure | None
-                ) -> np.ndarray:
-        if exposure is None:
-            since = now - timedelta(days=self.settings.contact_window_days)
-            exposure = self.store.exposure(customer_id, since)
+    def contact(self, exposure: Exposure, act: Activity) -> np.ndarray:
+        """Offers shown too often without a click, or dismissed, rest."""
         shown = np.fromiter((self.items.row(p) for p in exposure.product_ids), dtype=np.int64,
                             count=len(exposure.product_ids))
         known = shown >= 0
-        return policy.not_rested(len(self.offers), shown[known], exposure.shown[known],
+        keep = policy.not_rested(len(self.offers), shown[known], exposure.shown[known],
                                  exposure.clicked[known], self.settings.max_impressions)
+        keep[act.dismissed] = False
+        return keep

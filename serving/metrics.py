@@ -73,6 +73,8 @@ class Metrics:
                                 ["reason"], registry=self.registry)
         self.feedback = Counter("nbo_feedback_events", "Feedback events stored.", ["action"],
                                 registry=self.registry)
+        self.events = Counter("nbo_live_events", "Events posted to /events and stored.",
+                              registry=self.registry)
         self.reloads = Counter("nbo_model_loads", "Model loads, by outcome.", ["outcome"],
                                registry=self.registry)
 

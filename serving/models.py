@@ -87,6 +87,7 @@ class ModelHolder:
         self.tag, self.store, self.settings = tag, store, settings
         self.status = Status()
         self.engine: Engine | None = None
+        self._erasures = -1  # erasures the engine in use has forgotten
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -110,12 +111,28 @@ class ModelHolder:
                 METRICS.reloads.labels(outcome="refused").inc()
                 log.error("refused model %s: %s", tag, error)
                 return f"refused {tag}: {self.status.refused[tag]}"
+            # an erasure recorded while the model loaded is forgotten before it serves (and
+            # every request checks the store for erasures in any case)
+            self._erasures = self.store.erasure_count()
+            engine.forget_erased()
             self.engine = engine
             self.status.serving, self.status.version = tag, version
             self.status.since = datetime.now(UTC).isoformat(timespec="seconds")
             METRICS.reloads.labels(outcome="loaded").inc()
             log.info("serving model %s (version %s)", tag, version)
             return f"serving {tag} (version {version})"
+
+    def sweep_erasures(self) -> int:
+        """Forget the customers erased through other workers or replicas since the last
+        sweep: their requests are answered as erased already (the store is asked on every
+        request); this frees what the engine still holds of them. Returns how many
+        erasures the store has recorded."""
+        count = self.store.erasure_count()
+        engine = self.engine
+        if engine is not None and count != self._erasures:
+            engine.forget_erased()
+            self._erasures = count
+        return count
 
     def watch(self, seconds: float) -> None:
         """Look for a newer model every ``seconds`` in a daemon thread."""
@@ -126,6 +143,7 @@ class ModelHolder:
             while not self._stop.wait(seconds):
                 try:
                     self.refresh()
+                    self.sweep_erasures()
                 except Exception:  # the watcher must outlive a broken store; logged
                     log.exception("looking for a newer model failed")
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -13,7 +13,7 @@ from serving import ranker
 from serving.policy import Consent
 from serving.requests import Prepared, Request, RequestError
 from serving.scorer import Batch
-from serving.store import NO_EXPOSURE, Exposure
+from serving.store import NO_EXPOSURE, Exposure, LiveEvent
 
 if TYPE_CHECKING:
     from serving.engine import Engine
@@ -51,28 +51,29 @@ class Newsletter:
             raise RequestError(f"unknown block(s) {unknown_blocks}; known: {list(BLOCKS)}")
         engine, store = self.engine, self.engine.store
         consents = store.consents_of(customer_ids, engine.settings.personalization_default)
-        exposures = store.exposures(customer_ids,
-                                    now - timedelta(days=engine.settings.contact_window_days))
+        exposures = store.exposures(customer_ids, engine.window(now))
+        live = store.live_events(customer_ids, engine.as_of, now, engine.settings.live_events)
         batch = engine.scorer.batch(customer_ids)
-        erased = store.erased_tokens()
+        erased = store.erased_among(customer_ids)
         with_records = store.with_consent_records(customer_ids)
         return [self.letter(customer_id, blocks, now, consents[customer_id], batch,
-                            exposures.get(customer_id), erased, customer_id in with_records)
+                            exposures.get(customer_id, NO_EXPOSURE), live.get(customer_id, []),
+                            customer_id in erased, customer_id in with_records)
                 for customer_id in customer_ids]
 
     def letter(self, customer_id: str, blocks: tuple[str, ...], now: datetime, consent: Consent,
-               batch: Batch, exposure: Exposure | None, erased: set[str],
+               batch: Batch, exposure: Exposure, events: list[LiveEvent], erased: bool,
                has_consent_record: bool) -> Letter:
         engine = self.engine
-        row = engine.state.row_of(customer_id)
-        if erased and engine.store.token(customer_id) in erased:
+        if erased:
             return Letter(customer_id, no_mail="erased")
-        if row < 0 and not has_consent_record:
+        row = engine.state.row_of(customer_id)
+        if row < 0 and not has_consent_record and not events:
             return Letter(customer_id, no_mail="unknown customer")
         if not consent.allows_channel("email"):
             return Letter(customer_id, no_mail="no e-mail consent with double opt-in")
         prepared = engine.prepare(Request(customer_id, "email"), now, consent, batch,
-                                  exposure if exposure is not None else NO_EXPOSURE)
+                                  exposure, events)
         allowed = prepared.allowed()
         placed: list[tuple[str, int, float]] = []
         for block in blocks:
@@ -83,7 +84,8 @@ class Newsletter:
             if found is not None:
                 placed.append((block, *found))
         reasons = engine.reasons.of(customer_id, prepared.scored, prepared.stage,
-                                    np.array([i for _, i, _ in placed], np.int64))
+                                    np.array([i for _, i, _ in placed], np.int64),
+                                    prepared.anchors)
         offers = engine.offers
         return Letter(customer_id, [
             LetterBlock(block, str(offers.ids[i]), str(offers.titles[i]), round(score, 6),
@@ -100,7 +102,8 @@ class Newsletter:
             candidates = candidates & engine.offers.stage_targeted
         elif block == "last_visit":
             visited = np.zeros(len(engine.offers), dtype=bool)
-            visited[engine.state.visited(row)] = True
+            visited[engine.state.visited(row)] = True  # and what they saw or carted since
+            visited[prepared.activity.seen] = visited[prepared.activity.carted] = True
             candidates = candidates & visited
         elif block == "regional":
             regional_scores = engine.state.regional_scores(prepared.region)

@@ -9,6 +9,8 @@ from typing import NamedTuple
 import numpy as np
 
 from features.settings import Settings
+from serving.live import NOTHING, Activity
+from serving.reasons import NO_ANCHORS, Anchors
 from serving.scorer import CustomerScores
 
 
@@ -26,12 +28,15 @@ class PolicySettings:
     max_impressions: int = 3
     contact_window_days: float = 14.0
     max_per_category: int = 3
+    dismiss_rest_days: float = 30.0
+    live_events: int = 200  # per customer: the latest ones since the snapshot count
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PolicySettings:
         return cls(settings.personalization_default == "granted",
                    settings.contact_max_impressions, settings.contact_window_days,
-                   settings.max_per_category)
+                   settings.max_per_category, settings.dismiss_rest_days,
+                   settings.live_events_per_customer)
 
 
 @dataclass
@@ -69,10 +74,10 @@ class Ranking:
 
 
 class Resolved(NamedTuple):
-    row: int  # -1 for a customer serving does not know
+    row: int  # -1 for a customer serving does not know (or erased)
     now_ns: int
-    stage: str
-    session: np.ndarray  # offer indices of the session and the product looked at
+    session: np.ndarray  # offer indices of the session
+    page: np.ndarray  # the product on the page (none or one)
     cart: np.ndarray
 
 
@@ -84,6 +89,8 @@ class Prepared:
     region: str | None
     scored: CustomerScores
     masks: dict[str, np.ndarray]
+    activity: Activity = NOTHING
+    anchors: Anchors = NO_ANCHORS
 
     @property
     def scores(self) -> np.ndarray:

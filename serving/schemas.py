@@ -88,7 +88,31 @@ class FeedbackEvent(Body):
 class FeedbackResponse(BaseModel):
     request_id: str
     model_version: str
-    stored: int
+    stored: int = Field(description="Events new to the store.")
+    duplicates: int = Field(0, description="Events the store held already (a retry).")
+    erased: int = Field(0, description="Events of erased customers, not stored.")
+
+
+class EventIn(Body):
+    """One event in the data contract's columns, checked by the contract's own rules."""
+
+    event_id: str = Field(min_length=1, max_length=128,
+                          description="The client's id of the event: a retry is stored once.")
+    customer_id: str = Field(min_length=1, max_length=128)
+    product_id: str = Field(min_length=1, max_length=128)
+    event_type: str = Field(description="purchase, return, wishlist, rating, cart or view.")
+    timestamp: str | float | None = Field(
+        None, description="When it happened, ISO 8601 (UTC where no offset is given) or epoch "
+        "seconds; default: when it is received.")
+    quantity: float | None = Field(None, description="Units of a purchase or return; "
+                                   "default 1.")
+    rating: float | None = Field(None, description="1 to 5, for a rating.")
+    order_id: str | None = Field(None, max_length=128)
+    channel: Channel | None = None
+
+
+class EventsResponse(FeedbackResponse):
+    pass
 
 
 class ConsentChange(Body):

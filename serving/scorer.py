@@ -10,9 +10,10 @@ from datetime import datetime
 import numpy as np
 from scipy import sparse
 
+from serving.live import Activity, with_history
 from serving.policy import Consent
 from serving.state import CustomerState
-from training.models.base import PROFILE, Query, Recommender
+from training.models.base import PROFILE, Query, Recommender, csr_rows
 
 NON_PERSONALISED = "non_personalised"
 POPULAR_IN_REGION = "popular_in_region"
@@ -22,16 +23,12 @@ POPULAR = "popular"
 @dataclass(frozen=True)
 class CustomerScores:
     """Scores over every offer, the fallback that made them (None: the model ranked the
-    customer), the history given at request time that they came from (None: the model's
-    stored history) and whether that history is the request's session."""
+    customer) and the history given at request time that they came from (None: the model's
+    stored history)."""
 
     values: np.ndarray
     fallback: str | None
     history: sparse.csr_matrix | None = None
-
-    @property
-    def session_based(self) -> bool:
-        return self.history is not None
 
 
 @dataclass(frozen=True)
@@ -56,19 +53,25 @@ class Scorer:
         answer = self.model.answer(Query(known))
         return Batch({c: i for i, c in enumerate(known)}, answer.scores, answer.fallback)
 
+    def history(self, row: int, act: Activity) -> sparse.csr_matrix | None:
+        """The customer's history with their activity since the snapshot and the request's
+        context added, None where the activity changes nothing (the model's own applies)."""
+        if not act.changes_history:
+            return None
+        stored = csr_rows(self.model.matrix, np.array([row]))
+        items, weights = with_history(stored.indices, stored.data, act, len(self.model.items))
+        return sparse.csr_matrix((weights.astype(np.float32), (np.zeros(len(items), np.int64),
+                                                               items)),
+                                 shape=(1, len(self.model.items)))
+
     def score(self, customer_id: str, row: int, region: str | None, stage: str,
-              now: datetime, consent: Consent, session: np.ndarray,
+              now: datetime, consent: Consent, history: sparse.csr_matrix | None = None,
               batch: Batch | None = None) -> CustomerScores:
-        """``session``: offer indices seen in the session (they stand in for the history of
-        a customer serving does not know); ``batch``: where the customer was scored already."""
+        """``history``: from :meth:`history` (None: the model's stored one); ``batch``:
+        where the customer was scored already from their stored history."""
         if not consent.personalization:
             return CustomerScores(self.model.popularity.astype(np.float64), NON_PERSONALISED)
-        history = None
-        if row < 0 and len(session):
-            history = sparse.csr_matrix((np.ones(len(session), np.float32),
-                                         (np.zeros(len(session), np.int64), session)),
-                                        shape=(1, len(self.model.items)))
-        if batch is not None and customer_id in batch.rows:
+        if history is None and batch is not None and customer_id in batch.rows:
             i = batch.rows[customer_id]
             scores, fallback = batch.scores[i], batch.fallback[i]
         else:

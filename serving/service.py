@@ -25,12 +25,15 @@ from serving import models
 from serving.engine import Engine, PolicySettings, Ranking, RequestError
 from serving.engine import Request as RankRequest
 from serving.http import ApiKeys
+from serving.ingest import BadEvents, event_rows
 from serving.metrics import METRICS
 from serving.models import ModelHolder
 from serving.schemas import (
     Block,
     Channel,
     ConsentUpdate,
+    EventIn,
+    EventsResponse,
     FeedbackEvent,
     FeedbackResponse,
     Letter,
@@ -97,7 +100,7 @@ STARTUP = Settings()  # what must be known when the class is declared
 
 
 @bentoml.asgi_app(admin, path="/")
-@bentoml.service(name="nbo", workers=1,
+@bentoml.service(name="nbo", workers=STARTUP.workers,
                  traffic={"timeout": STARTUP.request_timeout_seconds},
                  # every path excluded: the tracing middleware passes requests straight through
                  tracing={} if STARTUP.tracing else {"excluded_urls": "."})
@@ -145,6 +148,8 @@ class NboService:
     async def _answer(self, work: Callable[[], T], in_thread: bool = False) -> T | JSONResponse:
         try:
             return await anyio.to_thread.run_sync(work) if in_thread else work()
+        except BadEvents as caller:
+            return JSONResponse({"error": str(caller), "invalid": caller.bad}, status_code=400)
         except RequestError as caller:
             return error(str(caller), caller.status)
 
@@ -215,18 +220,41 @@ class NboService:
     async def feedback(
         self, events: Annotated[list[FeedbackEvent], Field(min_length=1, max_length=10_000)]
     ) -> FeedbackResponse:
-        """Impressions, clicks, conversions and dismissals; stored before the answer."""
+        """Impressions, clicks, conversions and dismissals, stored before the answer; a
+        retried (request_id, product_id, action) is stored once. A conversion counts as a
+        purchase and a dismissal rests the offer, from the next request on."""
 
         def work() -> FeedbackResponse:
             received = datetime.now(UTC).replace(tzinfo=None)
             rows = [{**event.model_dump(), "timestamp": moment(self.settings, event.timestamp)}
                     for event in events]
-            stored = self.store.append_feedback(rows, received)
+            appended = self.store.append_feedback(rows, received)
             for event in events:
                 METRICS.feedback.labels(action=event.action).inc()
             engine = self.holder.engine
             return FeedbackResponse(request_id=uuid.uuid4().hex,
-                                    model_version=engine.version if engine else "", stored=stored)
+                                    model_version=engine.version if engine else "",
+                                    **asdict(appended))
+
+        return await self._answer(work, in_thread=True)  # type: ignore[return-value]
+
+    @bentoml.api(route="/events")
+    async def events(
+        self, events: Annotated[list[EventIn], Field(min_length=1, max_length=10_000)]
+    ) -> EventsResponse:
+        """What customers did in the shop (purchases, returns, wish lists, ratings, carts,
+        views), checked by the data contract and stored before the answer; effective on the
+        next request in every worker. A call with a bad event stores nothing and lists each
+        bad one; a retried event_id is stored once."""
+
+        def work() -> EventsResponse:
+            engine = self._engine()
+            received = datetime.now(UTC).replace(tzinfo=None)
+            rows = event_rows(events, engine.items.ids, received)
+            appended = self.store.append_events(rows, received)
+            METRICS.events.inc(appended.stored)
+            return EventsResponse(request_id=uuid.uuid4().hex, model_version=engine.version,
+                                  **asdict(appended))
 
         return await self._answer(work, in_thread=True)  # type: ignore[return-value]
 

@@ -81,13 +81,21 @@ class CustomerState:
         """The customer's row, ``MISSING`` for one serving does not know (or erased)."""
         return self.customers.row(customer_id)
 
-    def stage(self, row: int, now_ns: int) -> str:
-        if row < 0 or self.first_ns[row] == NO_TIME:
+    def stage(self, row: int, now_ns: int, since: tuple[int, int] = (NO_TIME, NO_TIME)
+              ) -> str:
+        """The lifecycle stage at ``now_ns``; ``since``: the first and last purchase after
+        the snapshot (``NO_TIME``: none), which move it (a prospect who buys is new)."""
+        first = self.first_ns[row] if row >= 0 else NO_TIME
+        last = self.last_ns[row] if row >= 0 else NO_TIME
+        if since[0] != NO_TIME:
+            first = since[0] if first == NO_TIME else min(first, since[0])
+            last = max(last, since[1])
+        if first == NO_TIME:
             return Stage.prospect
-        days = np.array([(now_ns - self.first_ns[row]) / NS_PER_DAY])
-        since_last = np.array([(now_ns - self.last_ns[row]) / NS_PER_DAY])
-        return str(stage_from_days(days, since_last, self.usual_gap[row:row + 1],
-                                   self.lifecycle)[0])
+        days = np.array([(now_ns - first) / NS_PER_DAY])
+        since_last = np.array([(now_ns - last) / NS_PER_DAY])
+        gap = self.usual_gap[row:row + 1] if row >= 0 else np.array([np.nan])
+        return str(stage_from_days(days, since_last, gap, self.lifecycle)[0])
 
     def age(self, row: int, now: datetime) -> int | None:
         if row < 0 or np.isnan(self.birth_year[row]):

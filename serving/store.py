@@ -1,6 +1,7 @@
-"""The service's database through SQLAlchemy: consents with their audit trail, the feedback
-log, and erasures. A SQLite file by default, PostgreSQL by setting a
-``postgresql+psycopg://`` URL; several service processes may share one database.
+"""The service's database through SQLAlchemy: consents with their audit trail, the live
+events a storefront posts, the feedback log, and erasures. A SQLite file by default,
+PostgreSQL by setting a ``postgresql+psycopg://`` URL; several service processes may share
+one database.
 
 Every write commits before it returns, so an acknowledged change or feedback call is durable;
 every read goes to the database, so a change is effective on the next request in every worker.
@@ -15,7 +16,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -57,14 +58,18 @@ T = TypeVar("T")
 
 
 class Exposure(NamedTuple):
-    """A customer's recent exposure to offers: parallel per product."""
+    """A customer's responses to served offers: parallel per product."""
 
     product_ids: list[str]
-    shown: np.ndarray  # impressions in the window
-    clicked: np.ndarray  # clicked or bought in the window
+    shown: np.ndarray  # impressions in the contact window
+    clicked: np.ndarray  # clicked or bought in the contact window
+    dismissed: np.ndarray | None = None  # dismissed within the rest time (bool)
+    converted_ns: np.ndarray | None = None  # latest conversion, int64 ns (NO_TIME: none)
 
 
-NO_EXPOSURE = Exposure([], np.zeros(0, np.int64), np.zeros(0, bool))
+NO_TIME = np.iinfo(np.int64).min
+NO_EXPOSURE = Exposure([], np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, bool),
+                       np.zeros(0, np.int64))
 metadata = MetaData()
 consents = Table(
     "consents", metadata,
@@ -100,6 +105,25 @@ feedback = Table(
     Column("received_at", DateTime, nullable=False),
     Index("feedback_customer_time", "customer_id", "timestamp"),
 )
+# one response per served offer and action: a retried feedback call is stored once (rows
+# without a request id are not deduplicated; NULLs are distinct in a unique index)
+FEEDBACK_ONCE = Index("feedback_once", feedback.c.request_id, feedback.c.product_id,
+                      feedback.c.action, unique=True)
+events = Table(  # what the storefront posts to /events, in the data contract's columns
+    "events", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),  # order of arrival
+    Column("event_id", String(128), nullable=False, unique=True),  # the client's key
+    Column("customer_id", String(128), nullable=False),
+    Column("product_id", String(128), nullable=False),
+    Column("event_type", String(16), nullable=False),
+    Column("timestamp", DateTime, nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("rating", Float, nullable=True),
+    Column("order_id", String(128), nullable=True),
+    Column("channel", String(16), nullable=True),
+    Column("received_at", DateTime, nullable=False),
+    Index("events_customer_time", "customer_id", "timestamp"),
+)
 erasures = Table(
     "erasures", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
@@ -124,14 +148,68 @@ CONSENT_ROWS = select(consents.c.customer_id, consents.c.purpose, consents.c.gra
                       consents.c.double_opt_in).where(consents.c.customer_id.in_(_CUSTOMERS))
 CONSENT_HOLDERS = select(consents.c.customer_id).distinct().where(
     consents.c.customer_id.in_(_CUSTOMERS))
+_IN_WINDOW = feedback.c.timestamp >= bindparam("window")
 EXPOSURE_ROWS = (
     select(feedback.c.customer_id, feedback.c.product_id,
-           func.sum(case((feedback.c.action == "impression", 1), else_=0)).label("shown"),
-           func.max(case((feedback.c.action.in_(("click", "conversion")), 1), else_=0)
-                    ).label("clicked"))
+           func.sum(case(((feedback.c.action == "impression") & _IN_WINDOW, 1), else_=0)
+                    ).label("shown"),
+           func.max(case((feedback.c.action.in_(("click", "conversion")) & _IN_WINDOW, 1),
+                         else_=0)).label("clicked"),
+           func.max(case(((feedback.c.action == "dismiss")
+                          & (feedback.c.timestamp >= bindparam("rest")), 1), else_=0)
+                    ).label("dismissed"),
+           func.max(case(((feedback.c.action == "conversion")
+                          & (feedback.c.timestamp > bindparam("as_of")), feedback.c.timestamp),
+                         else_=None)).label("converted"))
     .where(feedback.c.customer_id.in_(_CUSTOMERS)
            & (feedback.c.timestamp >= bindparam("since")))
     .group_by(feedback.c.customer_id, feedback.c.product_id))
+_LATEST = (func.row_number().over(partition_by=events.c.customer_id,
+                                  order_by=(events.c.timestamp.desc(), events.c.seq.desc()))
+           .label("latest"))
+_RECENT = (select(events.c.customer_id, events.c.product_id, events.c.event_type,
+                  events.c.timestamp, events.c.quantity, events.c.rating, _LATEST)
+           .where(events.c.customer_id.in_(_CUSTOMERS)
+                  & (events.c.timestamp > bindparam("as_of"))
+                  & (events.c.timestamp <= bindparam("until")))
+           .subquery())
+EVENT_ROWS = select(_RECENT).where(_RECENT.c.latest <= bindparam("limit"))
+ERASED = select(suppressed.c.token).where(suppressed.c.token == bindparam("token"))
+EVENT_COLUMNS = ("customer_id", "product_id", "event_type", "timestamp", "quantity", "rating",
+                 "order_id", "channel")
+
+
+@dataclass(frozen=True)
+class Window:
+    """The moments a customer's feedback is read against: impressions and clicks count from
+    ``window``, dismissals rest offers from ``rest``, conversions after ``as_of`` (the
+    model's snapshot) count as purchases."""
+
+    window: datetime
+    rest: datetime
+    as_of: datetime
+
+    @property
+    def since(self) -> datetime:
+        return min(self.window, self.rest, self.as_of)
+
+
+class LiveEvent(NamedTuple):
+    customer_id: str
+    product_id: str
+    event_type: str
+    timestamp: datetime
+    quantity: int
+    rating: float | None
+
+
+@dataclass(frozen=True)
+class Appended:
+    """What an append did: rows new to the store and rows it held already (a retry)."""
+
+    stored: int
+    duplicates: int
+    erased: int = 0  # rows of erased customers, not stored
 
 
 @dataclass(frozen=True)
@@ -157,6 +235,8 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         settled(lambda: metadata.create_all(self.engine))
+        # a store made before the index existed gets it too
+        settled(lambda: FEEDBACK_ONCE.create(self.engine, checkfirst=True))
         self._key = settled(self._secret)
 
     def close(self) -> None:
@@ -270,36 +350,127 @@ class Store:
 
     # --- feedback -----------------------------------------------------------------------
 
-    def append_feedback(self, rows: list[dict[str, Any]], received_at: datetime) -> int:
+    def append_feedback(self, rows: list[dict[str, Any]], received_at: datetime) -> Appended:
+        """Store feedback rows in one transaction; a row with the (request_id, product_id,
+        action) of a stored one is a retry and is not stored again."""
+        return settled(lambda: self._append(feedback, rows, received_at,
+                                            ("request_id", "product_id", "action")))
+
+    def append_events(self, rows: list[dict[str, Any]], received_at: datetime) -> Appended:
+        """Store live events (the contract's columns and a client's ``event_id``) in one
+        transaction, committed before this returns; an ``event_id`` the store holds is a
+        retry and is not stored again; events of erased customers are not stored."""
+        return settled(lambda: self._append(events, rows, received_at, ("event_id",)))
+
+    def _append(self, table: Table, rows: list[dict[str, Any]], received_at: datetime,
+                key: tuple[str, ...]) -> Appended:
         if not rows:
-            return 0
+            return Appended(0, 0)
+        gone = self.erased_among(row["customer_id"] for row in rows)
+        fresh = [row for row in rows if row["customer_id"] not in gone]
+        seen: set[tuple[Any, ...]] = set()
+        unique = []  # a key twice in one call is stored once; rows without a key all are
+        for row in fresh:
+            keyed = tuple(row.get(c) for c in key)
+            if None not in keyed:
+                if keyed in seen:
+                    continue
+                seen.add(keyed)
+            unique.append(row)
         with self.engine.begin() as db:
-            db.execute(insert(feedback), [{**row, "received_at": received_at} for row in rows])
-        return len(rows)
+            held = self._held(db, table, key, unique)
+            new = [{**row, "received_at": received_at} for row in unique
+                   if tuple(row.get(c) for c in key) not in held]
+            for start in range(0, len(new), 2_000):
+                # a writer that raced us to a key makes this transaction fail: settled()
+                # runs it again and it then counts that row as held
+                db.execute(insert(table), new[start:start + 2_000])
+        return Appended(len(new), len(fresh) - len(new), len(rows) - len(fresh))
 
-    def exposure(self, customer_id: str, since: datetime) -> Exposure:
-        """Per product: impressions and whether it was clicked or bought since ``since``."""
-        return self.exposures([customer_id], since).get(customer_id, NO_EXPOSURE)
+    @staticmethod
+    def _held(db: Any, table: Table, key: tuple[str, ...], rows: list[dict[str, Any]]
+              ) -> set[tuple[Any, ...]]:
+        """The keys among ``rows`` the table holds already (rows without a full key never
+        match: they are always new)."""
+        keyed = [row for row in rows if all(row.get(c) is not None for c in key)]
+        held: set[tuple[Any, ...]] = set()
+        first = table.c[key[0]]
+        for start in range(0, len(keyed), IDS_AT_ONCE):
+            values = list({row[key[0]] for row in keyed[start:start + IDS_AT_ONCE]})
+            found = db.execute(select(*(table.c[c] for c in key)).where(first.in_(values)))
+            held.update(tuple(r) for r in found)
+        return held
 
-    def exposures(self, customer_ids: list[str], since: datetime) -> dict[str, Exposure]:
+    def exposure(self, customer_id: str, window: Window) -> Exposure:
+        """Per product: impressions and whether it was clicked or bought in the contact
+        window, whether it was dismissed within the rest time, and its latest conversion
+        after the model's snapshot."""
+        return self.exposures([customer_id], window).get(customer_id, NO_EXPOSURE)
+
+    def exposures(self, customer_ids: list[str], window: Window) -> dict[str, Exposure]:
         """:meth:`exposure` for many customers in one query per 900 ids."""
-        rows = self._rows_for(EXPOSURE_ROWS, customer_ids, since=since)
+        rows = self._rows_for(EXPOSURE_ROWS, customer_ids, since=window.since,
+                              window=window.window, rest=window.rest, as_of=window.as_of)
         grouped: dict[str, list[Any]] = {}
         for row in rows:
             grouped.setdefault(row.customer_id, []).append(row)
         return {cid: Exposure([r.product_id for r in part],
                               np.array([r.shown for r in part], dtype=np.int64),
-                              np.array([bool(r.clicked) for r in part], dtype=bool))
+                              np.array([bool(r.clicked) for r in part], dtype=bool),
+                              np.array([bool(r.dismissed) for r in part], dtype=bool),
+                              np.array([_ns(r.converted) for r in part], dtype=np.int64))
                 for cid, part in grouped.items()}
 
-    def feedback_frame(self) -> pd.DataFrame:
-        """The whole feedback log in the data contract's ``feedback`` columns."""
+    # --- live events --------------------------------------------------------------------
+
+    def live_events(self, customer_ids: list[str], as_of: datetime, until: datetime,
+                    limit: int) -> dict[str, list[LiveEvent]]:
+        """Per customer, their latest ``limit`` events after ``as_of`` (the model's snapshot)
+        and at or before ``until``, newest first."""
+        rows = self._rows_for(EVENT_ROWS, customer_ids, as_of=as_of, until=until, limit=limit)
+        grouped: dict[str, list[LiveEvent]] = {}
+        for row in rows:
+            grouped.setdefault(row.customer_id, []).append(LiveEvent(
+                row.customer_id, row.product_id, row.event_type, _naive(row.timestamp),
+                row.quantity, row.rating))
+        for part in grouped.values():
+            part.sort(key=lambda e: e.timestamp, reverse=True)
+        return grouped
+
+    def events_frame(self, after: int = 0) -> tuple[pd.DataFrame, int]:
+        """Events stored after sequence number ``after``, in the contract's columns, and the
+        last sequence number read (``after`` when there are none)."""
+        with self.engine.connect() as db:
+            rows = db.execute(select(events.c.seq, *(events.c[c] for c in EVENT_COLUMNS))
+                              .where(events.c.seq > after).order_by(events.c.seq)).all()
+        frame = pd.DataFrame([r[1:] for r in rows], columns=list(EVENT_COLUMNS))
+        return frame, int(rows[-1].seq) if rows else after
+
+    def feedback_frame(self, after: int = 0) -> pd.DataFrame:
+        """The feedback log after row ``after`` in the data contract's ``feedback`` columns,
+        with each row's ``id``."""
         columns = [C.customer, C.product, C.action, C.channel, C.request_id, C.position,
                    C.model_version, C.timestamp]
         with self.engine.connect() as db:
-            rows = db.execute(select(*(feedback.c[c] for c in columns)).order_by(feedback.c.id)
-                              ).all()
-        return pd.DataFrame(rows, columns=columns)
+            rows = db.execute(select(feedback.c.id, *(feedback.c[c] for c in columns))
+                              .where(feedback.c.id > after).order_by(feedback.c.id)).all()
+        return pd.DataFrame(rows, columns=["id", *columns])
+
+    def bookmark(self, name: str) -> int:
+        """A stored counter (0 where never set), e.g. how far an export has read."""
+        with self.engine.connect() as db:
+            row = db.execute(select(settings_table.c.value).where(
+                settings_table.c.key == f"bookmark:{name}")).first()
+        return int(row.value) if row else 0
+
+    def set_bookmark(self, name: str, value: int) -> None:
+        def write() -> None:
+            with self.engine.begin() as db:
+                key = f"bookmark:{name}"
+                db.execute(delete(settings_table).where(settings_table.c.key == key))
+                db.execute(insert(settings_table), [{"key": key, "value": str(value)}])
+
+        settled(write)
 
     # --- erasure ------------------------------------------------------------------------
 
@@ -319,6 +490,8 @@ class Store:
                     consent_changes.c.customer_id == customer_id)).rowcount,
                 "feedback": db.execute(delete(feedback).where(
                     feedback.c.customer_id == customer_id)).rowcount,
+                "events": db.execute(delete(events).where(
+                    events.c.customer_id == customer_id)).rowcount,
                 **held_elsewhere,
             }
             token = self.token(customer_id)
@@ -334,6 +507,28 @@ class Store:
     def erased_tokens(self) -> set[str]:
         with self.engine.connect() as db:
             return {row.token for row in db.execute(select(suppressed.c.token))}
+
+    def is_erased(self, customer_id: str) -> bool:
+        """Whether the customer was erased, in any process: one primary-key read."""
+        with self.engine.connect() as db:
+            return db.execute(ERASED, {"token": self.token(customer_id)}).first() is not None
+
+    def erased_among(self, customer_ids: Iterable[str]) -> set[str]:
+        """The erased customers among ``customer_ids``."""
+        ids = list(dict.fromkeys(customer_ids))
+        tokens = {self.token(cid): cid for cid in ids}
+        found: set[str] = set()
+        with self.engine.connect() as db:
+            values = list(tokens)
+            for start in range(0, len(values), IDS_AT_ONCE):
+                found.update(r.token for r in db.execute(select(suppressed.c.token).where(
+                    suppressed.c.token.in_(values[start:start + IDS_AT_ONCE]))))
+        return {tokens[t] for t in found}
+
+    def erasure_count(self) -> int:
+        """How many erasures were recorded: a worker that saw fewer forgets again."""
+        with self.engine.connect() as db:
+            return int(db.execute(select(func.count()).select_from(erasures)).scalar_one())
 
     def erasure_log(self) -> pd.DataFrame:
         with self.engine.connect() as db:
@@ -372,6 +567,16 @@ def settled(work: Callable[[], T], attempts: int = 6) -> T:
                 raise
             time.sleep(0.02 * 2**attempt)
     raise AssertionError("unreachable")
+
+
+def _naive(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def _ns(value: datetime | str | None) -> int:
+    if value is None:
+        return int(NO_TIME)
+    return int(pd.Timestamp(value).as_unit("ns").value)
 
 
 def _effective(held: dict[str, tuple[bool, bool]], personalization_default: bool) -> Consent:

@@ -10,6 +10,7 @@ import pytest
 from features.snapshot import load_snapshot
 from serving import ranker
 from serving.engine import Engine, PolicySettings
+from serving.live import Activity
 from serving.policy import Consent
 from serving.store import Store
 from training.ranking import best_first, top_k
@@ -66,16 +67,17 @@ def test_state_and_model_share_one_id_map_so_a_forgotten_customer_is_unknown_to_
 def test_the_scorer_falls_back_from_the_model_to_the_region_to_popularity(
         engine: Engine, snapshot_dir: Path) -> None:
     now = load_snapshot(snapshot_dir).now.to_pydatetime()
-    scorer, none = engine.scorer, np.zeros(0, np.int64)
+    scorer = engine.scorer
     known = str(engine.customers.names[0])
     region = str(engine.state.regions[0])
-    assert scorer.score(known, 0, None, "active", now, EVERYTHING, none).fallback is None
+    assert scorer.score(known, 0, None, "active", now, EVERYTHING).fallback is None
     denied = Consent(False, frozenset(), False)
-    assert scorer.score(known, 0, None, "active", now, denied, none).fallback == \
-        "non_personalised"
-    regional = scorer.score("new", -1, region, "prospect", now, EVERYTHING, none)
+    assert scorer.score(known, 0, None, "active", now, denied).fallback == "non_personalised"
+    regional = scorer.score("new", -1, region, "prospect", now, EVERYTHING)
     assert regional.fallback == "popular_in_region"
     np.testing.assert_allclose(regional.values, engine.state.regional_scores(region))
-    assert scorer.score("new", -1, None, "prospect", now, EVERYTHING, none).fallback == "popular"
-    session = scorer.score("new", -1, region, "prospect", now, EVERYTHING, np.array([0, 1]))
-    assert session.fallback is None and session.session_based
+    assert scorer.score("new", -1, None, "prospect", now, EVERYTHING).fallback == "popular"
+    seen = scorer.history(-1, Activity.only(added=np.array([0, 1]),
+                                            weights=np.array([0.1, 0.1])))
+    session = scorer.score("new", -1, region, "prospect", now, EVERYTHING, seen)
+    assert session.fallback is None and session.history is seen

@@ -167,9 +167,12 @@ def test_offers_shown_without_a_click_rest(client: TestClient, people: dict) -> 
     first = client.post("/rank", json={"customer_id": customer}, headers=AUTH).json()
     top = first["offers"][0]["product_id"]
     events = [{"customer_id": customer, "product_id": top, "action": "impression",
-               "channel": "web", "request_id": first["request_id"], "position": 1}] * 3
+               "channel": "web", "request_id": f"{first['request_id']}-{n}", "position": 1}
+              for n in range(3)]  # shown in three lists
     stored = client.post("/feedback", json={"events": events}, headers=AUTH)
     assert stored.status_code == 200 and stored.json()["stored"] == 3
+    retried = client.post("/feedback", json={"events": events}, headers=AUTH).json()
+    assert (retried["stored"], retried["duplicates"]) == (0, 3)  # a retry is stored once
     again = client.post("/rank", json={"customer_id": customer}, headers=AUTH).json()
     assert top not in [o["product_id"] for o in again["offers"]]
     bad = client.post("/feedback", json={"events": [{**events[0], "action": "liked"}]},

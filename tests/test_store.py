@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from store_backends import BOTH_DATABASES
 
-from serving.store import Store
+from serving.store import Store, Window
 
 pytestmark = BOTH_DATABASES
 
@@ -69,13 +69,14 @@ def test_exposure_counts_impressions_and_clicks_in_the_window(store: Store) -> N
               for p, action, days in [("x", "impression", 1), ("x", "impression", 2),
                                       ("x", "impression", 30), ("y", "impression", 1),
                                       ("y", "click", 1), ("z", "conversion", 3)]]
-    assert store.append_feedback(events, NOW) == 6
-    seen = store.exposure("a", NOW - timedelta(days=14))
+    assert store.append_feedback(events, NOW).stored == 6
+    seen = store.exposure("a", Window(NOW - timedelta(days=14), NOW, NOW))
     counts = dict(zip(seen.product_ids, seen.shown.tolist(), strict=True))
     clicked = dict(zip(seen.product_ids, seen.clicked.tolist(), strict=True))
     assert counts == {"x": 2, "y": 1, "z": 0}
     assert clicked == {"x": False, "y": True, "z": True}
-    assert store.exposure("nobody", NOW - timedelta(days=14)).product_ids == []
+    assert store.exposure("nobody", Window(NOW - timedelta(days=14), NOW, NOW)
+                          ).product_ids == []
     assert len(store.feedback_frame()) == 6
 
 
@@ -85,7 +86,7 @@ def test_erasure_keeps_counts_and_a_keyed_hash_only(store: Store, consent_url: s
                             "timestamp": NOW}], NOW)
     erasure = store.erase("gone", "request by mail", NOW, {"model_rows": 1})
     assert erasure.removed == {"consents": 1, "consent_changes": 1, "feedback": 1,
-                               "model_rows": 1}
+                               "events": 0, "model_rows": 1}
     assert store.consent_trail("gone").empty and store.feedback_frame().empty
     log = store.erasure_log()
     assert "gone" not in log.to_string()

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import sparse
 
 from features.config import from_flat, to_flat
-from features.ids import IdMap
+from features.ids import MISSING, IdMap
 from training.data import TrainData
 
 FORMAT_VERSION = 1
@@ -53,8 +53,10 @@ PROFILE = "profile"  # ranked from the customer features given, without history
 class Query:
     """Customers to score. ``history`` (customers x offers, in the order of the model's
     offers) replaces their stored training rows, e.g. a session's events or what happened
-    since training; ``customer_features`` describes customers the model may not know (read
-    by models with ``reads_customer_features``)."""
+    since training: the model then scores them from it as it scores customers it was not
+    trained on, so what it learnt per customer is computed anew from that history (ALS
+    solves the customer's factors exactly). ``customer_features`` describes customers the
+    model may not know (read by models with ``reads_customer_features``)."""
 
     customer_ids: list[str] | np.ndarray | pd.Index
     history: sparse.csr_matrix | None = None
@@ -118,7 +120,11 @@ class Recommender(ABC):
         if not len(self.items):
             raise RuntimeError(f"the {self.kind} model is not fitted: call fit() or load() first")
         rows = self.customers.index_of(np.asarray(query.customer_ids, dtype=object))
-        history = query.history if query.history is not None else csr_rows(self.matrix, rows)
+        if query.history is None:
+            history = csr_rows(self.matrix, rows)
+        else:  # the history given stands for everything the model knows of them
+            history = query.history
+            rows = np.full(len(rows), MISSING, dtype=np.int64)
         if history.shape != (len(rows), len(self.items)):
             raise ValueError(f"history of shape {history.shape} for {len(rows)} customers and "
                              f"{len(self.items)} offers")

@@ -1,0 +1,56 @@
+"""Events posted to /events, checked by the data contract's rules for the events table (those
+of ``nbo data validate``) against the served model's products, as store rows.
+
+A call is stored whole or not at all: with any bad event nothing is stored and the answer
+lists every bad event with its index in the call and the contract's reason, so the client
+fixes those and posts the call again (the event ids make the retry safe).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from features.columns import Columns as C
+from features.contract import validate_events
+from serving.requests import RequestError
+from serving.schemas import EventIn
+
+
+class BadEvents(RequestError):
+    """Events that break the contract: their index in the call and the reason."""
+
+    def __init__(self, bad: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(bad)} event(s) break the data contract; none was stored")
+        self.bad = bad
+
+
+def event_rows(events: list[EventIn], products: pd.Index, received: datetime
+               ) -> list[dict[str, Any]]:
+    """Store rows of valid events; raises :class:`BadEvents` if any is not."""
+    frame = pd.DataFrame({
+        C.customer: [e.customer_id for e in events],
+        C.product: [e.product_id for e in events],
+        C.event_type: [e.event_type for e in events],
+        C.timestamp: [received.isoformat() if e.timestamp is None else str(e.timestamp)
+                      for e in events],
+        C.quantity: [e.quantity for e in events],
+        C.rating: [e.rating for e in events],
+        C.order: [e.order_id for e in events],
+        C.channel: [e.channel for e in events],
+    })
+    kept, bad = validate_events(frame, products)
+    if len(bad):
+        raise BadEvents([{"index": int(row) - 1, "event_id": events[int(row) - 1].event_id,
+                          "reason": str(reason)}
+                         for row, reason in zip(bad[C.source_row], bad[C.reason], strict=True)])
+    return [{
+        "event_id": event.event_id, "customer_id": row[C.customer],
+        "product_id": row[C.product], "event_type": str(row[C.event_type]),
+        "timestamp": row[C.timestamp].to_pydatetime(), "quantity": int(row[C.quantity]),
+        "rating": None if pd.isna(row[C.rating]) else float(row[C.rating]),
+        "order_id": None if pd.isna(row[C.order]) else str(row[C.order]),
+        "channel": None if pd.isna(row[C.channel]) else str(row[C.channel]),
+    } for event, row in zip(events, kept.to_dict("records"), strict=True)]
