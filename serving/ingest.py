@@ -27,30 +27,41 @@ class BadEvents(RequestError):
         self.bad = bad
 
 
-def event_rows(events: list[EventIn], products: pd.Index, received: datetime
+def event_rows(events: list[EventIn], products: pd.Index, now: datetime
                ) -> list[dict[str, Any]]:
-    """Store rows of valid events; raises :class:`BadEvents` if any is not."""
+    """Store rows of valid events (``now`` for those without a timestamp; an event id given
+    twice in the call stands for one event); raises :class:`BadEvents` if any is not valid."""
+    first: dict[str, tuple[int, EventIn]] = {}
+    repeated = []
+    for index, event in enumerate(events):
+        if first.setdefault(event.event_id, (index, event))[1] != event:
+            repeated.append({"index": index, "event_id": event.event_id,
+                             "reason": "event_id given twice with other values"})
+    if repeated:
+        raise BadEvents(repeated)
+    unique = [event for _, event in first.values()]
     frame = pd.DataFrame({
-        C.customer: [e.customer_id for e in events],
-        C.product: [e.product_id for e in events],
-        C.event_type: [e.event_type for e in events],
-        C.timestamp: [received.isoformat() if e.timestamp is None else str(e.timestamp)
-                      for e in events],
-        C.quantity: [e.quantity for e in events],
-        C.rating: [e.rating for e in events],
-        C.order: [e.order_id for e in events],
-        C.channel: [e.channel for e in events],
+        C.customer: [e.customer_id for e in unique],
+        C.product: [e.product_id for e in unique],
+        C.event_type: [e.event_type for e in unique],
+        C.timestamp: [now.isoformat() if e.timestamp is None else str(e.timestamp)
+                      for e in unique],
+        C.quantity: [e.quantity for e in unique],
+        C.rating: [e.rating for e in unique],
+        C.order: [e.order_id for e in unique],
+        C.channel: [e.channel for e in unique],
     })
     kept, bad = validate_events(frame, products)
     if len(bad):
-        raise BadEvents([{"index": int(row) - 1, "event_id": events[int(row) - 1].event_id,
-                          "reason": str(reason)}
+        raise BadEvents([{"index": first[unique[int(row) - 1].event_id][0],
+                          "event_id": unique[int(row) - 1].event_id, "reason": str(reason)}
                          for row, reason in zip(bad[C.source_row], bad[C.reason], strict=True)])
-    return [{
+    rows = {event.event_id: {
         "event_id": event.event_id, "customer_id": row[C.customer],
         "product_id": row[C.product], "event_type": str(row[C.event_type]),
         "timestamp": row[C.timestamp].to_pydatetime(), "quantity": int(row[C.quantity]),
         "rating": None if pd.isna(row[C.rating]) else float(row[C.rating]),
         "order_id": None if pd.isna(row[C.order]) else str(row[C.order]),
         "channel": None if pd.isna(row[C.channel]) else str(row[C.channel]),
-    } for event, row in zip(events, kept.to_dict("records"), strict=True)]
+    } for event, row in zip(unique, kept.to_dict("records"), strict=True)}
+    return [rows[event.event_id] for event in events]  # the store stores a repeat once

@@ -159,7 +159,7 @@ EXPOSURE_ROWS = (
                           & (feedback.c.timestamp >= bindparam("rest")), 1), else_=0)
                     ).label("dismissed"),
            func.max(case(((feedback.c.action == "conversion")
-                          & (feedback.c.timestamp > bindparam("as_of")), feedback.c.timestamp),
+                          & (feedback.c.timestamp >= bindparam("as_of")), feedback.c.timestamp),
                          else_=None)).label("converted"))
     .where(feedback.c.customer_id.in_(_CUSTOMERS)
            & (feedback.c.timestamp >= bindparam("since")))
@@ -170,7 +170,7 @@ _LATEST = (func.row_number().over(partition_by=events.c.customer_id,
 _RECENT = (select(events.c.customer_id, events.c.product_id, events.c.event_type,
                   events.c.timestamp, events.c.quantity, events.c.rating, _LATEST)
            .where(events.c.customer_id.in_(_CUSTOMERS)
-                  & (events.c.timestamp > bindparam("as_of"))
+                  & (events.c.timestamp >= bindparam("as_of"))
                   & (events.c.timestamp <= bindparam("until")))
            .subquery())
 EVENT_ROWS = select(_RECENT).where(_RECENT.c.latest <= bindparam("limit"))
@@ -425,8 +425,8 @@ class Store:
 
     def live_events(self, customer_ids: list[str], as_of: datetime, until: datetime,
                     limit: int) -> dict[str, list[LiveEvent]]:
-        """Per customer, their latest ``limit`` events after ``as_of`` (the model's snapshot)
-        and at or before ``until``, newest first."""
+        """Per customer, their latest ``limit`` events from ``as_of`` (the model's snapshot)
+        to ``until``, newest first."""
         rows = self._rows_for(EVENT_ROWS, customer_ids, as_of=as_of, until=until, limit=limit)
         grouped: dict[str, list[LiveEvent]] = {}
         for row in rows:

@@ -15,6 +15,7 @@ from free_ports import free_port
 from features.settings import quiet_third_parties
 
 quiet_third_parties()
+pytest_plugins = ["service_client"]  # the in-process service's fixtures
 # BentoML reads its home once: the test session gets its own model store
 SESSION_FOLDERS = [tempfile.mkdtemp(prefix=f"nbo-{name}-") for name in ("bentoml", "prometheus")]
 os.environ["BENTOML_HOME"] = SESSION_FOLDERS[0]
