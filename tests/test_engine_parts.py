@@ -81,3 +81,13 @@ def test_the_scorer_falls_back_from_the_model_to_the_region_to_popularity(
                                             weights=np.array([0.1, 0.1])))
     session = scorer.score("new", -1, region, "prospect", now, EVERYTHING, seen)
     assert session.fallback is None and session.history is seen
+
+
+def test_a_reason_names_the_most_telling_thing_done_with_its_product() -> None:
+    from serving.reasons import Anchors
+
+    anchors = Anchors(bought=np.array([1]), carted=np.array([1, 2]), wished=np.array([2, 3]),
+                      seen=np.array([1, 2, 3, 4]))
+    assert [anchors.verb(i) for i in range(6)] == [
+        "showed interest in", "bought", "put in your cart", "put on your wish list",
+        "looked at", "showed interest in"]
