@@ -119,11 +119,34 @@ def _most_common(counts: dict[str, int], n: int) -> list[tuple[str, int]]:
 
 
 def find_table(folder: Path, name: str) -> Path | None:
+    """The table's file (``NAME.parquet``, ``.csv`` or ``.csv.gz``), else its folder of part
+    files (``NAME/part-*.parquet``), else None."""
     for suffix in (".parquet", ".csv", ".csv.gz"):
         path = folder / f"{name}{suffix}"
         if path.exists():
             return path
-    return None
+    return folder / name if part_files(folder, name) else None
+
+
+def part_files(folder: Path, name: str) -> list[Path]:
+    """Parts appended to a table (``nbo store export`` writes them), in name order."""
+    return sorted((folder / name).glob("part-*.parquet"))
+
+
+def read_table_with_parts(folder: Path, path: Path, name: str) -> pd.DataFrame:
+    """The table's file and its appended parts as one frame (the parts' values as text where
+    the file is CSV, so every column reads the same way)."""
+    frames = [] if path.is_dir() else [read_table(path)]
+    text = path.suffix != ".parquet" and not path.is_dir()
+    for part in part_files(folder, name):
+        frame = read_table(part)
+        frames.append(frame.astype(object).where(frame.notna(), None).map(
+            lambda v: v if v is None else _as_text(v)) if text else frame)
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def _as_text(value: object) -> str:
+    return value.isoformat() if isinstance(value, pd.Timestamp) else str(value)
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -154,7 +177,7 @@ def load_dataset(folder: Path | str, now: pd.Timestamp | None = None) -> Dataset
                     f"(expected {name}.parquet or {name}.csv)."
                 )
             continue
-        frame = read_table(path)
+        frame = read_table_with_parts(folder, path, name)
         missing = [c for c in REQUIRED_COLUMNS[name] if c not in frame.columns]
         if missing:
             raise ContractError(
@@ -163,6 +186,7 @@ def load_dataset(folder: Path | str, now: pd.Timestamp | None = None) -> Dataset
             )
         raw[name] = frame
         files[name] = path
+        files.update({f"{name}/{part.name}": part for part in part_files(folder, name)})
         del frame
     return validate_tables(raw, files, now=now)
 
@@ -215,13 +239,14 @@ def validate_tables(
 
 
 def validate_events(frame: pd.DataFrame, products: pd.Index) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The events table's rules alone, for events arriving without a dataset (the service's
+    """The events table's rules, for events that carry their own ids (the service's
     /events): the kept rows, normalised, and the bad ones with their ``source_row`` (from 1)
-    and ``reason``. ``products`` are the known product ids."""
+    and ``reason``. ``products`` are the known product ids. Two events alike in every column
+    are two events here (their ids tell them apart), not a duplicate row."""
     missing = [c for c in REQUIRED_COLUMNS["events"] if c not in frame.columns]
     if missing:
         raise ContractError(f"events: required column(s) {', '.join(missing)} missing")
-    return _split(frame, lambda f: _event_reasons(f, products))
+    return _split(frame, lambda f: _event_reasons(f, products, duplicates=False))
 
 
 Rule = Callable[[pd.DataFrame], tuple[pd.DataFrame, pd.Series]]
@@ -351,7 +376,8 @@ def _stage_lists(values: pd.Series, allowed: tuple[str, ...]) -> tuple[pd.Series
 # --- per-table rules ----------------------------------------------------------------------
 
 
-def _event_reasons(frame: pd.DataFrame, known: pd.Index) -> tuple[pd.DataFrame, pd.Series]:
+def _event_reasons(frame: pd.DataFrame, known: pd.Index, duplicates: bool = True
+                   ) -> tuple[pd.DataFrame, pd.Series]:
     n = len(frame)
     reasons = _Reasons(n)
     out = pd.DataFrame(index=frame.index)
@@ -385,8 +411,9 @@ def _event_reasons(frame: pd.DataFrame, known: pd.Index) -> tuple[pd.DataFrame, 
     extra = [c for c in frame.columns if c not in out.columns]
     out[extra] = frame[extra]
 
-    reasons.add(duplicated_rows(out, EVENT_KEY, among=reasons.ok, hashed=EVENT_KEY[:-1]),
-                "duplicate event")
+    if duplicates:
+        reasons.add(duplicated_rows(out, EVENT_KEY, among=reasons.ok, hashed=EVENT_KEY[:-1]),
+                    "duplicate event")
     for column in (C.event_type, C.channel):  # few distinct values: categories save memory
         out[column] = out[column].astype("category")
     return out, reasons.series()

@@ -172,7 +172,11 @@ def fingerprint(files: Any) -> str:
     """SHA-256 over the names and bytes of the dataset's files."""
     digest = hashlib.sha256()
     for path in sorted(Path(f) for f in files):
-        digest.update(path.name.encode())
+        if path.is_dir():  # a table of parts only: its parts are listed too
+            continue
+        # a part is named with its table's folder: every table has a part-1
+        digest.update((f"{path.parent.name}/{path.name}" if path.name.startswith("part-")
+                       else path.name).encode())
         with path.open("rb") as handle:
             while block := handle.read(1 << 20):
                 digest.update(block)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -91,5 +92,5 @@ async def readiness(send: Send) -> None:
     status = holder.status if holder is not None else models.Status()
     body = {"ready": status.serving is not None, "model": status.serving,
             "model_version": status.version, "serving_since": status.since,
-            "refused": status.refused}
+            "refused": status.refused, "worker": os.getpid()}
     await send_json(send, 200 if status.serving else 503, body)

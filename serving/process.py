@@ -3,6 +3,9 @@ ready: shared by ``nbo demo``, the serving benchmark and the process test."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +44,59 @@ def wait_ready(server: subprocess.Popen[bytes], url: str, log: Path,
             pass
         time.sleep(0.5)
     raise RuntimeError(f"the service was not ready within {timeout:.0f} s; see {log}")
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes started by ``pid``, its children's children included (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone in between
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def stop(server: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30.0
+         ) -> None:
+    """Stop the service and every worker it started: ``sig`` to its process group, then
+    SIGKILL to whatever of it is left after ``timeout`` (BentoML's workers are not always in
+    the group, and outlive a killed parent)."""
+    workers = descendants(server.pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, sig)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    try:
+        server.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    for pid in workers:
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

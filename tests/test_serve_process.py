@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,9 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 from free_ports import free_port
+from store_backends import BOTH_DATABASES
 
 from features.snapshot import load_snapshot
 from serving import process
+from serving.store import Store
 
 pytestmark = pytest.mark.slow
 PROJECT = Path(__file__).resolve().parents[1]
@@ -40,8 +44,7 @@ def serving(env: dict[str, str], log: Path, service: str = process.SERVICE,
         process.wait_ready(server, url, log)
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        process.stop(server)
 
 
 def ranks(url: str, snapshot_dir: Path) -> dict:
@@ -89,3 +92,135 @@ def test_the_built_bento_carries_the_model_to_an_empty_machine(
     with serving(elsewhere, tmp_path / "bento.log", service="nbo:latest", cwd=empty) as url:
         ranked = ranks(url, snapshot_dir)
         assert ranked["model_version"] == "8" and ranked["offers"]
+
+
+def buyer_of(snapshot_dir: Path) -> str:
+    state = load_snapshot(snapshot_dir).features.customer_state
+    return str(state.loc[state["purchases"] > 3, "customer_id"].iloc[0])
+
+
+def ranked(url: str, customer: str) -> dict:
+    # a new connection per call, so calls spread over the workers
+    answer = httpx.post(f"{url}/rank", json={"customer_id": customer, "k": 10},
+                        headers={"X-API-Key": "k"}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def all_ready(url: str, workers: int) -> set[int]:
+    """Wait until ``workers`` distinct workers have answered /readyz with a model."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + 120
+    while len(seen) < workers and time.monotonic() < deadline:
+        answer = httpx.get(f"{url}/readyz", timeout=5)
+        if answer.status_code == 200:
+            seen.add(answer.json()["worker"])
+    return seen
+
+
+def test_two_workers_honour_events_and_erasure_on_the_next_request(
+        model_dir: Path, snapshot_dir: Path, tmp_path: Path) -> None:
+    from serving.models import import_model
+
+    import_model(model_dir, "7")
+    env = service_env(snapshot_dir, tmp_path, NBO_WORKERS="2")
+    customer = buyer_of(snapshot_dir)
+    with serving(env, tmp_path / "serve.log") as url:
+        assert len(all_ready(url, 2)) == 2
+        top = ranked(url, customer)["offers"][0]["product_id"]
+        posted = httpx.post(f"{url}/events", headers={"X-API-Key": "k"}, timeout=10, json={
+            "events": [{"event_id": "p1", "customer_id": customer, "product_id": top,
+                        "event_type": "purchase"}]})
+        assert posted.status_code == 200 and posted.json()["stored"] == 1
+        assert all(top not in [o["product_id"] for o in ranked(url, customer)["offers"]]
+                   for _ in range(12))
+        erased = httpx.delete(f"{url}/customers/{customer}", headers={"X-API-Key": "a"},
+                              timeout=10)
+        assert erased.status_code == 200, erased.text
+        fallbacks = [ranked(url, customer)["fallback"] for _ in range(12)]
+        assert all(f in ("popular", "popular_in_region") for f in fallbacks), fallbacks
+
+
+@BOTH_DATABASES
+def test_two_processes_on_one_store_share_events_consent_and_erasure(
+        model_dir: Path, snapshot_dir: Path, tmp_path: Path, consent_url: str) -> None:
+    from serving.models import import_model
+
+    import_model(model_dir, "7")
+    env = service_env(snapshot_dir, tmp_path, NBO_WORKERS="1", NBO_CONSENT_DB_URL=consent_url)
+    customer = buyer_of(snapshot_dir)
+    with serving(env, tmp_path / "one.log") as one, serving(env, tmp_path / "two.log") as two:
+        top = ranked(two, customer)["offers"][0]["product_id"]
+        httpx.post(f"{one}/events", headers={"X-API-Key": "k"}, timeout=10, json={
+            "events": [{"event_id": "p1", "customer_id": customer, "product_id": top,
+                        "event_type": "purchase"}]}).raise_for_status()
+        assert top not in [o["product_id"] for o in ranked(two, customer)["offers"]]
+        httpx.put(f"{one}/consents/{customer}", headers={"X-API-Key": "a"}, timeout=10,
+                  json={"consents": [{"purpose": "personalization", "granted": False}]}
+                  ).raise_for_status()
+        assert ranked(two, customer)["fallback"] == "non_personalised"
+        httpx.put(f"{one}/consents/{customer}", headers={"X-API-Key": "a"}, timeout=10,
+                  json={"consents": [{"purpose": "personalization", "granted": True}]}
+                  ).raise_for_status()
+        assert ranked(two, customer)["fallback"] is None
+        httpx.delete(f"{one}/customers/{customer}", headers={"X-API-Key": "a"},
+                     timeout=10).raise_for_status()
+        assert ranked(two, customer)["fallback"] in ("popular", "popular_in_region")
+
+
+def test_no_acknowledged_event_is_lost_when_the_service_is_killed(
+        model_dir: Path, snapshot_dir: Path, tmp_path: Path) -> None:
+    """kill -9 in the middle of a stream of /events calls: every acknowledged event is in
+    the store after the restart, and the retried calls are stored once."""
+    from serving.models import import_model
+
+    import_model(model_dir, "7")
+    env = service_env(snapshot_dir, tmp_path, NBO_WORKERS="1")
+    customer = buyer_of(snapshot_dir)
+    product = str(load_snapshot(snapshot_dir).products["product_id"].iloc[0])
+    acknowledged: list[str] = []
+    calls: list[list[dict]] = []
+    port = free_port()
+    log = tmp_path / "serve.log"
+    server = process.start(port, env, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        process.wait_ready(server, url, log)
+        killer = threading.Timer(3.0, lambda: process.stop(server, signal.SIGKILL))
+        killer.start()
+        for call in range(100_000):
+            events = [{"event_id": f"k{call}-{i}", "customer_id": customer,
+                       "product_id": product, "event_type": "view"} for i in range(50)]
+            calls.append(events)
+            try:
+                answer = httpx.post(f"{url}/events", json={"events": events},
+                                    headers={"X-API-Key": "k"}, timeout=10)
+            except httpx.HTTPError:
+                break  # killed mid-call: this one was not acknowledged
+            assert answer.status_code == 200, answer.text
+            acknowledged += [e["event_id"] for e in events]
+        killer.join()
+    finally:
+        process.stop(server, signal.SIGKILL)
+    assert acknowledged, "the service was killed before any call was answered"
+    store = Store(env["NBO_CONSENT_DB_URL"])
+    stored = set(_event_ids(store))
+    assert set(acknowledged) <= stored, f"{len(set(acknowledged) - stored)} acknowledged lost"
+    with serving(env, tmp_path / "again.log") as again:
+        for events in calls[-3:]:  # the call cut short and two acknowledged ones, again
+            retried = httpx.post(f"{again}/events", json={"events": events},
+                                 headers={"X-API-Key": "k"}, timeout=10)
+            assert retried.status_code == 200, retried.text
+    ids = _event_ids(store)
+    assert len(ids) == len(set(ids))  # each stored once
+    assert {e["event_id"] for c in calls[-3:] for e in c} <= set(ids)
+    store.close()
+
+
+def _event_ids(store: Store) -> list[str]:
+    from sqlalchemy import select
+
+    from serving.store import events
+
+    with store.engine.connect() as db:
+        return [row.event_id for row in db.execute(select(events.c.event_id))]

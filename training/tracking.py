@@ -183,9 +183,12 @@ def compare(challenger: dict[str, float], champion: dict[str, float]) -> pd.Data
     return table
 
 
-def promote(client: MlflowClient, force: bool = False) -> Decision:
+def promote(client: MlflowClient, force: bool = False,
+            baseline: dict[str, float] | None = None) -> Decision:
     """Move ``champion`` to the challenger if it is at least as good on the gate metrics of
-    the same split as the current champion, or with ``force`` (recorded as a tag)."""
+    the same split as the current champion, or with ``force`` (recorded as a tag).
+    ``baseline``: the champion's metrics measured on the challenger's split (a retrain scores
+    the champion as it serves on the new split), compared instead of those of its run."""
     challenger = version_by_alias(client, CHALLENGER)
     if challenger is None:
         return Decision(False, None, None, pd.DataFrame(),
@@ -198,6 +201,12 @@ def promote(client: MlflowClient, force: bool = False) -> Decision:
     comparison = pd.DataFrame()
     if champion is None:
         ok, why = True, "there was no champion"
+    elif baseline is not None:
+        comparison = compare(new, baseline)
+        ok = bool(comparison["at least as good"].all())
+        why = ("at least as good as the champion on the new split" if ok else
+               "worse than the champion on the new split on " + ", ".join(
+                   comparison.loc[~comparison["at least as good"], "metric"]))
     else:
         split_new = client.get_run(challenger.run_id).data.tags.get("nbo.split")
         split_old = client.get_run(champion.run_id).data.tags.get("nbo.split")

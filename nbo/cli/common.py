@@ -27,7 +27,10 @@ import_app = typer.Typer(help="Convert public data sets into the nbo data contra
                          no_args_is_help=True)
 data_app = typer.Typer(help="Check datasets against the data contract.", no_args_is_help=True)
 features_app = typer.Typer(help="Build feature snapshots.", no_args_is_help=True)
+store_app = typer.Typer(help="The service's store: what it took in, back into datasets.",
+                        no_args_is_help=True)
 app.add_typer(import_app, name="import")
+app.add_typer(store_app, name="store")
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 

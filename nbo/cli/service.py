@@ -144,7 +144,8 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
 ) -> None:
     """Start the ranking service (bentoml serve serving.service:NboService) in the
-    foreground; it needs NBO_API_KEYS and NBO_ADMIN_API_KEYS and a promoted model."""
+    foreground with NBO_WORKERS worker processes (default: one per core); it needs
+    NBO_API_KEYS and NBO_ADMIN_API_KEYS and a promoted model."""
     import os
     import sys
 

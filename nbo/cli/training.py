@@ -18,6 +18,7 @@ from nbo.cli.common import (
     print_frame,
     settings,
     steps,
+    store_app,
 )
 
 # --- training -----------------------------------------------------------------------------
@@ -207,3 +208,62 @@ def models() -> None:
     print_frame(table, "nbo-ranker")
 
 
+
+
+@store_app.command("export")
+def store_export(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder the model was trained from.")],
+) -> None:
+    """Append the store's events and feedback taken in since the last export of DATASET to
+    it, as new part files (events/part-*.parquet, feedback/part-*.parquet) in the data
+    contract; run again, it adds nothing new. Erased customers are left out."""
+    from nbo.jobs.export import export_store
+    from serving.store import Store
+
+    store = Store(settings().consent_url())
+    try:
+        with data_errors():
+            exported = export_store(store, dataset)
+    finally:
+        store.close()
+    console.print(f"exported {exported.events:,} events and {exported.feedback:,} feedback rows "
+                  f"into {dataset} ({exported.repeated:,} repeated events written once, "
+                  f"{exported.erased:,} rows of erased customers left out)")
+    for path in exported.files:
+        console.print(f"  {path}")
+
+
+EXIT_KEPT, EXIT_FAILED = 10, 20
+
+
+@app.command()
+def retrain(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder the champion was trained "
+                                                 "from; the store's new data is added to it.")],
+    snapshot: Annotated[Path | None, typer.Option(
+        help="Snapshot folder to build; default NBO_HOME/retrain/snapshot.")] = None,
+    test_days: TestDaysOption = 30.0,
+    k: KOption = 10,
+) -> None:
+    """One retraining for a scheduler (cron, Airflow): store export, feature build, training
+    of the champion's model, the champion gate (the champion scored on the new split) and
+    promotion; a running service switches to a promoted model within NBO_RELOAD_SECONDS.
+    Exit code 0: promoted; 10: the champion was kept; 20: failed (nothing promoted)."""
+    from nbo.jobs.retrain import PROMOTED
+    from nbo.jobs.retrain import retrain as run
+
+    current = settings()
+    target = snapshot or current.home / "retrain" / "snapshot"
+    try:
+        client = tracking()
+        with steps("retraining") as step:
+            done = run(dataset, target, current, client, test_days, k, report=step)
+    except Exception as error:  # every failure is this job's one outcome: failed
+        raise fail(f"retrain failed: {type(error).__name__}: {error}", EXIT_FAILED) from None
+    exported = done.exported
+    console.print(f"exported {exported.events:,} events and {exported.feedback:,} feedback "
+                  f"rows; challenger version {done.challenger}")
+    console.print(done.message)
+    if done.outcome != PROMOTED:
+        raise typer.Exit(EXIT_KEPT)
+    console.print(f"published as {done.published}")
