@@ -1,12 +1,17 @@
-"""Serving benchmark: a real ``bentoml serve`` on 127.0.0.1 with the Online Retail champion and
+"""Serving benchmark: a real ``bentoml serve`` on 127.0.0.1 with an Online Retail model and
 every rule on, loaded at fixed request rates from a separate process (bench/load.py).
 
-    uv run python bench/latency.py [--seconds 20] [--rates 100,200,300,400,500] [--reuse]
+    uv run python bench/latency.py [--seconds 15] [--rates 100,...,800] [--models als,blend]
+                                   [--workers 2] [--event-share 0.1] [--reuse]
+    uv run python bench/latency.py --configs   # the settings study, ALS on one worker
 
-Runs the same load against the service's defaults and against configurations that take one
-of them back (BentoML's own defaults first), counts the worker's full garbage collections,
-times the ranking itself in-process, measures /newsletter throughput, and writes
-bench/results/serving.md and serving.json.
+By default serves each model (ALS and the blend the demo promotes) with NBO_WORKERS workers,
+a share of the load posting events to /events, and measures per rate the latency and errors,
+then how long an acknowledged event takes to show in the next answer of any worker, the
+ranking's in-process time, and /newsletter throughput; writes bench/results/serving.md and
+serving.json. ``--configs`` runs the same load against the service's defaults and against
+configurations that take one of them back (BentoML's own defaults first) and counts the
+worker's full garbage collections (bench/results/serving-configs.md).
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ NOW = "2011-12-09T12:50:00"  # Online Retail ends here: lifecycle and windows as
 PORT = 3377
 
 
-def prepare(work: Path) -> list[str]:
-    """Import, features, train ALS, promote and publish the champion; the customer ids."""
+def prepare(work: Path, kinds: list[str]) -> tuple[list[str], list[str], dict[str, str]]:
+    """Import, features, train each model kind and publish it; the customer ids, the product
+    ids and each kind's BentoML tag."""
     from features.importers import import_online_retail
     from features.snapshot import build_snapshot, load_snapshot
     from serving.models import import_model
@@ -45,12 +51,17 @@ def prepare(work: Path) -> list[str]:
     import_online_retail(ONLINE_RETAIL, work / "dataset")
     build_snapshot(work / "dataset", work / "snapshot")
     client = use_tracking(f"sqlite:///{work / 'mlflow.db'}")
-    train(split(work / "snapshot"), "als")
-    promote(client, force=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder, version = registered_folder(client, into=Path(tmp))
-        import_model(folder, version)
-    return load_snapshot(work / "snapshot").features.customer_state["customer_id"].tolist()
+    experiment = split(work / "snapshot")
+    tags = {}
+    for kind in kinds:
+        train(experiment, kind)
+        promote(client, force=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder, version = registered_folder(client, into=Path(tmp))
+            tags[kind] = import_model(folder, version)
+    snapshot = load_snapshot(work / "snapshot")
+    return (snapshot.features.customer_state["customer_id"].tolist(),
+            snapshot.products["product_id"].astype(str).tolist(), tags)
 
 
 # the service's settings that decide its tail latency: the first row is how BentoML serves
@@ -80,7 +91,7 @@ def start_server(work: Path, key: str, settings: dict[str, str]) -> subprocess.P
     return server
 
 
-def ranking_ms(work: Path, customers: list[str], n: int = 2000) -> float:
+def ranking_ms(work: Path, customers: list[str], tag: str, n: int = 2000) -> float:
     """Milliseconds of one /rank's work without HTTP: the service's own ``rank_response``
     (consent and feedback-log queries, the model's scores, every rule, reasons, counters and
     the response body)."""
@@ -91,8 +102,7 @@ def ranking_ms(work: Path, customers: list[str], n: int = 2000) -> float:
 
     store = Store(f"sqlite:///{work / 'consent.db'}")
     try:
-        engine = Engine.load(Path(newest("nbo-ranker:latest").path), "bench", store,
-                             PolicySettings())
+        engine = Engine.load(Path(newest(tag).path), "bench", store, PolicySettings())
         now = datetime.fromisoformat(NOW)
 
         def rank(customer: str) -> None:
@@ -122,16 +132,62 @@ def full_collections() -> dict[str, float]:
 
 
 def stop_server(server: subprocess.Popen[bytes]) -> None:
-    os.killpg(server.pid, 15)
-    server.wait(timeout=30)
+    process.stop(server)
 
 
-def load(key: str, rate: float, seconds: float, customers: Path) -> dict[str, float]:
+def load(key: str, rate: float, seconds: float, customers: Path,
+         event_share: float = 0.0, products: Path | None = None) -> dict[str, float]:
+    extra = ["--event-share", str(event_share), "--products", str(products)] if products \
+        else []
     output = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "load.py"), f"http://127.0.0.1:{PORT}", key,
-         "--rate", str(rate), "--seconds", str(seconds), "--customers", str(customers)],
-        capture_output=True, text=True, check=True)
+         "--rate", str(rate), "--seconds", str(seconds), "--customers", str(customers),
+         *extra], capture_output=True, text=True, check=True)
     return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def workers_ready(workers: int) -> None:
+    """Wait until every worker answers with a model (a new connection per call)."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + 180
+    while len(seen) < workers:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {len(seen)} of {workers} workers became ready")
+        answer = httpx.get(f"http://127.0.0.1:{PORT}/readyz", timeout=5)
+        if answer.status_code == 200:
+            seen.add(answer.json()["worker"])
+
+
+def visibility(key: str, customers: list[str], trials: int = 200) -> dict[str, float]:
+    """Milliseconds from an acknowledged purchase of a customer's top offer to the first
+    /rank answer (each on a new connection, so from any worker) that no longer offers it."""
+    import random
+
+    rng = random.Random(1)
+    headers = {"Authorization": f"Bearer {key}"}
+    url = f"http://127.0.0.1:{PORT}"
+    waited, attempts = [], []
+    for trial in range(trials):
+        customer = rng.choice(customers)
+        offers = httpx.post(f"{url}/rank", json={"customer_id": customer}, headers=headers,
+                            timeout=10).json()["offers"]
+        if not offers:
+            continue
+        top = offers[0]["product_id"]
+        httpx.post(f"{url}/events", headers=headers, timeout=10, json={"events": [
+            {"event_id": f"visibility-{trial}", "customer_id": customer, "product_id": top,
+             "event_type": "purchase"}]}).raise_for_status()
+        acknowledged = time.perf_counter()
+        for attempt in range(1, 1000):
+            answer = httpx.post(f"{url}/rank", json={"customer_id": customer},
+                                headers=headers, timeout=10).json()
+            if top not in [o["product_id"] for o in answer["offers"]]:
+                waited.append((time.perf_counter() - acknowledged) * 1000)
+                attempts.append(attempt)
+                break
+    ms = sorted(waited)
+    return {"trials": len(ms), "p50_ms": ms[len(ms) // 2], "p99_ms": ms[int(len(ms) * 0.99)],
+            "max_ms": ms[-1], "max_attempts": max(attempts)}
 
 
 MAILED = 2000  # customers given e-mail consent for the newsletter measure
@@ -172,36 +228,126 @@ def newsletter_rate(key: str, customers: list[str]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--rates", default="100,200,300,400,500")
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--rates", default="100,200,300,400,500,600,800")
+    parser.add_argument("--models", default="als,blend")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--event-share", type=float, default=0.1,
+                        help="Share of the requests that post an event instead of ranking.")
+    parser.add_argument("--configs", action="store_true",
+                        help="Run the settings study (ALS, one worker) instead.")
     parser.add_argument("--reuse", action="store_true",
-                        help="Serve the champion a previous run published (skip training).")
+                        help="Serve the models a previous run published (skip training).")
     args = parser.parse_args()
     if not ONLINE_RETAIL.exists():
         raise SystemExit(f"skipped: {ONLINE_RETAIL} is absent (it lives in ../shared)")
     work = ROOT / "bench" / "work" / "serving"
     work.mkdir(parents=True, exist_ok=True)
     os.environ["BENTOML_HOME"] = str(work / "bentoml")
-    ids = work / "customers.txt"
-    if args.reuse and ids.exists():
-        customers = ids.read_text().split()
+    ids, products_file, tags_file = (work / "customers.txt", work / "products.txt",
+                                     work / "tags.json")
+    kinds = ["als"] if args.configs else args.models.split(",")
+    tags = json.loads(tags_file.read_text()) if tags_file.exists() else {}
+    if args.reuse and ids.exists() and all(kind in tags for kind in kinds):
+        customers, products = ids.read_text().split(), products_file.read_text().split()
     else:
-        customers = prepare(work)
+        customers, products, tags = prepare(work, kinds)
         ids.write_text("\n".join(customers))
+        products_file.write_text("\n".join(products))
+        tags_file.write_text(json.dumps(tags))
     key = secrets.token_hex(16)
     rates = [float(r) for r in args.rates.split(",")]
     (work / "consent.db").unlink(missing_ok=True)
     grant_email(work, customers[:MAILED])
+    if args.configs:
+        settings_study(work, key, customers, ids, rates, args.seconds, tags["als"])
+        return
+    runs, seen, letters, in_process = [], {}, {}, {}
+    for kind in kinds:
+        in_process[kind] = ranking_ms(work, customers, tags[kind])
+        print(json.dumps({kind: {"ranking_ms_in_process": in_process[kind]}}), flush=True)
+        server = start_server(work, key, {"NBO_WORKERS": str(args.workers),
+                                          "NBO_MODEL_TAG": tags[kind]})
+        try:
+            workers_ready(args.workers)
+            for rate in rates:
+                result = load(key, rate, args.seconds, ids, args.event_share,
+                              products_file) | {"model": kind}
+                print(json.dumps(result), flush=True)
+                runs.append(result)
+            seen[kind] = visibility(key, customers)
+            letters[kind] = newsletter_rate(key, customers[:MAILED])
+            print(json.dumps({kind: {"visibility": seen[kind], "newsletter": letters[kind]}}),
+                  flush=True)
+        finally:
+            stop_server(server)
+    write_models(runs, seen, letters, in_process, args)
+
+
+def write_models(runs: list[dict], seen: dict[str, dict[str, float]],
+                 letters: dict[str, dict[str, float]], in_process: dict[str, float],
+                 args: argparse.Namespace) -> None:
+    (RESULTS / "serving.json").write_text(json.dumps(
+        {"workers": args.workers, "event_share": args.event_share, "runs": runs,
+         "visibility": seen, "newsletter": letters, "ranking_ms_in_process": in_process},
+        indent=2))
+    info = machine()
+    lines = [
+        "# Serving benchmark: Online Retail models behind `bentoml serve`", "",
+        f"Run {datetime.now(UTC).isoformat(timespec='seconds')} by `bench/latency.py` on "
+        f"{info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB (the load generator "
+        f"shares the machine). `NBO_WORKERS={args.workers}` BentoML workers on 127.0.0.1, "
+        f"every rule on (eligibility, consent from the SQLite store, lifecycle, exclusions "
+        f"with the live events, contact policy and dismissals from the feedback log, "
+        f"diversity), the erasure check and the live-event read on every request, k = 10, "
+        f"reasons on. Open-loop load from a separate process (`bench/load.py`, latency "
+        f"counted from when each request was due), {args.seconds:.0f} s per rate, random "
+        f"customers of the data set; {args.event_share:.0%} of the requests post a view to "
+        f"`/events` (so later rankings of those customers score a history with live events).",
+        "", "| model | rate (req/s) | achieved | p50 ms | p95 ms | p99 ms | max ms | errors "
+        "| events posted | events p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in sorted(runs, key=lambda r: (r["rate"], r["model"])):
+        lines.append(f"| {r['model']} | {r['rate']:.0f} | {r['achieved_rps']:.0f} | "
+                     f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
+                     f"{r['max_ms']:.0f} | {r['errors']} | {r['events_posted']} | "
+                     f"{r.get('events_p99_ms', float('nan')):.1f} |")
+    lines += ["", "Targets: p99 at or under 10 ms at 500 req/s; no collapse below 800 req/s.",
+              ""]
+    for kind in in_process:
+        ok = [r["rate"] for r in runs if r["model"] == kind and r["p99_ms"] <= 10
+              and not r["errors"]]
+        lines.append(f"- {kind}: highest rate with p99 at or under 10 ms and no errors: "
+                     f"{max(ok) if ok else 'none'}; the ranking itself in-process "
+                     f"{in_process[kind]:.2f} ms per request")
+    lines += ["", "From an acknowledged `/events` purchase of a customer's top offer to the "
+              "first `/rank` answer that no longer offers it (each call on a new connection, "
+              "so any worker answers; no load besides):", "",
+              "| model | trials | p50 ms | p99 ms | max ms | most calls needed |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {kind} | {v['trials']} | {v['p50_ms']:.1f} | {v['p99_ms']:.1f} | "
+              f"{v['max_ms']:.1f} | {v['max_attempts']} |" for kind, v in seen.items()]
+    lines += ["", f"`/newsletter`, calls of 1,000 customers with e-mail consent ({MAILED:,} "
+              "customers, all blocks):", "", "| model | customers/s | blocks per customer |",
+              "| --- | ---: | ---: |"]
+    lines += [f"| {kind} | {v['customers_per_s']:,.0f} | {v['blocks_per_mailed']:.2f} |"
+              for kind, v in letters.items()]
+    (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")
+
+
+def settings_study(work: Path, key: str, customers: list[str], ids: Path, rates: list[float],
+                   seconds: float, tag: str) -> None:
     runs, collections = [], {}
-    in_process = ranking_ms(work, customers)
+    in_process = ranking_ms(work, customers, tag)
     print(json.dumps({"ranking_ms_in_process": in_process}), flush=True)
     letters: dict[str, dict[str, float]] = {}
     for config, settings in CONFIGS.items():
-        server = start_server(work, key, settings)
+        server = start_server(work, key, {"NBO_WORKERS": "1", "NBO_MODEL_TAG": tag,
+                                          **settings})
         try:
             before = full_collections()
             for rate in rates:
-                result = load(key, rate, args.seconds, ids) | {"config": config}
+                result = load(key, rate, seconds, ids) | {"config": config}
                 print(json.dumps(result), flush=True)
                 runs.append(result)
             after = full_collections()
@@ -215,12 +361,12 @@ def main() -> None:
                 print(json.dumps(letters), flush=True)
         finally:
             stop_server(server)
-    write(runs, collections, letters, in_process, args.seconds)
+    write(runs, collections, letters, in_process, seconds)
 
 
 def write(runs: list[dict], collections: dict[str, dict[str, float]],
           letters: dict[str, dict[str, float]], in_process: float, seconds: float) -> None:
-    (RESULTS / "serving.json").write_text(json.dumps(
+    (RESULTS / "serving-configs.json").write_text(json.dumps(
         {"configs": CONFIGS, "runs": runs, "full_collections": collections,
          "newsletter": letters, "ranking_ms_in_process": in_process}, indent=2))
     best = max((r["rate"] for r in runs if r["config"] == "nbo defaults"
@@ -269,7 +415,7 @@ def write(runs: list[dict], collections: dict[str, dict[str, float]],
               f"model's scores, every rule, reasons, the response body) costs "
               f"{in_process:.2f} ms per request measured in-process by the same code; the rest "
               f"of the median is HTTP, BentoML and the load generator on the same cores."]
-    (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "serving-configs.md").write_text("\n".join(lines) + "\n")
 
 
 STALLS = """## Where the stalls come from

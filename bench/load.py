@@ -2,8 +2,11 @@
 process, and measures each latency from the moment the request was due (so a stalled server
 shows up as latency instead of as a slower request rate).
 
-    python bench/load.py URL KEY --rate 200 --seconds 20 --customers ids.txt
-prints one JSON line with the latency percentiles and errors.
+    python bench/load.py URL KEY --rate 200 --seconds 20 --customers ids.txt \
+        [--event-share 0.1 --products products.txt]
+prints one JSON line with the latency percentiles and errors. With ``--event-share`` that
+share of the requests post a view of a random product to /events instead of asking /rank
+(each with a new event id); their latencies are also given on their own.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import json
 import random
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -20,25 +24,33 @@ import numpy as np
 
 
 async def run(url: str, key: str, rate: float, seconds: float, customers: list[str],
-              k: int, seed: int) -> dict[str, float]:
+              k: int, seed: int, event_share: float = 0.0, products: list[str] | None = None
+              ) -> dict[str, float]:
     rng = random.Random(seed)
     headers = {"Authorization": f"Bearer {key}"}
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     latencies: list[float] = []
+    posted: list[float] = []
     errors = 0
     async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits,
                                  timeout=10.0) as client:
         await client.post("/rank", json={"customer_id": customers[0], "k": k})  # warm up
 
-        async def one(due: float, customer: str) -> None:
+        async def one(due: float, customer: str, product: str | None) -> None:
             nonlocal errors
             try:
-                response = await client.post("/rank", json={"customer_id": customer, "k": k})
+                if product is None:
+                    response = await client.post("/rank", json={"customer_id": customer,
+                                                                 "k": k})
+                else:
+                    response = await client.post("/events", json={"events": [
+                        {"event_id": uuid.uuid4().hex, "customer_id": customer,
+                         "product_id": product, "event_type": "view"}]})
                 if response.status_code != 200:
                     errors += 1
             except httpx.HTTPError:
                 errors += 1
-            latencies.append(time.perf_counter() - due)
+            (latencies if product is None else posted).append(time.perf_counter() - due)
 
         tasks = []
         start = time.perf_counter()
@@ -48,13 +60,21 @@ async def run(url: str, key: str, rate: float, seconds: float, customers: list[s
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(due, rng.choice(customers))))
+            product = rng.choice(products) if products and rng.random() < event_share \
+                else None
+            tasks.append(asyncio.create_task(one(due, rng.choice(customers), product)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
-    ms = np.asarray(latencies) * 1000
-    return {"rate": rate, "requests": total, "achieved_rps": total / elapsed, "errors": errors,
-            "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max())}
+    ms = np.asarray(latencies + posted) * 1000
+    result = {"rate": rate, "requests": total, "achieved_rps": total / elapsed,
+              "errors": errors, "p50_ms": float(np.percentile(ms, 50)),
+              "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)),
+              "max_ms": float(ms.max()), "events_posted": len(posted)}
+    if posted:
+        events_ms = np.asarray(posted) * 1000
+        result |= {"events_p50_ms": float(np.percentile(events_ms, 50)),
+                   "events_p99_ms": float(np.percentile(events_ms, 99))}
+    return result
 
 
 def main() -> None:
@@ -66,10 +86,13 @@ def main() -> None:
     parser.add_argument("--customers", type=Path, required=True)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--event-share", type=float, default=0.0)
+    parser.add_argument("--products", type=Path, default=None)
     args = parser.parse_args()
     customers = args.customers.read_text().split()
+    products = args.products.read_text().split() if args.products else None
     result = asyncio.run(run(args.url, args.key, args.rate, args.seconds, customers, args.k,
-                             args.seed))
+                             args.seed, args.event_share, products))
     print(json.dumps(result))
 
 
