@@ -136,9 +136,10 @@ def stop_server(server: subprocess.Popen[bytes]) -> None:
 
 
 def load(key: str, rate: float, seconds: float, customers: Path,
-         event_share: float = 0.0, products: Path | None = None) -> dict[str, float]:
-    extra = ["--event-share", str(event_share), "--products", str(products)] if products \
-        else []
+         event_share: float = 0.0, products: Path | None = None, per_call: int = 1
+         ) -> dict[str, float]:
+    extra = ["--event-share", str(event_share), "--products", str(products),
+             "--events-per-call", str(per_call)] if products else []
     output = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "load.py"), f"http://127.0.0.1:{PORT}", key,
          "--rate", str(rate), "--seconds", str(seconds), "--customers", str(customers),
@@ -232,8 +233,9 @@ def main() -> None:
     parser.add_argument("--rates", default="100,200,300,400,500,600,800")
     parser.add_argument("--models", default="als,blend")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--event-share", type=float, default=0.1,
-                        help="Share of the requests that post an event instead of ranking.")
+    parser.add_argument("--event-share", type=float, default=0.02,
+                        help="Share of the requests that post events instead of ranking.")
+    parser.add_argument("--events-per-call", type=int, default=25)
     parser.add_argument("--configs", action="store_true",
                         help="Run the settings study (ALS, one worker) instead.")
     parser.add_argument("--reuse", action="store_true",
@@ -272,7 +274,7 @@ def main() -> None:
             workers_ready(args.workers)
             for rate in rates:
                 result = load(key, rate, args.seconds, ids, args.event_share,
-                              products_file) | {"model": kind}
+                              products_file, args.events_per_call) | {"model": kind}
                 print(json.dumps(result), flush=True)
                 runs.append(result)
             seen[kind] = visibility(key, customers)
@@ -281,14 +283,46 @@ def main() -> None:
                   flush=True)
         finally:
             stop_server(server)
-    write_models(runs, seen, letters, in_process, args)
+    reference = yardstick(work, key, tags["als"] if "als" in tags else tags[kinds[0]], ids,
+                          rates, args)
+    write_models(runs, seen, letters, in_process, args, reference)
+
+
+REFERENCE = "plain Starlette"
+
+
+def yardstick(work: Path, key: str, tag: str, ids: Path, rates: list[float],
+              args: argparse.Namespace) -> list[dict]:
+    """The same load on bench/yardstick.py (the model's top 10, nothing else) under uvicorn
+    with as many workers: what the machine serves without the service around the model."""
+    from serving.models import newest
+
+    env = {**os.environ, "NBO_YARDSTICK_MODEL": str(newest(tag).path)}
+    log = work / "yardstick.log"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "yardstick:app",
+         "--port", str(PORT), "--workers", str(args.workers), "--no-access-log",
+         "--log-level", "warning"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    runs = []
+    try:
+        workers_ready(args.workers)
+        for rate in rates:
+            result = load(key, rate, args.seconds, ids) | {"model": REFERENCE}
+            print(json.dumps(result), flush=True)
+            runs.append(result)
+    finally:
+        stop_server(server)
+    return runs
 
 
 def write_models(runs: list[dict], seen: dict[str, dict[str, float]],
                  letters: dict[str, dict[str, float]], in_process: dict[str, float],
-                 args: argparse.Namespace) -> None:
+                 args: argparse.Namespace, reference: list[dict]) -> None:
+    runs = runs + reference
     (RESULTS / "serving.json").write_text(json.dumps(
-        {"workers": args.workers, "event_share": args.event_share, "runs": runs,
+        {"workers": args.workers, "event_share": args.event_share,
+         "events_per_call": args.events_per_call, "runs": runs,
          "visibility": seen, "newsletter": letters, "ranking_ms_in_process": in_process},
         indent=2))
     info = machine()
@@ -302,8 +336,11 @@ def write_models(runs: list[dict], seen: dict[str, dict[str, float]],
         f"diversity), the erasure check and the live-event read on every request, k = 10, "
         f"reasons on. Open-loop load from a separate process (`bench/load.py`, latency "
         f"counted from when each request was due), {args.seconds:.0f} s per rate, random "
-        f"customers of the data set; {args.event_share:.0%} of the requests post a view to "
-        f"`/events` (so later rankings of those customers score a history with live events).",
+        f"customers of the data set; {args.event_share:.0%} of the requests post "
+        f"{args.events_per_call} views by random customers to `/events` (so later rankings "
+        f"of those customers score a history with live events). The {REFERENCE} rows are "
+        f"the same load, without events, on `bench/yardstick.py`: the ALS model's top 10 "
+        f"and nothing else, under uvicorn with as many workers, measured in the same run.",
         "", "| model | rate (req/s) | achieved | p50 ms | p95 ms | p99 ms | max ms | errors "
         "| events posted | events p99 ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

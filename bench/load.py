@@ -5,8 +5,9 @@ shows up as latency instead of as a slower request rate).
     python bench/load.py URL KEY --rate 200 --seconds 20 --customers ids.txt \
         [--event-share 0.1 --products products.txt]
 prints one JSON line with the latency percentiles and errors. With ``--event-share`` that
-share of the requests post a view of a random product to /events instead of asking /rank
-(each with a new event id); their latencies are also given on their own.
+share of the requests post ``--events-per-call`` views of random products by random customers
+to /events instead of asking /rank (each with a new event id); their latencies are also given
+on their own.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import numpy as np
 
 
 async def run(url: str, key: str, rate: float, seconds: float, customers: list[str],
-              k: int, seed: int, event_share: float = 0.0, products: list[str] | None = None
-              ) -> dict[str, float]:
+              k: int, seed: int, event_share: float = 0.0, products: list[str] | None = None,
+              per_call: int = 1) -> dict[str, float]:
     rng = random.Random(seed)
     headers = {"Authorization": f"Bearer {key}"}
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
@@ -44,8 +45,9 @@ async def run(url: str, key: str, rate: float, seconds: float, customers: list[s
                                                                  "k": k})
                 else:
                     response = await client.post("/events", json={"events": [
-                        {"event_id": uuid.uuid4().hex, "customer_id": customer,
-                         "product_id": product, "event_type": "view"}]})
+                        {"event_id": uuid.uuid4().hex, "customer_id": rng.choice(customers),
+                         "product_id": rng.choice(products or [product]),
+                         "event_type": "view"} for _ in range(per_call)]})
                 if response.status_code != 200:
                     errors += 1
             except httpx.HTTPError:
@@ -88,11 +90,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--event-share", type=float, default=0.0)
     parser.add_argument("--products", type=Path, default=None)
+    parser.add_argument("--events-per-call", type=int, default=1)
     args = parser.parse_args()
     customers = args.customers.read_text().split()
     products = args.products.read_text().split() if args.products else None
     result = asyncio.run(run(args.url, args.key, args.rate, args.seconds, customers, args.k,
-                             args.seed, args.event_share, products))
+                             args.seed, args.event_share, products, args.events_per_call))
     print(json.dumps(result))
 
 

@@ -57,6 +57,7 @@ class Engine:
         self.model, self.version, self.store, self.settings = model, version, store, settings
         self.as_of, self.weights = as_of, weights or EventWeights()
         self.items = model.items
+        self.product_ids = frozenset(model.items.names)  # for checking posted events
         self.offers = Offers.from_frame(tables["offers"], model.items.ids)
         self.state = CustomerState(model, model.items, tables, lifecycle)
         self.scorer = Scorer(model, self.state)
@@ -168,8 +169,8 @@ class Engine:
                                    history, batch)
         masks = self.masks.of(row, request.channel, now, now_ns, region, stage, consent,
                               resolved.cart, exposure, act)
-        anchors = Anchors(np.r_[self.state.purchases(row, now_ns)[0], act.bought],
-                          act.carted, act.wished, np.r_[act.seen, self.state.visited(row)])
+        anchors = Anchors(_joined(self.state.purchases(row, now_ns)[0], act.bought),
+                          act.carted, act.wished, _joined(act.seen, self.state.visited(row)))
         return Prepared(stage, region, scored, masks, act, anchors)
 
     def rank(self, request: Request, now: datetime, consent: Consent,
@@ -209,3 +210,10 @@ class Engine:
                    ) -> list[Letter]:
         """Per customer, distinct offers for the requested blocks or why there is no mail."""
         return self._newsletter.letters(customer_ids, blocks, now)
+
+
+def _joined(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Two index arrays as one (no copy where one is empty: the usual case per request)."""
+    if not len(second):
+        return first
+    return second if not len(first) else np.concatenate([first, second])

@@ -8,6 +8,7 @@ fixes those and posts the call again (the event ids make the retry safe).
 
 from __future__ import annotations
 
+from collections.abc import Container
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +28,7 @@ class BadEvents(RequestError):
         self.bad = bad
 
 
-def event_rows(events: list[EventIn], products: pd.Index, now: datetime
+def event_rows(events: list[EventIn], products: Container[str], now: datetime
                ) -> list[dict[str, Any]]:
     """Store rows of valid events (``now`` for those without a timestamp; an event id given
     twice in the call stands for one event); raises :class:`BadEvents` if any is not valid."""
@@ -50,8 +51,12 @@ def event_rows(events: list[EventIn], products: pd.Index, now: datetime
         C.rating: [e.rating for e in unique],
         C.order: [e.order_id for e in unique],
         C.channel: [e.channel for e in unique],
-    })
-    kept, bad = validate_events(frame, products)
+    }, dtype=object)  # as a CSV file is read: the contract parses every column itself
+    # only the call's own products are looked up (an Arrow-backed index of the whole
+    # catalogue would be walked in Python by isin, milliseconds per call)
+    named = set(frame[C.product].astype(str))
+    kept, bad = validate_events(frame, pd.Index([p for p in named if p in products],
+                                                dtype=object))
     if len(bad):
         raise BadEvents([{"index": first[unique[int(row) - 1].event_id][0],
                           "event_id": unique[int(row) - 1].event_id, "reason": str(reason)}

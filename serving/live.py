@@ -69,6 +69,9 @@ def activity(events: list[LiveEvent], exposure: Exposure, items: IdMap, now_ns: 
              page: np.ndarray = EMPTY) -> Activity:
     """``events``: the customer's live events (any order); ``session``, ``cart``, ``page``:
     offer indices from the request."""
+    if not events and not len(session) and not len(cart) and not len(page) \
+            and not _responded(exposure):
+        return NOTHING  # most requests: nothing since the snapshot
     rows = items.index_of([e.product_id for e in events]) if events else EMPTY
     kinds = np.array([e.event_type for e in events], dtype=object)
     times = np.array([_ns(e) for e in events], dtype=np.int64)
@@ -112,6 +115,13 @@ def with_history(stored: np.ndarray, stored_weights: np.ndarray, act: Activity,
     dense[act.returned] = 0.0
     keep = np.flatnonzero(dense > 0)
     return keep, dense[keep]
+
+
+def _responded(exposure: Exposure) -> bool:
+    """Whether the feedback log holds a conversion or dismissal that counts."""
+    return bool((exposure.dismissed is not None and exposure.dismissed.any())
+                or (exposure.converted_ns is not None
+                    and (exposure.converted_ns != NO_TIME).any()))
 
 
 def _ns(event: LiveEvent) -> int:

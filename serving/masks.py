@@ -40,13 +40,14 @@ class Masks:
         returned, has in the cart or is looking at on the page."""
         bought, days_ago = self.state.purchases(row, now_ns)
         if len(act.bought):
-            bought = np.r_[bought, act.bought]
-            days_ago = np.r_[days_ago, (now_ns - act.bought_ns) / NS_PER_DAY]
+            bought = np.concatenate([bought, act.bought])
+            days_ago = np.concatenate([days_ago, (now_ns - act.bought_ns) / NS_PER_DAY])
         returned = self.state.returns(row)
         if len(act.returned):
-            returned = np.r_[returned, act.returned]
-        return policy.not_excluded(self.offers, bought, days_ago, returned,
-                                   np.r_[cart, act.page].astype(np.int64))
+            returned = np.concatenate([returned, act.returned])
+        if len(act.page):
+            cart = np.concatenate([cart, act.page])
+        return policy.not_excluded(self.offers, bought, days_ago, returned, cart)
 
     def contact(self, exposure: Exposure, act: Activity) -> np.ndarray:
         """Offers shown too often without a click, or dismissed, rest."""

@@ -250,7 +250,7 @@ class NboService:
         def work() -> EventsResponse:
             engine = self._engine()
             received = datetime.now(UTC).replace(tzinfo=None)
-            rows = event_rows(events, engine.items.ids, moment(self.settings, None))
+            rows = event_rows(events, engine.product_ids, moment(self.settings, None))
             appended = self.store.append_events(rows, received)
             METRICS.events.inc(appended.stored)
             return EventsResponse(request_id=uuid.uuid4().hex, model_version=engine.version,
