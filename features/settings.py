@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         200, ge=1, le=10_000, description="Events posted since the model's snapshot that "
         "count per customer (their latest); the rest wait for the next training."
     )
+    max_in_flight: int = Field(
+        16, ge=0, description="Requests one worker takes at a time; more are answered 429 at "
+        "once (a client retries elsewhere or later) instead of queueing until every answer is "
+        "late. 0: no limit."
+    )
     workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, le=64,
         description="Worker processes of the service; default: the number of cores."

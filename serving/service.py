@@ -101,7 +101,9 @@ STARTUP = Settings()  # what must be known when the class is declared
 
 @bentoml.asgi_app(admin, path="/")
 @bentoml.service(name="nbo", workers=STARTUP.workers,
-                 traffic={"timeout": STARTUP.request_timeout_seconds},
+                 # BentoML divides the service's limit among its workers
+                 traffic={"timeout": STARTUP.request_timeout_seconds,
+                          "max_concurrency": STARTUP.max_in_flight * STARTUP.workers or None},
                  # every path excluded: the tracing middleware passes requests straight through
                  tracing={} if STARTUP.tracing else {"excluded_urls": "."})
 class NboService:

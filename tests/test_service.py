@@ -217,3 +217,13 @@ def test_without_keys_the_service_refuses_to_start(service_env: Path,
     with pytest.raises(RuntimeError, match="no API keys"), TestClient(NboService.to_asgi()):
         pass
     forget_bentoml_collectors()
+
+
+def test_a_worker_sheds_requests_beyond_its_limit_instead_of_queueing() -> None:
+    from features.settings import Settings
+    from serving.service import NboService
+
+    settings = Settings()
+    traffic = NboService.config["traffic"]  # type: ignore[attr-defined]
+    assert traffic["max_concurrency"] == settings.max_in_flight * settings.workers > 0
+    assert NboService.config["workers"] == settings.workers  # type: ignore[attr-defined]
