@@ -119,9 +119,7 @@ def with_history(stored: np.ndarray, stored_weights: np.ndarray, act: Activity,
 
 def _responded(exposure: Exposure) -> bool:
     """Whether the feedback log holds a conversion or dismissal that counts."""
-    return bool((exposure.dismissed is not None and exposure.dismissed.any())
-                or (exposure.converted_ns is not None
-                    and (exposure.converted_ns != NO_TIME).any()))
+    return bool(exposure.dismissed.any() or (exposure.converted_ns != NO_TIME).any())
 
 
 def _ns(event: LiveEvent) -> int:
@@ -146,7 +144,7 @@ def _summed(rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def _converted(exposure: Exposure, items: IdMap) -> tuple[np.ndarray, np.ndarray]:
-    if exposure.converted_ns is None or not len(exposure.product_ids):
+    if not len(exposure.product_ids):
         return EMPTY, EMPTY
     rows = items.index_of(exposure.product_ids)
     hit = (rows >= 0) & (exposure.converted_ns != NO_TIME)
@@ -154,7 +152,7 @@ def _converted(exposure: Exposure, items: IdMap) -> tuple[np.ndarray, np.ndarray
 
 
 def _dismissed(exposure: Exposure, items: IdMap) -> np.ndarray:
-    if exposure.dismissed is None or not len(exposure.product_ids):
+    if not len(exposure.product_ids):
         return EMPTY
     rows = items.index_of(exposure.product_ids)
     return rows[(rows >= 0) & exposure.dismissed]

@@ -63,8 +63,8 @@ class Exposure(NamedTuple):
     product_ids: list[str]
     shown: np.ndarray  # impressions in the contact window
     clicked: np.ndarray  # clicked or bought in the contact window
-    dismissed: np.ndarray | None = None  # dismissed within the rest time (bool)
-    converted_ns: np.ndarray | None = None  # latest conversion, int64 ns (NO_TIME: none)
+    dismissed: np.ndarray  # dismissed within the rest time (bool)
+    converted_ns: np.ndarray  # latest conversion, int64 ns (NO_TIME: none)
 
 
 NO_TIME = np.iinfo(np.int64).min
