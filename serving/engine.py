@@ -94,11 +94,12 @@ class Engine:
         """The model's customer map, which the customer state reads too."""
         return self.model.customers
 
-    def row_of(self, customer_id: str) -> int:
+    def row_of(self, customer_id: str, not_erased: bool = False) -> int:
         """The customer's row, ``MISSING`` for one the model does not know or one erased in
-        any worker or replica (the store says; the engine then forgets them too)."""
+        any worker or replica (the store says; the engine then forgets them too).
+        ``not_erased``: the caller asked the store already (the newsletter, for many)."""
         row = self.state.row_of(customer_id)
-        if row >= 0 and self.store.is_erased(customer_id):
+        if row >= 0 and not not_erased and self.store.is_erased(customer_id):
             self.forget(customer_id)
             return MISSING
         return row
@@ -127,7 +128,7 @@ class Engine:
             raise RequestError(f"unknown product id(s) in {what}: {unknown[:5]}")
         return found
 
-    def resolve(self, request: Request, now: datetime) -> Resolved:
+    def resolve(self, request: Request, now: datetime, not_erased: bool = False) -> Resolved:
         """Check the request's channel and offers, and find the customer."""
         if request.channel not in CHANNELS:
             raise RequestError(f"unknown channel {request.channel!r}; known: {list(CHANNELS)}")
@@ -135,7 +136,8 @@ class Engine:
         session = self.indices(request.session, "session")
         page = self.indices([request.product_id] if request.product_id else [], "product_id")
         cart = self.indices(request.cart, "cart")
-        return Resolved(self.row_of(request.customer_id), now_ns, session, page, cart)
+        return Resolved(self.row_of(request.customer_id, not_erased), now_ns, session, page,
+                        cart)
 
     def window(self, now: datetime) -> Window:
         settings = self.settings
@@ -152,17 +154,26 @@ class Engine:
         return activity(events, exposure, self.items, resolved.now_ns, self.weights,
                         resolved.session, resolved.cart, resolved.page)
 
+    def staged(self, request: Request, now: datetime, exposure: Exposure,
+               events: list[LiveEvent] | None = None, not_erased: bool = False
+               ) -> tuple[Resolved, Activity, str]:
+        """The request resolved, the customer's activity and their lifecycle stage."""
+        resolved = self.resolve(request, now, not_erased)
+        act = self.activity(request.customer_id, resolved, now, exposure, events)
+        return resolved, act, self.state.stage(resolved.row, resolved.now_ns,
+                                               act.first_and_last_purchase())
+
     def prepare(self, request: Request, now: datetime, consent: Consent,
                 batch: Batch | None = None, exposure: Exposure | None = None,
-                events: list[LiveEvent] | None = None) -> Prepared:
+                events: list[LiveEvent] | None = None, not_erased: bool = False
+                ) -> Prepared:
         """Scores and every rule's mask for one customer (``batch`` where batch-scored;
-        ``exposure`` and ``events`` where read for many customers at once)."""
-        resolved = self.resolve(request, now)
-        row, now_ns = resolved.row, resolved.now_ns
+        ``exposure``, ``events`` and ``not_erased`` where read for many customers at
+        once)."""
         if exposure is None:
             exposure = self.store.exposure(request.customer_id, self.window(now))
-        act = self.activity(request.customer_id, resolved, now, exposure, events)
-        stage = self.state.stage(row, now_ns, act.first_and_last_purchase())
+        resolved, act, stage = self.staged(request, now, exposure, events, not_erased)
+        row, now_ns = resolved.row, resolved.now_ns
         region = request.region or self.state.region_of(row)
         history = self.scorer.history(row, act) if consent.personalization else None
         scored = self.scorer.score(request.customer_id, row, region, stage, now, consent,
@@ -183,10 +194,7 @@ class Engine:
             why = ("no e-mail consent with double opt-in" if request.channel == "email"
                    else f"no {request.channel} consent")
             # nothing is offered: the stage from the events alone, no feedback log read
-            resolved = self.resolve(request, now)
-            act = self.activity(request.customer_id, resolved, now, NO_EXPOSURE)
-            stage = self.state.stage(resolved.row, resolved.now_ns,
-                                     act.first_and_last_purchase())
+            _, _, stage = self.staged(request, now, NO_EXPOSURE)
             return Ranking(request_id, self.version, request.customer_id, stage, None, [],
                            withheld=why)
         prepared = self.prepare(request, now, consent, exposure=exposure)

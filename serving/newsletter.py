@@ -73,7 +73,7 @@ class Newsletter:
         if not consent.allows_channel("email"):
             return Letter(customer_id, no_mail="no e-mail consent with double opt-in")
         prepared = engine.prepare(Request(customer_id, "email"), now, consent, batch,
-                                  exposure, events)
+                                  exposure, events, not_erased=True)
         allowed = prepared.allowed()
         placed: list[tuple[str, int, float]] = []
         for block in blocks:
