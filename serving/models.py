@@ -104,6 +104,7 @@ class ModelHolder:
             if tag in self.status.refused:
                 return f"{tag} was refused: {self.status.refused[tag]}"
             version = str(entry.info.labels.get("mlflow_version", entry.tag.version))
+            erasures = self.store.erasure_count()  # the load forgets these
             try:
                 engine = Engine.load(Path(entry.path), version, self.store, self.settings)
             except Exception as error:  # any failure refuses the model, never the service
@@ -114,7 +115,8 @@ class ModelHolder:
             # an erasure recorded while the model loaded is forgotten before it serves (and
             # every request checks the store for erasures in any case)
             self._erasures = self.store.erasure_count()
-            engine.forget_erased()
+            if self._erasures != erasures:
+                engine.forget_erased()
             self.engine = engine
             self.status.serving, self.status.version = tag, version
             self.status.since = datetime.now(UTC).isoformat(timespec="seconds")
