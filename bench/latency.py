@@ -149,19 +149,9 @@ def load(key: str, rate: float, seconds: float, customers: Path,
 
 
 def workers_ready(workers: int) -> None:
-    """Wait until every worker answers with a model (a new connection per call)."""
-    seen: set[int] = set()
-    deadline = time.monotonic() + 180
-    while len(seen) < workers:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"only {len(seen)} of {workers} workers became ready")
-        try:
-            answer = httpx.get(f"http://127.0.0.1:{PORT}/readyz", timeout=5)
-        except httpx.HTTPError:  # not listening yet
-            time.sleep(0.5)
-            continue
-        if answer.status_code == 200:
-            seen.add(answer.json()["worker"])
+    seen = process.ready_workers(f"http://127.0.0.1:{PORT}", workers, 180)
+    if len(seen) < workers:
+        raise SystemExit(f"only {len(seen)} of {workers} workers became ready")
 
 
 def visibility(key: str, customers: list[str], trials: int = 100, attempts: int = 20

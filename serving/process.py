@@ -71,12 +71,7 @@ def stop(server: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: fl
     """Stop the service and every worker it started: ``sig`` to its process group, then
     SIGKILL to whatever of it is left after ``timeout`` (BentoML's workers are not always in
     the group, and outlive a killed parent)."""
-    workers = descendants(server.pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, sig)
-    for pid in workers:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+    workers = signal_service(server.pid, sig)
     try:
         server.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -88,6 +83,34 @@ def stop(server: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: fl
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def signal_service(pid: int, sig: int) -> list[int]:
+    """Send ``sig`` to the service ``pid``'s process group and to every process it started
+    (its workers are not always in the group); the processes it started."""
+    workers = descendants(pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+    for worker in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, sig)
+    return workers
+
+
+def ready_workers(url: str, workers: int, timeout: float = 120.0) -> set[int]:
+    """Ask ``url``/readyz on a new connection each time until ``workers`` distinct workers
+    answered with a model, or the time runs out; the workers seen."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < workers and time.monotonic() < deadline:
+        try:
+            answer = httpx.get(f"{url}/readyz", timeout=5)
+        except httpx.HTTPError:  # not listening yet
+            time.sleep(0.5)
+            continue
+        if answer.status_code == 200:
+            seen.add(answer.json()["worker"])
+    return seen
 
 
 def _alive(pid: int) -> bool:

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,17 +106,6 @@ def ranked(url: str, customer: str) -> dict:
     return dict(answer.json())
 
 
-def all_ready(url: str, workers: int) -> set[int]:
-    """Wait until ``workers`` distinct workers have answered /readyz with a model."""
-    seen: set[int] = set()
-    deadline = time.monotonic() + 120
-    while len(seen) < workers and time.monotonic() < deadline:
-        answer = httpx.get(f"{url}/readyz", timeout=5)
-        if answer.status_code == 200:
-            seen.add(answer.json()["worker"])
-    return seen
-
-
 def test_two_workers_honour_events_and_erasure_on_the_next_request(
         model_dir: Path, snapshot_dir: Path, tmp_path: Path) -> None:
     from serving.models import import_model
@@ -126,7 +114,7 @@ def test_two_workers_honour_events_and_erasure_on_the_next_request(
     env = service_env(snapshot_dir, tmp_path, NBO_WORKERS="2")
     customer = buyer_of(snapshot_dir)
     with serving(env, tmp_path / "serve.log") as url:
-        assert len(all_ready(url, 2)) == 2
+        assert len(process.ready_workers(url, 2)) == 2
         top = ranked(url, customer)["offers"][0]["product_id"]
         posted = httpx.post(f"{url}/events", headers={"X-API-Key": "k"}, timeout=10, json={
             "events": [{"event_id": "p1", "customer_id": customer, "product_id": top,

@@ -3,7 +3,6 @@ pinned to the shop's snapshot, found again by its pid file and stopped by it."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import signal
@@ -54,15 +53,10 @@ def stop_demo_service(home: Path) -> bool:
     pid_file = home / PID_FILE
     if not pid_file.exists():
         return False
-    from serving.process import descendants
+    from serving.process import signal_service
 
     try:
-        pid = int(pid_file.read_text())
-        workers = descendants(pid)  # not always in its process group
-        os.killpg(pid, signal.SIGTERM)
-        for worker in workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker, signal.SIGTERM)
+        signal_service(int(pid_file.read_text()), signal.SIGTERM)
         stopped = True
     except (ProcessLookupError, ValueError, PermissionError):
         stopped = False
