@@ -41,7 +41,8 @@ def export_store(store: Store, dataset: Path) -> Exported:
         raise FileNotFoundError(f"{dataset}: not a dataset folder (no events or products "
                                 "table); export into the folder the model was trained from")
     key = f"export:{dataset.resolve()}"
-    events, last_event = store.events_frame(store.bookmark(f"{key}:events"))
+    after_event = store.bookmark(f"{key}:events")
+    events, last_event = store.events_frame(after_event)
     feedback = store.feedback_frame(store.bookmark(f"{key}:feedback"))
     last_feedback = int(feedback["id"].max()) if len(feedback) else None
     gone = store.erased_among([*events[C.customer], *feedback[C.customer]])
@@ -54,9 +55,8 @@ def export_store(store: Store, dataset: Path) -> Exported:
     events = events.drop_duplicates(list(EVENT_KEY))
     files = []
     if len(events):
-        first = store.bookmark(f"{key}:events") + 1
         files.append(_write(events.reset_index(drop=True), dataset / "events",
-                            f"part-{first:012d}-{last_event:012d}.parquet"))
+                            f"part-{after_event + 1:012d}-{last_event:012d}.parquet"))
     if len(feedback):
         first = int(feedback["id"].min())
         files.append(_write(feedback[FEEDBACK_COLUMNS].reset_index(drop=True),
