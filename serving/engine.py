@@ -9,6 +9,7 @@ new engine and swapping the reference.
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -64,6 +65,7 @@ class Engine:
         self.masks = Masks(self.offers, model.items, self.state, settings)
         self.reasons = Reasons(model, self.offers)
         self._newsletter = Newsletter(self)
+        self.checked_seconds = 0.0  # how long the health check of every customer took
 
     @classmethod
     def load(cls, folder: Path, version: str, store: Store, settings: PolicySettings) -> Engine:
@@ -76,16 +78,33 @@ class Engine:
         engine = cls(model, version, tables, config.lifecycle, store, settings,
                      as_of.to_pydatetime(), config.weights)
         engine.forget_erased()
-        engine.check()
+        engine.checked_seconds = engine.check()
         return engine
 
-    def check(self) -> None:
-        """Refuse a model that cannot serve: score a known and an unknown customer."""
-        probe = [*self.model.customers.names[:1], "\0probe"]
-        scores = self.model.answer(Query(probe)).scores
-        if scores.shape != (len(probe), len(self.offers)) or not np.isfinite(scores).all():
-            raise ValueError(f"model version {self.version} gives scores of shape "
-                             f"{scores.shape} (or non-finite ones) for {len(self.offers)} offers")
+    def check(self, batch: int = 1024) -> float:
+        """Refuse a model that cannot serve: every customer it knows, in batches of
+        ``batch``, and an unknown one must get a finite score for every offer, and its
+        fallbacks (popularity, overall and per region) must be finite. Returns the seconds
+        the check took."""
+        started = time.perf_counter()
+        probes = [*self.model.customers.names, "\0probe"]  # the last is nobody: a cold answer
+        for first in range(0, len(probes), batch):
+            probe = probes[first:first + batch]
+            scores = self.model.answer(Query(probe)).scores
+            if scores.shape != (len(probe), len(self.offers)):
+                raise ValueError(f"model version {self.version} gives scores of shape "
+                                 f"{scores.shape} for {len(probe)} customers and "
+                                 f"{len(self.offers)} offers")
+            bad = ~np.isfinite(scores).all(axis=1)
+            if bad.any():
+                raise ValueError(f"model version {self.version} gives non-finite scores to "
+                                 f"{int(bad.sum())} customers of rows {first} to "
+                                 f"{first + len(probe) - 1}, first {probe[int(bad.argmax())]!r}")
+        for name, values in (("popularity", self.model.popularity),
+                             ("regional popularity", self.state.regional)):
+            if not np.isfinite(values).all():
+                raise ValueError(f"model version {self.version} has non-finite {name}")
+        return time.perf_counter() - started
 
     # --- customers ----------------------------------------------------------------------
 

@@ -87,10 +87,12 @@ class ApiKeys:
 
 
 async def readiness(send: Send) -> None:
-    """200 while a model serves (naming it and any refused newer model), else 503."""
+    """200 while a model serves (naming it, the newer entries it serves instead of because
+    they were refused, and every refused entry with why), else 503."""
     holder = models.CURRENT
     status = holder.status if holder is not None else models.Status()
     body = {"ready": status.serving is not None, "model": status.serving,
             "model_version": status.version, "serving_since": status.since,
+            "newer_refused": status.passed_over, "checked_seconds": status.checked_seconds,
             "refused": status.refused, "worker": os.getpid()}
     await send_json(send, 200 if status.serving else 503, body)

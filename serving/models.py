@@ -43,6 +43,19 @@ def newest(tag: str) -> bentoml.Model:
     return bentoml.models.get(tag)
 
 
+def candidates(tag: str) -> list[bentoml.Model]:
+    """The entries ``tag`` may serve, newest first: every entry of its name for
+    ``name:latest`` (or a bare name), else the one entry it names."""
+    name, _, version = tag.partition(":")
+    try:
+        if version and version != "latest":
+            return [bentoml.models.get(tag)]
+        return sorted(bentoml.models.list(name), key=lambda m: m.info.creation_time,
+                      reverse=True)
+    except bentoml.exceptions.NotFound:
+        return []
+
+
 @dataclass(frozen=True)
 class Built:
     bento: str  # the Bento's tag
@@ -77,6 +90,8 @@ class Status:
     version: str | None = None  # its MLflow version
     since: str | None = None
     refused: dict[str, str] = field(default_factory=dict)  # tag -> why
+    passed_over: list[str] = field(default_factory=list)  # newer entries refused
+    checked_seconds: float | None = None  # the health check of every customer
 
 
 class ModelHolder:
@@ -92,37 +107,57 @@ class ModelHolder:
         self._stop = threading.Event()
 
     def refresh(self) -> str:
-        """Load the newest model if it is not the one in use (or refused); says what it did."""
+        """Load the newest model that loads and passes its check, unless the one in use is
+        newer; says what it did. A refused entry is not tried again; while nothing serves,
+        older entries are tried in turn, so a broken newest model never keeps a service
+        with good older ones from starting."""
         with self._lock:
-            try:
-                entry = newest(self.tag)
-            except bentoml.exceptions.NotFound:
+            entries = candidates(self.tag)
+            if not entries:
                 return f"no model {self.tag} in the BentoML store; run 'nbo promote'"
-            tag = str(entry.tag)
-            if tag == self.status.serving:
-                return f"already serving {tag}"
-            if tag in self.status.refused:
-                return f"{tag} was refused: {self.status.refused[tag]}"
-            version = str(entry.info.labels.get("mlflow_version", entry.tag.version))
-            erasures = self.store.erasure_count()  # the load forgets these
-            try:
-                engine = Engine.load(Path(entry.path), version, self.store, self.settings)
-            except Exception as error:  # any failure refuses the model, never the service
-                self.status.refused[tag] = f"{type(error).__name__}: {error}"
-                METRICS.reloads.labels(outcome="refused").inc()
-                log.error("refused model %s: %s", tag, error)
-                return f"refused {tag}: {self.status.refused[tag]}"
-            # an erasure recorded while the model loaded is forgotten before it serves (and
-            # every request checks the store for erasures in any case)
-            self._erasures = self.store.erasure_count()
-            if self._erasures != erasures:
-                engine.forget_erased()
-            self.engine = engine
-            self.status.serving, self.status.version = tag, version
-            self.status.since = datetime.now(UTC).isoformat(timespec="seconds")
-            METRICS.reloads.labels(outcome="loaded").inc()
-            log.info("serving model %s (version %s)", tag, version)
-            return f"serving {tag} (version {version})"
+            said = []
+            for at, entry in enumerate(entries):
+                tag, newer = str(entry.tag), [str(e.tag) for e in entries[:at]]
+                if tag == self.status.serving:
+                    self.status.passed_over = newer
+                    said.append(f"already serving {tag}")
+                    break
+                if tag in self.status.refused:
+                    said.append(f"{tag} was refused: {self.status.refused[tag]}")
+                    continue
+                if self._load(entry):
+                    self.status.passed_over = newer
+                    said.append(f"serving {tag} (version {self.status.version})"
+                                + (f", not the newer {', '.join(newer)}" if newer else ""))
+                    break
+                said.append(f"refused {tag}: {self.status.refused[tag]}")
+            return "; ".join(said)
+
+    def _load(self, entry: bentoml.Model) -> bool:
+        """Load and check one store entry and serve it; False (and refused) if it fails."""
+        tag = str(entry.tag)
+        version = str(entry.info.labels.get("mlflow_version", entry.tag.version))
+        erasures = self.store.erasure_count()  # the load forgets these
+        try:
+            engine = Engine.load(Path(entry.path), version, self.store, self.settings)
+        except Exception as error:  # any failure refuses the model, never the service
+            self.status.refused[tag] = f"{type(error).__name__}: {error}"
+            METRICS.reloads.labels(outcome="refused").inc()
+            log.error("refused model %s: %s", tag, error)
+            return False
+        # an erasure recorded while the model loaded is forgotten before it serves (and
+        # every request checks the store for erasures in any case)
+        self._erasures = self.store.erasure_count()
+        if self._erasures != erasures:
+            engine.forget_erased()
+        self.engine = engine
+        self.status.serving, self.status.version = tag, version
+        self.status.since = datetime.now(UTC).isoformat(timespec="seconds")
+        self.status.checked_seconds = round(engine.checked_seconds, 3)
+        METRICS.reloads.labels(outcome="loaded").inc()
+        log.info("serving model %s (version %s), every customer checked in %.2f s", tag,
+                 version, engine.checked_seconds)
+        return True
 
     def sweep_erasures(self) -> int:
         """Forget the customers erased through other workers or replicas since the last

@@ -209,6 +209,46 @@ def test_a_broken_model_is_refused_and_the_old_one_keeps_serving(
                        headers=AUTH).json()["model_version"] == "3"
 
 
+def test_a_model_with_one_bad_customer_row_is_refused(client: TestClient, model_dir: Path,
+                                                      tmp_path: Path) -> None:
+    """The health check scores every customer, not only the first."""
+    import numpy as np
+
+    from serving.models import import_model
+
+    broken = tmp_path / "one-bad-row"
+    shutil.copytree(model_dir, broken)
+    with np.load(broken / "arrays.npz") as stored:
+        arrays = dict(stored)
+    arrays["user_factors"][len(arrays["user_factors"]) // 2] = np.nan
+    np.savez(broken / "arrays.npz", **arrays)
+    tag = import_model(broken, "2")
+    reload = client.post("/admin/reload", headers=ADMIN_AUTH).json()
+    assert reload["model_version"] == "1"
+    assert "non-finite scores to 1 customers" in reload["refused"][tag]
+    ready = client.get("/readyz").json()
+    assert ready["newer_refused"] == [tag] and ready["checked_seconds"] >= 0
+
+
+def test_a_broken_newest_model_does_not_keep_older_good_ones_from_serving(
+        service_env: Path, model_dir: Path, tmp_path: Path, people: dict) -> None:
+    from serving.models import import_model
+    from serving.service import NboService
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / "arrays.npz").write_bytes(b"not an archive")
+    tag = import_model(broken, "2")
+    with TestClient(NboService.to_asgi()) as http:
+        ready = http.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["model_version"] == "1"
+        assert ready.json()["newer_refused"] == [tag] and tag in ready.json()["refused"]
+        ranked = http.post("/rank", json={"customer_id": people["buyer"]}, headers=AUTH)
+        assert ranked.status_code == 200 and ranked.json()["model_version"] == "1"
+    forget_bentoml_collectors()
+
+
 def test_without_keys_the_service_refuses_to_start(service_env: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from serving.service import NboService
