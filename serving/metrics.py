@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
 # a collection stops the event loop: from a fraction of a ms to the 100 ms that queue
@@ -79,10 +79,17 @@ class Metrics:
                                registry=self.registry)
 
         self.collections = CollectionPauses()
-        self.registry.register(self.collections)
+        self.pauses = CollectorRegistry()  # this worker's own: not kept in shared files
+        self.pauses.register(self.collections)
 
     def text(self) -> str:
-        return generate_latest(self.registry).decode()
+        """What /metrics adds to BentoML's own metrics. Under ``bentoml serve`` (prometheus
+        multiprocess mode) the counters are kept in the workers' shared files, which
+        BentoML's part already sums over every worker: they are added only without it."""
+        pauses = generate_latest(self.pauses).decode()
+        if values.ValueClass is not values.MutexValue:
+            return pauses
+        return generate_latest(self.registry).decode() + pauses
 
 
 METRICS = Metrics()

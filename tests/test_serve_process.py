@@ -67,6 +67,9 @@ def test_bentoml_serve_answers_rank_and_metrics(model_dir: Path, snapshot_dir: P
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
         assert 'nbo_served_offers_total{endpoint="rank"}' in metrics
         assert 'nbo_gc_longest_pause_seconds{generation="0"}' in metrics
+        declared = [line.split()[2] for line in metrics.splitlines()
+                    if line.startswith("# TYPE nbo_")]
+        assert len(declared) == len(set(declared)) and "nbo_model_loads_total" in declared, declared
         assert not process.port_is_free(int(url.rsplit(":", 1)[1]))
 
 

@@ -157,6 +157,8 @@ def test_metrics_count_served_offers_and_filters(client: TestClient, people: dic
     text = client.get("/metrics").text
     assert "nbo_served_offers_total" in text and 'endpoint="rank"' in text
     assert 'nbo_gc_pause_seconds_count{generation="2"}' in text
+    declared = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE nbo_")]
+    assert len(declared) == len(set(declared)) and "nbo_model_loads_total" in declared, declared
 
 
 def test_garbage_collections_are_timed_by_generation() -> None:
