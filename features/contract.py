@@ -5,9 +5,11 @@ Every row read ends up either kept or quarantined with a reason; nothing is drop
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +30,7 @@ C = Columns
 
 TABLES = ("events", "products", "customers", "consents", "feedback")
 REQUIRED_TABLES = ("events", "products")
+QUARANTINE_SUMMARY = "summary.json"  # beside the quarantined rows: counts per reason
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "events": (C.customer, C.product, C.event_type, C.timestamp),
     "products": (C.product, C.title, C.category),
@@ -87,7 +90,16 @@ class Dataset:
     files: dict[str, Path]
 
     def check_bad_share(self, max_bad_share: float) -> None:
-        """Raise when any table has more bad rows than the configured share allows."""
+        """Raise when any table has more bad rows than the configured share allows, or
+        when no valid event or product is left to build from."""
+        for name in ("events", "products"):
+            report = self.reports[name]
+            if not report.kept:
+                why = (f"all {report.read:,} rows break the data contract (most common: "
+                       + ", ".join(f"{r}: {n:,}" for r, n in _most_common(report.reasons, 3))
+                       + "); the rows are in the quarantine files with their reasons"
+                       if report.read else "it has a header and no rows")
+                raise ContractError(f"{report.file}: no valid {name}: {why}.")
         for name, report in self.reports.items():
             if report.bad_share > max_bad_share:
                 top = ", ".join(
@@ -100,9 +112,18 @@ class Dataset:
                     f"{top}. The rows are in the quarantine files with their reasons."
                 )
 
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per table: its file, the rows read, kept and quarantined, and rows per reason."""
+        return {name: {"file": r.file, "read": r.read, "kept": r.kept,
+                       "quarantined": r.quarantined, "reasons": r.reasons}
+                for name, r in self.reports.items()}
+
     def write_quarantine(self, folder: Path) -> list[Path]:
-        """Write one CSV per table with quarantined rows; return the files written."""
+        """Write one CSV per table with quarantined rows and ``summary.json``, the rows
+        read, kept and quarantined per table with the count of rows per reason; return the
+        quarantine files written."""
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / QUARANTINE_SUMMARY).write_text(json.dumps(self.summary(), indent=2) + "\n")
         written = []
         for name, frame in self.quarantine.items():
             path = folder / f"{name}.csv"

@@ -132,7 +132,7 @@ def build_snapshot(
         "code_version": code_version(),
         "config": to_flat(config),
         "rows": {name: len(frame) for name, frame in tables.items()},
-        "validation": validation_summary(data),
+        "validation": data.summary(),
         "lifecycle_stages": features.customer_state["lifecycle_stage"].value_counts().to_dict(),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
@@ -155,17 +155,7 @@ def load_snapshot(path: Path) -> Snapshot:
 
 
 def _last_event(data: Dataset) -> pd.Timestamp:
-    if data.events.empty:
-        raise ValueError("the dataset has no valid events; nothing to build features from")
     return pd.Timestamp(data.events[C.timestamp].max())
-
-
-def validation_summary(data: Dataset) -> dict[str, Any]:
-    return {
-        name: {"file": r.file, "read": r.read, "kept": r.kept, "quarantined": r.quarantined,
-               "reasons": r.reasons}
-        for name, r in data.reports.items()
-    }
 
 
 def fingerprint(files: Any) -> str:

@@ -48,6 +48,26 @@ def test_bad_data_exits_3_and_names_the_file(tmp_path: Path) -> None:
     assert (tmp_path / "quarantine" / "events.csv").exists()
 
 
+@pytest.mark.parametrize("broken", ["header only", "every row bad"])
+def test_no_valid_events_is_bad_data_not_a_crash(tmp_path: Path, broken: str) -> None:
+    shop = tmp_path / "shop"
+    runner.invoke(app, ["generate", str(shop), "--customers", "30"])
+    events = pd.read_parquet(shop / "events.parquet")
+    if broken == "header only":
+        events = events.iloc[:0]
+    else:
+        events["product_id"] = "not in the catalogue"
+    events.to_parquet(shop / "events.parquet")
+    validated = runner.invoke(app, ["data", "validate", str(shop)])
+    assert validated.exit_code == EXIT_DATA, validated.output
+    assert "no valid events" in validated.output
+    built = runner.invoke(app, ["features", "build", str(shop), str(tmp_path / "snap")])
+    assert built.exit_code == EXIT_DATA, built.output
+    assert "no valid events" in built.output and "Traceback" not in built.output
+    if broken == "every row bad":
+        assert f"unknown product: {len(events):,}" in " ".join(built.output.split())
+
+
 def test_missing_input_exits_4(tmp_path: Path) -> None:
     result = runner.invoke(app, ["data", "validate", str(tmp_path / "nowhere")])
     assert result.exit_code == EXIT_MISSING

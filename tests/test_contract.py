@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -160,6 +161,10 @@ def test_kept_plus_quarantined_equals_read(shop: Path, tmp_path: Path) -> None:
     written = data.write_quarantine(tmp_path / "q")
     assert len(pd.read_csv(tmp_path / "q" / "events.csv")) == report.quarantined
     assert written == [tmp_path / "q" / "events.csv"]
+    summary = json.loads((tmp_path / "q" / "summary.json").read_text())
+    counted = pd.read_csv(tmp_path / "q" / "events.csv")["reason"].value_counts().to_dict()
+    assert summary["events"]["reasons"] == counted
+    assert summary["events"]["quarantined"] == report.quarantined
 
 
 def test_too_many_bad_rows_fail_with_a_clear_message(tmp_path: Path) -> None:

@@ -96,6 +96,7 @@ def validate(
         print_validation(data.reports)
         for path in written:
             console.print(f"quarantined rows: {path}")
+        console.print(f"rows per reason: {(quarantine or dataset / 'quarantine') / 'summary.json'}")
         data.check_bad_share(limit)
     console.print("[green]valid[/]: every table is within the bad-row limit "
                   f"({limit:.1%}).")
@@ -151,9 +152,12 @@ def print_snapshot(manifest: dict[str, Any], out: Path) -> None:
     table.add_column("table")
     table.add_column("rows", justify="right")
     table.add_column("quarantined", justify="right")
+    table.add_column("reasons")
     for name, rows in manifest["rows"].items():
-        bad = manifest["validation"].get(name, {}).get("quarantined")
-        table.add_row(name, f"{rows:,}", "" if bad is None else f"{bad:,}")
+        report = manifest["validation"].get(name, {})
+        bad = report.get("quarantined")
+        reasons = "; ".join(f"{k}: {v:,}" for k, v in report.get("reasons", {}).items())
+        table.add_row(name, f"{rows:,}", "" if bad is None else f"{bad:,}", reasons)
     console.print(table)
     stages = ", ".join(f"{k} {v:,}" for k, v in manifest["lifecycle_stages"].items())
     console.print(f"lifecycle stages: {stages}")
