@@ -64,7 +64,8 @@ def main() -> None:
         started = time.perf_counter()
         trials = max(1, round(TRIALS[kind] * args.trials_scale))
         study = f"bench-{kind}-{datetime.now(UTC):%Y%m%d%H%M%S}"
-        result = tune(test, kind, trials, storage, study_name=study, validation=validation)
+        result = tune(test, kind, trials, storage, study_name=study, seed=42,
+                      validation=validation)
         tuned_params[kind] = result.best_params
         tuning_seconds[kind] = time.perf_counter() - started
         print(f"tuned {kind}: {result.best_params} ({tuning_seconds[kind]:.0f} s)", flush=True)

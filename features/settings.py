@@ -6,9 +6,27 @@ import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def redacted(url: str) -> str:
+    """A database URL fit to print or log: its password (in the authority or as a
+    ``password`` query parameter) replaced by ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        credentials, _, host = netloc.rpartition("@")
+        user, colon, _ = credentials.partition(":")
+        netloc = f"{user}{':***' if colon else ''}@{host}"
+    query = "&".join(f"{key}=***" if key.lower() == "password" else f"{key}{sep}{value}"
+                     for key, sep, value in (pair.partition("=")
+                                             for pair in parts.query.split("&") if pair))
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # nothing to hide (and sqlite:////path keeps its slashes)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 class Settings(BaseSettings):

@@ -153,7 +153,7 @@ def _study(space: Workspace, trials: int) -> None:
     from training.pipeline import validation_folds
     from training.tune import tune
 
-    tune(space.experiment, TUNED_MODEL, trials, space.settings.optuna_url(),
+    tune(space.experiment, TUNED_MODEL, trials, space.settings.optuna_url(), seed=42,
          validation=validation_folds(space.experiment, 1))
     space.log.append(f"tuned {TUNED_MODEL} with {trials} Optuna trials (logged to MLflow; the "
                      "best is registered as challenger, as nbo tune does)")

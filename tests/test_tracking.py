@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +168,51 @@ def test_artifacts_live_beside_a_sqlite_store(experiment, tmp_path: Path,  # typ
     assert not any(elsewhere.iterdir())  # nothing written where the job was started
     run = client.get_run(trained.logged.run_id)
     assert run.info.artifact_uri.startswith((tmp_path / "store" / "mlartifacts").as_uri())
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql+psycopg://nbo:s3cret@db:5432/nbo", "postgresql+psycopg://nbo:***@db:5432/nbo"),
+    ("postgresql://nbo@db/nbo?sslmode=require&password=s3cret",
+     "postgresql://nbo@db/nbo?sslmode=require&password=***"),
+    ("sqlite:////var/nbo/optuna.db", "sqlite:////var/nbo/optuna.db"),
+])
+def test_database_urls_are_shown_without_their_password(url: str, shown: str) -> None:
+    from features.settings import redacted
+
+    assert redacted(url) == shown
+
+
+def test_a_tuning_storage_password_is_not_logged(experiment, client, postgres_url: str  # type: ignore[no-untyped-def]
+                                                 ) -> None:
+    from training.tune import tune
+
+    storage = postgres_url.replace("nbo@", "nbo:s3cret@")  # the server trusts, ignores it
+    result = tune(experiment, "popularity", trials=1, storage=storage, seed=3)
+    logged = client.get_run(result.parent_run_id).data.params
+    assert logged["storage"] == postgres_url.replace("nbo@", "nbo:***@")
+    assert logged["sampler_seed"] == "3"
+
+
+@pytest.mark.slow
+def test_two_tuning_workers_on_one_study_sample_apart_and_register_one_challenger(
+        snapshot_dir: Path, tmp_path: Path) -> None:
+    """Two 'nbo tune' processes on one storage and one study, as the README runs them."""
+    import optuna
+
+    from training.tracking import MODEL_NAME
+
+    env = {**os.environ, "NBO_HOME": str(tmp_path / "home")}
+    tracking = use_tracking(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")  # a workspace in use
+    command = [sys.executable, "-m", "nbo", "tune", "ease", "--trials", "4", "--folds", "0",
+               "--snapshot", str(snapshot_dir), "--study", "shared"]
+    workers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    seeds = {line for out in outputs for line in out.splitlines() if "sampler seed" in line}
+    assert len(seeds) == 2, outputs
+    study = optuna.load_study(study_name="shared",
+                              storage=f"sqlite:///{tmp_path / 'home' / 'optuna.db'}")
+    sampled = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(study.trials) == 8 and len(set(sampled)) == len(sampled), sampled
+    assert len(tracking.search_model_versions(f"name = '{MODEL_NAME}'")) == 1, outputs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,9 @@ import mlflow
 import numpy as np
 import optuna
 import pandas as pd
+from optuna.trial import TrialState
 
+from features.settings import redacted
 from training.evaluate import evaluate
 from training.models import MODELS, create
 from training.models.base import Param
@@ -18,6 +21,7 @@ from training.pipeline import Experiment, Trained, train
 from training.tracking import flat_metrics
 
 OBJECTIVE = ("all.ndcg", "novel.ndcg")  # maximised: their mean
+REGISTERED_TRIAL = "nbo.registered_trial"  # study attribute: the trial registered last
 FIRST_LOOK = 0.25  # share of test customers a trial is judged on before it may be pruned
 
 
@@ -43,13 +47,14 @@ class Tuned:
     study: optuna.Study
     best_params: dict[str, Any]
     best_value: float
-    trained: Trained
+    trained: Trained | None  # None: another worker of the study was still running
     parent_run_id: str
+    seed: int  # this worker's sampler seed
 
 
 def tune(
     experiment: Experiment, kind: str, trials: int, storage: str, study_name: str | None = None,
-    seed: int = 42, report: Callable[[str], None] | None = None,
+    seed: int | None = None, report: Callable[[str], None] | None = None,
     validation: list[Experiment] | None = None,
 ) -> Tuned:
     """Search ``kind``'s space; the default config is trial 0 of a new study.
@@ -57,7 +62,13 @@ def tune(
     Trials are judged by the mean objective over the ``validation`` splits (by default the
     experiment's own split). The best trial is evaluated on the experiment's split, refit on
     all data, logged under the study's run and registered as challenger.
+
+    Several workers may share one study (one ``storage``): each samples with its own seed
+    (``seed``, else a fresh one; both logged), and only the worker that finishes last, with
+    no trial of the study running, registers the study's best, unless that trial is
+    registered already: one challenger per study.
     """
+    seed = secrets.randbits(31) if seed is None else seed
     folds = validation or [experiment]
     model_class = MODELS[kind]
     space = model_class.search_space
@@ -68,16 +79,16 @@ def tune(
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     )
-    if not study.trials:
-        defaults = model_class().params()
-        study.enqueue_trial({key: defaults[key] for key in space})
+    defaults = model_class().params()
+    study.enqueue_trial({key: defaults[key] for key in space}, skip_if_exists=True)
     rng = np.random.default_rng(seed)
     tests = folds[0].split.test_customers
     first = np.sort(rng.choice(tests, max(1, int(len(tests) * FIRST_LOOK)), replace=False))
 
     with mlflow.start_run(run_name=f"tune-{kind}") as parent:
         mlflow.set_tags({"nbo.model": kind, "nbo.split": experiment.key, "nbo.study": name})
-        mlflow.log_params({"model": kind, "trials": trials, "storage": storage,
+        mlflow.log_params({"model": kind, "trials": trials, "storage": redacted(storage),
+                           "sampler_seed": seed,
                            "study": name, "folds": ",".join(f.key for f in folds),
                            **experiment.params()})
 
@@ -112,7 +123,15 @@ def tune(
         best = study.best_trial
         mlflow.log_metric("best_objective", study.best_value)
         mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        registered = study.user_attrs.get(REGISTERED_TRIAL)
+        if running or registered == best.number:
+            mlflow.set_tag("nbo.challenger", f"trial {registered} registered already"
+                           if not running else f"left to the worker of {len(running)} "
+                           "running trial(s)")
+            return Tuned(study, best.params, study.best_value, None, parent.info.run_id, seed)
         if report:
             report(f"refitting the best trial ({best.number})")
+        study.set_user_attr(REGISTERED_TRIAL, best.number)
         trained = train(experiment, kind, best.params, nested=True, report=report)
-    return Tuned(study, best.params, study.best_value, trained, parent.info.run_id)
+    return Tuned(study, best.params, study.best_value, trained, parent.info.run_id, seed)

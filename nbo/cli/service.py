@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import TextColumn
 
+from features.settings import redacted
 from nbo.cli.common import (
     EXIT_DATA,
     EXIT_MISSING,
@@ -92,7 +93,7 @@ def _demo_models(snapshot: Path) -> None:
     logged = trained.logged
     assert logged is not None
     console.print(f"4. registered {best} as nbo-ranker version {logged.version} (MLflow at "
-                  f"{settings().tracking_uri()})")
+                  f"{redacted(settings().tracking_uri())})")
     decision = run_promotion(client)
     console.print(f"5. {decision.message}")
     console.print(f"6. published the champion to BentoML's model store as "

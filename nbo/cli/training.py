@@ -134,7 +134,9 @@ def tune(
              "NBO_OPTUNA_STORAGE, else sqlite:///NBO_HOME/optuna.db.")] = None,
     study: Annotated[str | None, typer.Option(help="Study name; default from model and split.")
                      ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the TPE sampler.")] = 42,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed of the TPE sampler; default a fresh one per worker (printed and logged), "
+             "so workers of one study never sample the same trials.")] = None,
     folds: Annotated[int, typer.Option(
         min=0, help="Validation windows of --test-days before the cut-off to tune on, the "
                     "objective being their mean (configs chosen on one window carry over "
@@ -169,6 +171,11 @@ def tune(
     console.print(f"{len(trials_done)} trials in study '{result.study.study_name}' "
                   f"({pruned} pruned); best objective {result.best_value:.4f} with "
                   f"{result.best_params}")
+    console.print(f"sampler seed {result.seed}")
+    if result.trained is None:
+        console.print("not registered here: another worker of the study registers its best "
+                      "when the last trial ends (or has registered it already)")
+        return
     logged = result.trained.logged
     assert logged is not None
     console.print(f"registered nbo-ranker version {logged.version} as challenger "
