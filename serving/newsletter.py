@@ -53,8 +53,12 @@ class Newsletter:
         consents = store.consents_of(customer_ids, engine.settings.personalization_default)
         exposures = store.exposures(customer_ids, engine.window(now))
         live = store.live_events(customer_ids, engine.as_of, now, engine.settings.live_events)
-        batch = engine.scorer.batch(customer_ids)
         erased = store.erased_among(customer_ids)
+        for customer_id in erased:  # the model's history of them is gone, returned or not
+            if engine.state.row_of(customer_id) >= 0:
+                engine.forget(customer_id)
+        erased = store.erased_among(erased, returned_too=False)  # not back with a consent
+        batch = engine.scorer.batch(customer_ids)
         with_records = store.with_consent_records(customer_ids)
         return [self.letter(customer_id, blocks, now, consents[customer_id], batch,
                             exposures.get(customer_id, NO_EXPOSURE), live.get(customer_id, []),

@@ -135,6 +135,11 @@ suppressed = Table(  # keyed hashes of erased ids, so a reloaded model does not 
     "suppressed", metadata,
     Column("token", String(64), primary_key=True),
 )
+returned = Table(  # erased customers who gave consent again: a new customer from then on
+    "returned", metadata,
+    Column("token", String(64), primary_key=True),
+    Column("returned_at", DateTime, nullable=False),
+)
 settings_table = Table(
     "store_settings", metadata,
     Column("key", String(64), primary_key=True),
@@ -340,6 +345,10 @@ class Store:
                           "changed_at": at, "source": source}
                 db.execute(insert(consent_changes), [change])
                 trail.append(change)
+            token = self.token(customer_id)
+            if db.execute(ERASED, {"token": token}).first() is not None and not db.execute(
+                    select(returned.c.token).where(returned.c.token == token)).first():
+                db.execute(insert(returned), [{"token": token, "returned_at": at}])
         return trail
 
     def consent_trail(self, customer_id: str) -> pd.DataFrame:
@@ -366,7 +375,7 @@ class Store:
                 key: tuple[str, ...]) -> Appended:
         if not rows:
             return Appended(0, 0)
-        gone = self.erased_among(row["customer_id"] for row in rows)
+        gone = self.erased_among((row["customer_id"] for row in rows), returned_too=False)
         fresh = [row for row in rows if row["customer_id"] not in gone]
         seen: set[tuple[Any, ...]] = set()
         unique = []  # a key twice in one call is stored once; rows without a key all are
@@ -476,8 +485,10 @@ class Store:
 
     def erase(self, customer_id: str, source: str, at: datetime,
               held_elsewhere: dict[str, int]) -> Erasure:
-        """Delete the customer's consents, consent trail and feedback; keep a record of the
-        erasure with counts only, and a keyed hash so the customer stays erased."""
+        """Delete the customer's consents, consent trail, feedback and events; keep a record
+        of the erasure with counts only, and a keyed hash so the customer stays erased until
+        they give consent again (then they are a new customer: what was held before stays
+        forgotten)."""
         return settled(lambda: self._erase(customer_id, source, at, held_elsewhere))
 
     def _erase(self, customer_id: str, source: str, at: datetime,
@@ -498,6 +509,7 @@ class Store:
             if not db.execute(select(suppressed.c.token).where(suppressed.c.token == token)
                               ).first():
                 db.execute(insert(suppressed), [{"token": token}])
+            db.execute(delete(returned).where(returned.c.token == token))
             result = db.execute(insert(erasures), [{"erased_at": at, "source": source,
                                                     "removed": json.dumps(removed)}])
             erasure_id = int(result.inserted_primary_key[0]) if result.inserted_primary_key \
@@ -513,15 +525,22 @@ class Store:
         with self.engine.connect() as db:
             return db.execute(ERASED, {"token": self.token(customer_id)}).first() is not None
 
-    def erased_among(self, customer_ids: Iterable[str]) -> set[str]:
-        """The erased customers among ``customer_ids``."""
+    def erased_among(self, customer_ids: Iterable[str], returned_too: bool = True) -> set[str]:
+        """The erased customers among ``customer_ids``. A customer who gave consent again
+        after their erasure is a new customer: what was held of them before stays forgotten
+        (``returned_too``, the default, counts them), but they get mail and their new
+        events and feedback are kept (``returned_too=False`` leaves them out)."""
         ids = list(dict.fromkeys(customer_ids))
         tokens = {self.token(cid): cid for cid in ids}
         found: set[str] = set()
+        query = select(suppressed.c.token)
+        if not returned_too:
+            query = query.outerjoin(returned, returned.c.token == suppressed.c.token).where(
+                returned.c.token.is_(None))
         with self.engine.connect() as db:
             values = list(tokens)
             for start in range(0, len(values), IDS_AT_ONCE):
-                found.update(r.token for r in db.execute(select(suppressed.c.token).where(
+                found.update(r.token for r in db.execute(query.where(
                     suppressed.c.token.in_(values[start:start + IDS_AT_ONCE]))))
         return {tokens[t] for t in found}
 

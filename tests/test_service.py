@@ -152,6 +152,28 @@ def test_erasure_removes_the_customer_everywhere(client: TestClient, people: dic
     assert held and not any(customer in map(str, row) for row in held)
 
 
+@BOTH_DATABASES
+def test_an_erased_customer_who_consents_again_is_a_new_customer(
+        client: TestClient, people: dict, consent_url: str) -> None:
+    customer = people["buyer"]
+    assert client.delete(f"/customers/{customer}", headers=ADMIN_AUTH).status_code == 200
+    consent = {"consents": [{"purpose": "email", "granted": True, "double_opt_in": True},
+                            {"purpose": "personalization", "granted": True}],
+               "source": "signup"}
+    assert client.put(f"/consents/{customer}", json=consent,
+                      headers=ADMIN_AUTH).status_code == 200
+    letter = client.post("/newsletter", json={"customers": [customer]}, headers=AUTH).json()
+    assert letter["letters"][0]["no_mail"] is None and letter["letters"][0]["blocks"]
+    event = {"event_id": "back-1", "customer_id": customer, "product_id": "p00001",
+             "event_type": "view", "timestamp": "2026-06-29T10:00:00"}
+    assert client.post("/events", json={"events": [event]},
+                       headers=AUTH).json()["stored"] == 1
+    removed = client.delete(f"/customers/{customer}", headers=ADMIN_AUTH).json()["removed"]
+    assert removed["consents"] == 2 and removed["events"] == 1
+    letter = client.post("/newsletter", json={"customers": [customer]}, headers=AUTH).json()
+    assert letter["letters"][0]["no_mail"] == "erased"
+
+
 def test_metrics_count_served_offers_and_filters(client: TestClient, people: dict) -> None:
     client.post("/rank", json={"customer_id": people["buyer"]}, headers=AUTH)
     text = client.get("/metrics").text

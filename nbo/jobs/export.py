@@ -45,7 +45,7 @@ def export_store(store: Store, dataset: Path) -> Exported:
     events, last_event = store.events_frame(after_event)
     feedback = store.feedback_frame(store.bookmark(f"{key}:feedback"))
     last_feedback = int(feedback["id"].max()) if len(feedback) else None
-    gone = store.erased_among([*events[C.customer], *feedback[C.customer]])
+    gone = store.erased_among([*events[C.customer], *feedback[C.customer]], returned_too=False)
     erased = int(events[C.customer].isin(gone).sum() + feedback[C.customer].isin(gone).sum())
     events = events[~events[C.customer].isin(gone)]
     feedback = feedback[~feedback[C.customer].isin(gone)]
