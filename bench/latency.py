@@ -37,6 +37,7 @@ from pipeline import ONLINE_RETAIL, RESULTS, ROOT, machine
 
 NOW = "2011-12-09T12:50:00"  # Online Retail ends here: lifecycle and windows as of then
 PORT = 3377
+ERASURE_KEY = "the-benchmarks-erasure-key"  # its stores outlive a run (--reuse)
 
 
 def prepare(work: Path, kinds: list[str]) -> tuple[list[str], list[str], dict[str, str]]:
@@ -79,6 +80,7 @@ CONFIGS = {
 
 def start_server(work: Path, key: str, settings: dict[str, str]) -> subprocess.Popen[bytes]:
     env = {**os.environ, "NBO_API_KEYS": key, "NBO_ADMIN_API_KEYS": secrets.token_hex(8),
+           "NBO_ERASURE_KEY": ERASURE_KEY,
            "NBO_NOW": NOW, "NBO_HOME": str(work),
            "NBO_CONSENT_DB_URL": f"sqlite:///{work / 'consent.db'}", **settings}
     if not process.port_is_free(PORT):
@@ -101,7 +103,7 @@ def ranking_ms(work: Path, customers: list[str], tag: str, n: int = 2000) -> flo
     from serving.service import rank_response
     from serving.store import Store
 
-    store = Store(f"sqlite:///{work / 'consent.db'}")
+    store = Store(f"sqlite:///{work / 'consent.db'}", ERASURE_KEY)
     try:
         engine = Engine.load(Path(newest(tag).path), "bench", store, PolicySettings())
         now = datetime.fromisoformat(NOW)
@@ -200,7 +202,7 @@ def grant_email(work: Path, customers: list[str]) -> None:
 
     from serving.store import Store
 
-    store = Store(f"sqlite:///{work / 'consent.db'}")
+    store = Store(f"sqlite:///{work / 'consent.db'}", ERASURE_KEY)
     try:
         for customer in customers:
             store.set_consents(customer, {"email": (True, True)}, "benchmark",

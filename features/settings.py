@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -53,6 +54,10 @@ class Settings(BaseSettings):
     )
     api_keys: str = Field("", description="Comma-separated API keys for the ranking endpoints.")
     admin_api_keys: str = Field("", description="Comma-separated API keys for admin endpoints.")
+    erasure_key: str = Field(
+        "", description="Key of the hashes that keep erased customers erased; never stored in "
+                        "the database. Required by the service and the store's jobs; the demo "
+                        "and the notebooks keep one in NBO_HOME/erasure.key.")
     contact_max_impressions: int = Field(
         3, ge=1, description="Impressions without a click after which an offer rests."
     )
@@ -108,6 +113,19 @@ class Settings(BaseSettings):
 
     def consent_url(self) -> str:
         return self.consent_db_url or f"sqlite:///{self.home.resolve() / 'consent.db'}"
+
+    def local_erasure_key(self) -> str:
+        """NBO_ERASURE_KEY, else the key in NBO_HOME/erasure.key, made on first use (owner
+        read-only): for the demo and the notebooks on one machine, not for a deployment."""
+        if self.erasure_key:
+            return self.erasure_key
+        path = self.home / "erasure.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_hex(32) + "\n")
+        return path.read_text().strip()
 
     def current_time(self) -> datetime:
         """The pinned ``now`` as naive UTC, else the wall clock."""

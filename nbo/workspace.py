@@ -83,7 +83,7 @@ class Workspace:
         from nbo.jobs.champion import champion_engine
 
         into = Path(tempfile.mkdtemp(prefix="nbo-champion-"))
-        return champion_engine(self.client, self.settings, into)
+        return champion_engine(self.client, self.settings, into, local=True)
 
 
 def open_workspace(dataset: Path | str | None = None, models: bool = True,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import os
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -26,6 +28,25 @@ OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics", "/", "/docs
                         "/schema.json", "/admin/openapi.json"})
 OPEN_PREFIXES = ("/static_content/", "/assets/")
 ADMIN_PREFIXES = ("/consents/", "/customers/", "/admin/")
+
+
+class PathIdsOut(logging.Filter):
+    """Customer ids out of BentoML's access log: ``/customers/ID`` and ``/consents/ID``
+    are logged as ``/customers/{id}``, so an erased customer's id is not kept there."""
+
+    PATTERN = re.compile(r"(path=/(?:customers|consents)/)[^,)\s]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.PATTERN.sub(r"\1{id}", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
+def keep_ids_out_of_access_log() -> None:
+    access = logging.getLogger("bentoml.access")
+    if not any(isinstance(f, PathIdsOut) for f in access.filters):
+        access.addFilter(PathIdsOut())
 
 
 def parse_keys(value: str) -> tuple[bytes, ...]:

@@ -24,7 +24,7 @@ from features.settings import Settings, quiet_third_parties
 from serving import models
 from serving.engine import Engine, PolicySettings, Ranking, RequestError
 from serving.engine import Request as RankRequest
-from serving.http import ApiKeys
+from serving.http import ApiKeys, keep_ids_out_of_access_log
 from serving.ingest import BadEvents, event_rows
 from serving.metrics import METRICS
 from serving.models import ModelHolder
@@ -43,7 +43,7 @@ from serving.schemas import (
     RankResponse,
     SimilarResponse,
 )
-from serving.store import Store
+from serving.store import Store, open_store
 
 quiet_third_parties()
 T = TypeVar("T")
@@ -119,7 +119,8 @@ class NboService:
         if not self.settings.api_keys.strip() or not self.settings.admin_api_keys.strip():
             raise RuntimeError("no API keys configured: set NBO_API_KEYS and NBO_ADMIN_API_KEYS "
                                "(comma-separated); 'nbo demo' generates a pair")
-        self.store = Store(self.settings.consent_url())
+        keep_ids_out_of_access_log()
+        self.store = open_store(self.settings)  # refuses to start without NBO_ERASURE_KEY
         self.holder = ModelHolder(self.settings.model_tag, self.store,
                                   PolicySettings.from_settings(self.settings))
         models.CURRENT = self.holder

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import secrets
+import string
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -44,6 +44,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     update,
 )
@@ -146,6 +147,9 @@ settings_table = Table(
     Column("value", Text, nullable=False),
 )
 
+MIN_KEY_LENGTH = 16
+KEY_CHECK, LEGACY_KEY = "erasure_key_check", "erasure_key"  # rows of store_settings
+
 # the per-request reads, built once: a statement built per call costs more than the query
 IDS_AT_ONCE = 900  # ids per query, under SQLite's bound-parameter limit
 _CUSTOMERS: BindParameter[str] = bindparam("customers", expanding=True)
@@ -224,9 +228,17 @@ class Erasure:
 
 
 class Store:
-    """Consents, feedback and erasures in one SQLAlchemy database."""
+    """Consents, feedback and erasures in one SQLAlchemy database.
 
-    def __init__(self, url: str) -> None:
+    ``erasure_key`` keys the hashes that keep erased customers erased (``NBO_ERASURE_KEY``):
+    it is never written to the database, which holds only a check value, so a store opened
+    with another key is refused instead of letting erased customers come back. A 64-digit
+    hex key is taken as its bytes (``nbo store key`` makes one), any other text as is."""
+
+    def __init__(self, url: str, erasure_key: str) -> None:
+        if len(erasure_key) < MIN_KEY_LENGTH:
+            raise ValueError(f"the erasure key (NBO_ERASURE_KEY) must have at least "
+                             f"{MIN_KEY_LENGTH} characters; 'nbo store key' makes one")
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
@@ -242,7 +254,8 @@ class Store:
         settled(lambda: metadata.create_all(self.engine))
         # a store made before the index existed gets it too
         settled(lambda: FEEDBACK_ONCE.create(self.engine, checkfirst=True))
-        self._key = settled(self._secret)
+        self._key = key_bytes(erasure_key)
+        settled(self._check_key)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -560,15 +573,60 @@ class Store:
     def tokens(self, customer_ids: np.ndarray) -> np.ndarray:
         return np.asarray([self.token(cid) for cid in customer_ids], dtype=object)
 
-    def _secret(self) -> bytes:
+    def _check_key(self) -> None:
+        """Record the key's check value, or refuse a key other than the recorded one. A
+        key kept in the database by an earlier version is removed once the same key is
+        given by the setting ('nbo store key' prints it)."""
+        check = hmac.new(self._key, b"nbo erasure key check", hashlib.sha256).hexdigest()
         with self.engine.begin() as db:
-            row = db.execute(select(settings_table.c.value).where(
-                settings_table.c.key == "erasure_key")).first()
-            if row is not None:
-                return bytes.fromhex(row.value)
-            key = secrets.token_bytes(32)
-            db.execute(insert(settings_table), [{"key": "erasure_key", "value": key.hex()}])
-            return key
+            held = dict(db.execute(select(settings_table.c.key, settings_table.c.value).where(
+                settings_table.c.key.in_([LEGACY_KEY, KEY_CHECK]))).all())
+            legacy = held.get(LEGACY_KEY)
+            if legacy is not None and bytes.fromhex(legacy) != self._key:
+                raise ValueError("this store holds its erasure key in the database (made by "
+                                 "an earlier nbo): 'nbo store key' prints it; set it as "
+                                 "NBO_ERASURE_KEY and the store removes its copy")
+            if held.get(KEY_CHECK, check) != check:
+                raise ValueError("NBO_ERASURE_KEY is not the key this store's erasures were "
+                                 "recorded with; with it erased customers would come back")
+            if legacy is not None:
+                db.execute(delete(settings_table).where(settings_table.c.key == LEGACY_KEY))
+            if KEY_CHECK not in held:
+                db.execute(insert(settings_table), [{"key": KEY_CHECK, "value": check}])
+
+
+class NoErasureKey(ValueError):
+    """The store is opened without NBO_ERASURE_KEY."""
+
+
+def open_store(settings: Any, local: bool = False) -> Store:
+    """The store of ``settings`` with its erasure key: ``NBO_ERASURE_KEY``, required unless
+    ``local`` (the demo, the notebooks), which falls back to NBO_HOME/erasure.key."""
+    key = settings.local_erasure_key() if local else settings.erasure_key
+    if not key:
+        raise NoErasureKey("set NBO_ERASURE_KEY (at least 16 characters, kept out of the "
+                           "database; 'nbo store key' makes one) to open the store")
+    return Store(settings.consent_url(), key)
+
+
+def key_bytes(erasure_key: str) -> bytes:
+    """A 64-digit hex key as its 32 bytes, any other text as its UTF-8 bytes."""
+    if len(erasure_key) == 64 and all(c in string.hexdigits for c in erasure_key):
+        return bytes.fromhex(erasure_key)
+    return erasure_key.encode()
+
+
+def legacy_key(url: str) -> str | None:
+    """The erasure key an earlier version kept in the store's database, if it is there."""
+    engine = create_engine(url, future=True)
+    try:
+        with engine.connect() as db:
+            if not inspect(db).has_table(settings_table.name):
+                return None
+            return db.execute(select(settings_table.c.value).where(
+                settings_table.c.key == LEGACY_KEY)).scalar_one_or_none()
+    finally:
+        engine.dispose()
 
 
 def settled(work: Callable[[], T], attempts: int = 6) -> T:

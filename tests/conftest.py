@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from free_ports import free_port
+from store_backends import ERASURE_KEY
 
 from features.settings import quiet_third_parties
 
@@ -21,6 +22,7 @@ SESSION_FOLDERS = [tempfile.mkdtemp(prefix=f"nbo-{name}-") for name in ("bentoml
 os.environ["BENTOML_HOME"] = SESSION_FOLDERS[0]
 # what 'bentoml serve' sets up for its workers, needed by /metrics served in-process
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = SESSION_FOLDERS[1]
+os.environ["NBO_ERASURE_KEY"] = ERASURE_KEY  # services and jobs the tests start open stores
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

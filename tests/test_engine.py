@@ -10,6 +10,7 @@ from typing import get_args
 import numpy as np
 import pandas as pd
 import pytest
+from store_backends import ERASURE_KEY
 
 from features.snapshot import load_snapshot
 from serving.engine import BLOCKS, Engine, PolicySettings, Request
@@ -27,7 +28,7 @@ def hybrid_dir(saved_model: Callable[[str, dict], Path]) -> Path:
 
 
 def engine_of(folder: Path, tmp_path: Path) -> Engine:
-    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}", ERASURE_KEY)
     return Engine.load(folder, "1", store, PolicySettings())
 
 

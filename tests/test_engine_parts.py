@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from store_backends import ERASURE_KEY
 
 from features.snapshot import load_snapshot
 from serving import ranker
@@ -48,7 +49,7 @@ def test_removals_name_the_first_rule_that_took_each_offer_of_the_unfiltered_top
 
 @pytest.fixture
 def engine(model_dir: Path, tmp_path: Path) -> Engine:
-    return Engine.load(model_dir, "1", Store(f"sqlite:///{tmp_path / 'store.db'}"),
+    return Engine.load(model_dir, "1", Store(f"sqlite:///{tmp_path / 'store.db'}", ERASURE_KEY),
                        PolicySettings())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from store_backends import ERASURE_KEY
 
 from features.snapshot import load_snapshot
 from nbo.jobs.demo import stop_demo_service
@@ -21,7 +22,7 @@ def test_customer_ids_are_distinct_stripped_and_never_blank() -> None:
 def test_the_letters_table_holds_every_block_of_every_letter_in_parts(
         model_dir: Path, snapshot_dir: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr("nbo.jobs.newsletter.AT_ONCE", 7)
-    engine = Engine.load(model_dir, "1", Store(f"sqlite:///{tmp_path / 'store.db'}"),
+    engine = Engine.load(model_dir, "1", Store(f"sqlite:///{tmp_path / 'store.db'}", ERASURE_KEY),
                          PolicySettings())
     now = load_snapshot(snapshot_dir).now.to_pydatetime()
     ids = [str(c) for c in engine.customers.names[:20]] + ["nobody-knows"]

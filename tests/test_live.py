@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from service_client import AUTH
 from starlette.testclient import TestClient
-from store_backends import BOTH_DATABASES
+from store_backends import BOTH_DATABASES, ERASURE_KEY
 
 from features.snapshot import load_snapshot
 from serving.engine import Engine, PolicySettings, Request
@@ -123,7 +123,7 @@ def test_reasons_say_what_the_customer_did_with_the_product(
 
 def test_every_reason_that_says_bought_names_a_purchase(model_dir: Path, snapshot_dir: Path,
                                                         tmp_path: Path) -> None:
-    engine = Engine.load(model_dir, "1", Store(f"sqlite:///{tmp_path / 's.db'}"),
+    engine = Engine.load(model_dir, "1", Store(f"sqlite:///{tmp_path / 's.db'}", ERASURE_KEY),
                          PolicySettings())
     snapshot = load_snapshot(snapshot_dir)
     now = snapshot.now.to_pydatetime()
@@ -142,8 +142,8 @@ def test_an_erasure_through_one_engine_holds_in_another_on_the_same_store(
         model_dir: Path, snapshot_dir: Path, tmp_path: Path) -> None:
     """Two workers (or replicas) each hold an engine built before the erasure."""
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    first = Engine.load(model_dir, "1", Store(url), PolicySettings())
-    second = Engine.load(model_dir, "1", Store(url), PolicySettings())
+    first = Engine.load(model_dir, "1", Store(url, ERASURE_KEY), PolicySettings())
+    second = Engine.load(model_dir, "1", Store(url, ERASURE_KEY), PolicySettings())
     now = load_snapshot(snapshot_dir).now.to_pydatetime()
     customer = str(first.customers.names[np.diff(first.model.matrix.indptr) > 2][0])
     assert second.rank(Request(customer), now, EVERYTHING).fallback is None
@@ -152,13 +152,13 @@ def test_an_erasure_through_one_engine_holds_in_another_on_the_same_store(
     answer = second.rank(Request(customer), now, EVERYTHING)
     assert answer.fallback in ("popular", "popular_in_region")
     assert second.model.customers.row(customer) == -1  # and the second forgot them too
-    third = Engine.load(model_dir, "1", Store(url), PolicySettings())  # a reload after
+    third = Engine.load(model_dir, "1", Store(url, ERASURE_KEY), PolicySettings())  # a reload after
     assert third.model.customers.row(customer) == -1
 
 
 def test_live_events_are_bounded_per_customer_and_cut_at_the_snapshot(
         model_dir: Path, snapshot_dir: Path, tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store = Store(f"sqlite:///{tmp_path / 's.db'}", ERASURE_KEY)
     engine = Engine.load(model_dir, "1", store, PolicySettings(live_events=3))
     now = engine.as_of + timedelta(days=1)
     products = [str(p) for p in engine.items.names[:6]]
@@ -177,7 +177,7 @@ def test_live_events_are_bounded_per_customer_and_cut_at_the_snapshot(
 
 def test_an_als_customer_with_live_history_gets_factors_solved_anew(
         model_dir: Path, tmp_path: Path) -> None:
-    engine = Engine.load(model_dir, "1", Store(f"sqlite:///{tmp_path / 's.db'}"),
+    engine = Engine.load(model_dir, "1", Store(f"sqlite:///{tmp_path / 's.db'}", ERASURE_KEY),
                          PolicySettings())
     model = engine.model
     customer = str(model.customers.names[0])

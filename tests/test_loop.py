@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from service_client import forget_bentoml_collectors
 from starlette.testclient import TestClient
+from store_backends import ERASURE_KEY
 from typer.testing import CliRunner
 
 from nbo.cli import app
@@ -87,6 +88,6 @@ def test_events_and_feedback_reach_training_and_the_next_answer(
     assert (second.feedback["customer_id"] == "fresh").sum() == 1
     again = runner.invoke(app, ["store", "export", str(dataset)])
     assert again.exit_code == 0 and "exported 0 events and 0 feedback" in again.output
-    store = Store(consent_url)
+    store = Store(consent_url, ERASURE_KEY)
     assert store.bookmark(f"export:{dataset.resolve()}:events") == 24
     store.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from store_backends import ERASURE_KEY
 
 from features.snapshot import load_snapshot
 from serving.engine import Engine, PolicySettings, Request
@@ -56,7 +57,7 @@ def test_the_engine_serves_what_it_served_before(
         kind: str, saved_model: Callable[[str, dict], Path], snapshot_dir: Path,
         tmp_path: Path) -> None:
     folder = saved_model(kind, MODELS[kind])
-    engine = Engine.load(folder, "1", Store(f"sqlite:///{tmp_path / 'store.db'}"),
+    engine = Engine.load(folder, "1", Store(f"sqlite:///{tmp_path / 'store.db'}", ERASURE_KEY),
                          PolicySettings())
     now = load_snapshot(snapshot_dir).now.to_pydatetime()
     customers = [str(c) for c in engine.customers.names[::57][:7]]

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import sparse
+from store_backends import ERASURE_KEY
 
 from features.columns import Stage
 from features.config import LifecycleConfig
@@ -182,7 +183,7 @@ def build_engine(shop: dict, store: Store, settings: PolicySettings) -> Engine:
 def test_no_served_offer_ever_breaks_a_rule(shop: dict) -> None:
     settings_ = PolicySettings(max_impressions=2, max_per_category=2)
     with tempfile.TemporaryDirectory() as tmp:
-        store = Store(f"sqlite:///{Path(tmp) / 'store.db'}")
+        store = Store(f"sqlite:///{Path(tmp) / 'store.db'}", ERASURE_KEY)
         try:
             check_request(shop, store, settings_)
         finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from free_ports import free_port
-from store_backends import BOTH_DATABASES
+from store_backends import BOTH_DATABASES, ERASURE_KEY
 
 from features.snapshot import load_snapshot
 from serving import process
@@ -130,6 +130,8 @@ def test_two_workers_honour_events_and_erasure_on_the_next_request(
         assert erased.status_code == 200, erased.text
         fallbacks = [ranked(url, customer)["fallback"] for _ in range(12)]
         assert all(f in ("popular", "popular_in_region") for f in fallbacks), fallbacks
+    logged = (tmp_path / "serve.log").read_text()
+    assert "path=/customers/{id}" in logged and f"/customers/{customer}" not in logged
 
 
 @BOTH_DATABASES
@@ -194,7 +196,7 @@ def test_no_acknowledged_event_is_lost_when_the_service_is_killed(
     finally:
         process.stop(server, signal.SIGKILL)
     assert acknowledged, "the service was killed before any call was answered"
-    store = Store(env["NBO_CONSENT_DB_URL"])
+    store = Store(env["NBO_CONSENT_DB_URL"], ERASURE_KEY)
     stored = set(_event_ids(store))
     assert set(acknowledged) <= stored, f"{len(set(acknowledged) - stored)} acknowledged lost"
     with serving(env, tmp_path / "again.log") as again:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from service_client import ADMIN, ADMIN_AUTH, AUTH, forget_bentoml_collectors
 from starlette.testclient import TestClient
-from store_backends import BOTH_DATABASES
+from store_backends import BOTH_DATABASES, ERASURE_KEY
 
 
 def test_every_endpoint_but_health_and_metrics_needs_a_key(client: TestClient) -> None:
@@ -74,7 +74,7 @@ def test_a_consent_change_is_effective_on_the_next_request(client: TestClient,
     assert after["fallback"] == "non_personalised"
     from serving.store import Store
 
-    trail = Store(consent_url).consent_trail(customer)
+    trail = Store(consent_url, ERASURE_KEY).consent_trail(customer)
     assert trail[["purpose", "granted", "previous", "source"]].values.tolist() == [
         ["personalization", False, "granted", "crm"]]
     assert all("because you" not in o["reason"] for o in after["offers"])
@@ -145,7 +145,7 @@ def test_erasure_removes_the_customer_everywhere(client: TestClient, people: dic
     assert letter["letters"][0]["no_mail"] == "erased"
     from serving.store import Store, metadata
 
-    store = Store(consent_url)
+    store = Store(consent_url, ERASURE_KEY)
     with store.engine.connect() as db:  # nothing kept in clear, in any table
         held = [row for table in metadata.sorted_tables for row in db.execute(table.select())]
     store.close()
@@ -279,6 +279,17 @@ def test_without_keys_the_service_refuses_to_start(service_env: Path,
 
     monkeypatch.setenv("NBO_API_KEYS", "")
     with pytest.raises(RuntimeError, match="no API keys"), TestClient(NboService.to_asgi()):
+        pass
+    forget_bentoml_collectors()
+
+
+def test_without_an_erasure_key_the_service_refuses_to_start(
+        service_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.service import NboService
+
+    monkeypatch.delenv("NBO_ERASURE_KEY")
+    with pytest.raises(ValueError, match="set NBO_ERASURE_KEY"), \
+            TestClient(NboService.to_asgi()):
         pass
     forget_bentoml_collectors()
 

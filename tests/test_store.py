@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 import pytest
-from store_backends import BOTH_DATABASES
+from store_backends import BOTH_DATABASES, ERASURE_KEY
 
 from serving.store import Store, Window
 
@@ -20,7 +20,7 @@ NOW = datetime(2026, 3, 1, 12, 0)
 
 @pytest.fixture
 def store(consent_url: str) -> Iterator[Store]:
-    opened = Store(consent_url)
+    opened = Store(consent_url, ERASURE_KEY)
     yield opened
     opened.close()
 
@@ -91,7 +91,7 @@ def test_erasure_keeps_counts_and_a_keyed_hash_only(store: Store, consent_url: s
     log = store.erasure_log()
     assert "gone" not in log.to_string()
     # the same database opened again (a restarted service) still knows who was erased
-    again = Store(consent_url)
+    again = Store(consent_url, ERASURE_KEY)
     assert again.token("gone") in again.erased_tokens()
     assert again.seed_consents(pd.DataFrame({
         "customer_id": ["gone"], "purpose": ["email"], "granted": [True],
@@ -103,7 +103,7 @@ def test_concurrent_writers_lose_nothing(consent_url: str) -> None:
     """Several processes' worth of stores on one database: starting together, seeding the
     same dataset and changing the same customer's consent at once."""
     with ThreadPoolExecutor(8) as pool:
-        stores = list(pool.map(lambda _: Store(consent_url), range(8)))
+        stores = list(pool.map(lambda _: Store(consent_url, ERASURE_KEY), range(8)))
         seeded = list(pool.map(lambda s: s.seed_consents(dataset_consents(), "v1"), stores))
         assert sorted(seeded) == [0] * 7 + [3]
         changes = list(pool.map(
@@ -121,3 +121,46 @@ def test_concurrent_writers_lose_nothing(consent_url: str) -> None:
     assert ("sms" in stores[0].consent("a", False).channels) == bool(last["granted"])
     for s in stores:
         s.close()
+
+
+def test_the_erasure_key_is_never_in_the_database_and_another_key_is_refused(
+        consent_url: str) -> None:
+    from serving.store import metadata
+
+    store = Store(consent_url, ERASURE_KEY)
+    store.erase("gone", "api", NOW, {})
+    with store.engine.connect() as db:
+        held = [str(value) for table in metadata.sorted_tables
+                for row in db.execute(table.select()) for value in row]
+    store.close()
+    assert held and not any(ERASURE_KEY in value or ERASURE_KEY.encode().hex() in value
+                            for value in held)
+    with pytest.raises(ValueError, match="not the key this store's erasures"):
+        Store(consent_url, "a-different-erasure-key")
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        Store(consent_url, "short")
+    again = Store(consent_url, ERASURE_KEY)
+    assert again.is_erased("gone")
+    again.close()
+
+
+def test_a_key_kept_in_the_database_by_an_earlier_version_moves_out(consent_url: str) -> None:
+    import secrets
+
+    from sqlalchemy import create_engine, delete, insert
+
+    from serving.store import legacy_key, settings_table
+
+    old = secrets.token_hex(32)
+    Store(consent_url, old).close()  # the tables, then the store as an earlier version left it
+    engine = create_engine(consent_url)
+    with engine.begin() as db:
+        db.execute(delete(settings_table))
+        db.execute(insert(settings_table), [{"key": "erasure_key", "value": old}])
+    engine.dispose()
+    assert legacy_key(consent_url) == old
+    with pytest.raises(ValueError, match="holds its erasure key in the database"):
+        Store(consent_url, ERASURE_KEY)
+    Store(consent_url, old).close()
+    assert legacy_key(consent_url) is None
+    Store(consent_url, old).close()  # the check value stays

@@ -46,6 +46,16 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def store_of(current: Any) -> Any:
+    """The service's store for a job, or exit 2 with what to set."""
+    from serving.store import open_store
+
+    try:
+        return open_store(current)
+    except ValueError as exc:  # no key, a short one, or not the store's key
+        raise fail(str(exc), 2) from None
+
+
 @contextmanager
 def data_errors() -> Iterator[None]:
     """Turn contract and missing-file errors into a message and a meaningful exit code."""

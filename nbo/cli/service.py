@@ -19,6 +19,7 @@ from nbo.cli.common import (
     print_frame,
     settings,
     steps,
+    store_of,
 )
 
 # --- demo ---------------------------------------------------------------------------------
@@ -195,7 +196,6 @@ def newsletter(
 
     from nbo.jobs.newsletter import NoServedModel, customer_ids, letters_table, served_engine
     from serving.newsletter import BLOCKS
-    from serving.store import Store
 
     if not customers.exists():
         raise fail(f"{customers} does not exist", EXIT_MISSING)
@@ -211,7 +211,7 @@ def newsletter(
     if unknown or not chosen:
         raise fail(f"unknown block(s) {unknown}; choose from {', '.join(BLOCKS)}", 2)
     current = settings()
-    store = Store(current.consent_url())
+    store = store_of(current)
     try:
         try:
             engine = served_engine(current, store)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,12 +14,14 @@ from nbo.cli.common import (
     app,
     console,
     data_errors,
+    err_console,
     fail,
     parse_overrides,
     print_frame,
     settings,
     steps,
     store_app,
+    store_of,
 )
 
 # --- training -----------------------------------------------------------------------------
@@ -217,6 +220,20 @@ def models() -> None:
 
 
 
+@store_app.command("key")
+def store_key() -> None:
+    """Print a new erasure key to set as NBO_ERASURE_KEY; for a store made by an earlier
+    nbo, which kept its key in the database, print that key instead (set it, and the store
+    removes its copy on the next start). Keep it in a secret store, never in the database."""
+    from serving.store import legacy_key
+
+    held = legacy_key(settings().consent_url())
+    if held is not None:
+        err_console.print("this store keeps its erasure key in the database: set it as "
+                          "NBO_ERASURE_KEY; the store then removes its copy")
+    console.print(held or secrets.token_hex(32), highlight=False)
+
+
 @store_app.command("export")
 def store_export(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder the model was trained from.")],
@@ -225,9 +242,8 @@ def store_export(
     it, as new part files (events/part-*.parquet, feedback/part-*.parquet) in the data
     contract; run again, it adds nothing new. Erased customers are left out."""
     from nbo.jobs.export import export_store
-    from serving.store import Store
 
-    store = Store(settings().consent_url())
+    store = store_of(settings())
     try:
         with data_errors():
             exported = export_store(store, dataset)

@@ -22,13 +22,15 @@ def publish_champion(client: Any) -> str:
         return import_model(folder, version)
 
 
-def champion_engine(client: Any, settings: Settings, into: Path) -> Engine:
+def champion_engine(client: Any, settings: Settings, into: Path, local: bool = False
+                    ) -> Engine:
     """The champion with its serving context and the consent store, as the service has it;
-    the registered model is copied into ``into``."""
+    the registered model is copied into ``into``. ``local``: the store may use the key in
+    NBO_HOME (see :func:`serving.store.open_store`)."""
     from serving.engine import Engine, PolicySettings
-    from serving.store import Store
+    from serving.store import open_store
     from training.tracking import CHAMPION, registered_folder
 
     folder, version = registered_folder(client, CHAMPION, into)
-    store = Store(settings.consent_url())
+    store = open_store(settings, local)
     return Engine.load(folder, version, store, PolicySettings.from_settings(settings))

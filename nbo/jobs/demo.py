@@ -37,9 +37,12 @@ def start_demo_service(home: Path, snapshot: Path, port: int) -> DemoService:
     if not process.port_is_free(port):
         raise PortInUse(f"port {port} is in use (another service?): pass --port")
     api_key, admin_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    from features.settings import Settings
+
     now = load_snapshot(snapshot).now.isoformat()
+    erasure_key = Settings(home=home).local_erasure_key()  # the demo's, in its NBO_HOME
     env = {**os.environ, "NBO_API_KEYS": api_key, "NBO_ADMIN_API_KEYS": admin_key,
-           "NBO_NOW": now, "NBO_HOME": str(home)}
+           "NBO_ERASURE_KEY": erasure_key, "NBO_NOW": now, "NBO_HOME": str(home)}
     log = home / LOG_FILE
     server = process.start(port, env, log)
     (home / PID_FILE).write_text(str(server.pid))

@@ -40,13 +40,13 @@ def retrain(dataset: Path, snapshot: Path, settings: Settings, client: Any,
     from features.snapshot import build_snapshot
     from nbo.jobs.champion import publish_champion
     from nbo.jobs.export import export_store
-    from serving.store import Store
+    from serving.store import open_store
     from training.evaluate import evaluate
     from training.models.base import Recommender
     from training.pipeline import prepare, train
     from training.tracking import CHAMPION, flat_metrics, promote, registered_folder
 
-    store = Store(settings.consent_url())
+    store = open_store(settings)
     try:
         report("exporting the store's events and feedback")
         exported = export_store(store, dataset)
