@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +18,7 @@ import pandas as pd
 
 from features.columns import Columns as C
 from features.config import FeatureConfig, from_flat, to_flat
-from features.contract import Dataset, load_dataset
+from features.contract import ContractError, Dataset, load_dataset
 from features.history import until
 from features.segments import segment_customers
 from features.side import customer_features, item_features
@@ -107,36 +109,73 @@ def build_snapshot(
     """Validate ``dataset``, compute features as of ``now`` and write the snapshot to ``out``.
 
     ``now`` defaults to the last event of the dataset, so a historical data set gets the state
-    it had when it ended. Quarantined rows are written to ``out/quarantine`` before the
-    bad-share check, so a failing run still shows what was wrong.
+    it had when it ended. The snapshot is built in a folder beside ``out`` and takes its
+    place only when complete, so a build that fails or is killed leaves ``out`` as it was.
+    A build that fails the bad-share check still shows what was wrong: its quarantined rows
+    go to ``out/quarantine`` (``OUT.quarantine`` when ``out`` holds a snapshot).
     """
     config = config or FeatureConfig()
     step = step or (lambda _: None)
     step("validating")
     data = load_dataset(dataset)
-    out.mkdir(parents=True, exist_ok=True)
-    data.write_quarantine(out / "quarantine")
-    data.check_bad_share(max_bad_share)
-    moment = pd.Timestamp(now) if now is not None else _last_event(data)
-    features = compute_features(data.events, data.products, data.customers, moment, config, step,
-                                feedback=data.feedback)
-    step("writing")
-    tables = {name: getattr(data, name) for name in TABLE_FILES} | features.tables()
-    for name, frame in tables.items():
-        frame.to_parquet(out / f"{name}.parquet", index=False)
-    manifest = {
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "now": moment.isoformat(),
-        "dataset": str(dataset.resolve()),
-        "fingerprint": fingerprint(data.files.values()),
-        "code_version": code_version(),
-        "config": to_flat(config),
-        "rows": {name: len(frame) for name, frame in tables.items()},
-        "validation": data.summary(),
-        "lifecycle_stages": features.customer_state["lifecycle_stage"].value_counts().to_dict(),
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    building = out.with_name(f".{out.name}.building-{uuid.uuid4().hex[:8]}")
+    building.mkdir()
+    try:
+        data.write_quarantine(building / "quarantine")
+        try:
+            data.check_bad_share(max_bad_share)
+        except ContractError:
+            keep_quarantine(building / "quarantine", out)
+            raise
+        moment = pd.Timestamp(now) if now is not None else _last_event(data)
+        features = compute_features(data.events, data.products, data.customers, moment,
+                                    config, step, feedback=data.feedback)
+        step("writing")
+        tables = {name: getattr(data, name) for name in TABLE_FILES} | features.tables()
+        for name, frame in tables.items():
+            frame.to_parquet(building / f"{name}.parquet", index=False)
+        manifest = {
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "now": moment.isoformat(),
+            "dataset": str(dataset.resolve()),
+            "fingerprint": fingerprint(data.files.values()),
+            "code_version": code_version(),
+            "config": to_flat(config),
+            "rows": {name: len(frame) for name, frame in tables.items()},
+            "validation": data.summary(),
+            "lifecycle_stages": features.customer_state["lifecycle_stage"].value_counts()
+            .to_dict(),
+        }
+        (building / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        replace_folder(building, out)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)  # gone already when it became ``out``
     return manifest
+
+
+def replace_folder(built: Path, out: Path) -> None:
+    """Put the complete folder ``built`` at ``out`` (beside it, on the same file system):
+    a reader finds the old folder, for a moment none, or the new one, never a mix."""
+    if not out.exists():
+        built.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    out.rename(old)
+    built.rename(out)
+    shutil.rmtree(old)
+
+
+def keep_quarantine(quarantine: Path, out: Path) -> None:
+    """A failed build's quarantined rows, where its user looks: ``out/quarantine`` when
+    ``out`` holds no snapshot, else ``OUT.quarantine`` beside the snapshot it leaves
+    untouched."""
+    target = out / "quarantine" if not (out / MANIFEST).exists() else \
+        out.with_name(f"{out.name}.quarantine")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
+    quarantine.rename(target)
 
 
 def load_snapshot(path: Path) -> Snapshot:

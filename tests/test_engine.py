@@ -93,7 +93,7 @@ class NoFeedbackLog(Store):
 
 def test_withheld_and_anonymous_requests_do_not_read_the_feedback_log(
         model_dir: Path, snapshot_dir: Path, tmp_path: Path) -> None:
-    store = NoFeedbackLog(f"sqlite:///{tmp_path / 'store.db'}")
+    store = NoFeedbackLog(f"sqlite:///{tmp_path / 'store.db'}", ERASURE_KEY)
     engine = Engine.load(model_dir, "1", store, PolicySettings())
     now = load_snapshot(snapshot_dir).now.to_pydatetime()
     customer = str(engine.customers.ids[0])

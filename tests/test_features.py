@@ -193,3 +193,40 @@ def test_snapshot_fails_on_too_much_bad_input_but_keeps_the_quarantine(
         build_snapshot(dataset, tmp_path / "snap", max_bad_share=0.05)
     quarantined = pd.read_csv(tmp_path / "snap" / "quarantine" / "events.csv")
     assert len(quarantined) == len(events.iloc[::5])
+    build_snapshot(shop, tmp_path / "snap")  # a good build; then the bad one again over it
+    with pytest.raises(ContractError):
+        build_snapshot(dataset, tmp_path / "snap", max_bad_share=0.05)
+    assert load_snapshot(tmp_path / "snap").manifest["validation"]["events"]["quarantined"] == 0
+    beside = pd.read_csv(tmp_path / "snap.quarantine" / "events.csv")
+    assert len(beside) == len(events.iloc[::5])
+
+
+def test_a_rebuild_that_dies_half_way_leaves_the_old_snapshot_whole(
+        shop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "snap"
+    build_snapshot(shop, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("events", "products", "customers", "consents"):
+        frame = pd.read_parquet(shop / f"{name}.parquet")
+        (frame.iloc[::2] if name == "events" else frame).to_parquet(other / f"{name}.parquet")
+    written = []
+    real = pd.DataFrame.to_parquet
+
+    def dies_on_the_third(frame, path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        written.append(path)
+        if len(written) == 3:
+            raise OSError("disk gone")
+        return real(frame, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", dies_on_the_third)
+    with pytest.raises(OSError, match="disk gone"):
+        build_snapshot(other, out)
+    monkeypatch.undo()
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert {p.name for p in tmp_path.iterdir()} == {"snap", "other"}  # nothing left behind
+    rebuilt = build_snapshot(other, out)
+    assert load_snapshot(out).manifest["fingerprint"] == rebuilt["fingerprint"] != \
+        json.loads(before[Path("manifest.json")])["fingerprint"]
