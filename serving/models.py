@@ -9,6 +9,7 @@ previous one keeps serving.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import threading
@@ -17,12 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import bentoml
+from bentoml._internal.configuration.containers import BentoMLContainer
 
 from serving.engine import Engine, PolicySettings
 from serving.metrics import METRICS
 from serving.store import Store
 
 MODEL_NAME = "nbo-ranker"
+FILES = "nbo_files"  # metadata: the digest of every file the entry was imported with
 CURRENT: ModelHolder | None = None  # the holder of this worker's service, for /readyz
 log = logging.getLogger("nbo.serving")
 
@@ -32,10 +35,39 @@ def import_model(folder: Path, version: str) -> str:
     if not (folder / "model.json").exists():
         raise FileNotFoundError(f"{folder}: not a saved nbo model (no model.json)")
     labels = {"mlflow_version": version}
-    with bentoml.models.create(MODEL_NAME, labels=labels,
-                               metadata={"imported_at": datetime.now(UTC).isoformat()}) as entry:
+    # BentoML copies the entry into its store in place: the digests, in the entry's own
+    # model.yaml, let the service refuse an entry whose copy was cut short
+    metadata = {"imported_at": datetime.now(UTC).isoformat(), FILES: digests(folder)}
+    with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as entry:
         shutil.copytree(folder, entry.path, dirs_exist_ok=True)
     return str(entry.tag)
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder``, by its path there."""
+    found = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+        found[path.relative_to(folder).as_posix()] = digest.hexdigest()
+    return found
+
+
+def verify(entry: bentoml.Model) -> None:
+    """Raise unless every file the entry was imported with is there, unchanged (entries
+    imported before digests were recorded are taken as they are)."""
+    expected = entry.info.metadata.get(FILES)
+    if expected is None:
+        return
+    if not isinstance(expected, dict):
+        raise ValueError(f"the store entry's {FILES} is not a mapping of files to digests")
+    found = digests(Path(entry.path))
+    broken = sorted(name for name, digest in expected.items() if found.get(name) != digest)
+    if broken:
+        raise ValueError(f"the store entry is incomplete or changed: {len(broken)} of "
+                         f"{len(expected)} files missing or different ({', '.join(broken[:3])})")
 
 
 def newest(tag: str) -> bentoml.Model:
@@ -43,17 +75,25 @@ def newest(tag: str) -> bentoml.Model:
     return bentoml.models.get(tag)
 
 
-def candidates(tag: str) -> list[bentoml.Model]:
+def candidates(tag: str) -> tuple[list[bentoml.Model], dict[str, str]]:
     """The entries ``tag`` may serve, newest first: every entry of its name for
-    ``name:latest`` (or a bare name), else the one entry it names."""
+    ``name:latest`` (or a bare name), else the one entry it names; and the entries that
+    cannot even be read (a copy cut short before its model.yaml), with why."""
     name, _, version = tag.partition(":")
-    try:
-        if version and version != "latest":
-            return [bentoml.models.get(tag)]
-        return sorted(bentoml.models.list(name), key=lambda m: m.info.creation_time,
-                      reverse=True)
-    except bentoml.exceptions.NotFound:
-        return []
+    if version and version != "latest":
+        versions = [version]
+    else:
+        folder = Path(BentoMLContainer.bentoml_home.get()) / "models" / name.lower()
+        versions = [p.name for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+    entries, unreadable = [], {}
+    for found in versions:
+        try:
+            entries.append(bentoml.models.get(f"{name}:{found}"))
+        except bentoml.exceptions.NotFound:
+            continue
+        except bentoml.exceptions.BentoMLException as error:
+            unreadable[f"{name}:{found}"] = f"{type(error).__name__}: {error}"
+    return sorted(entries, key=lambda m: m.info.creation_time, reverse=True), unreadable
 
 
 @dataclass(frozen=True)
@@ -112,7 +152,12 @@ class ModelHolder:
         older entries are tried in turn, so a broken newest model never keeps a service
         with good older ones from starting."""
         with self._lock:
-            entries = candidates(self.tag)
+            entries, unreadable = candidates(self.tag)
+            for tag, why in unreadable.items():
+                if tag not in self.status.refused:
+                    self.status.refused[tag] = why
+                    METRICS.reloads.labels(outcome="refused").inc()
+                    log.error("refused model %s: %s", tag, why)
             if not entries:
                 return f"no model {self.tag} in the BentoML store; run 'nbo promote'"
             said = []
@@ -139,6 +184,7 @@ class ModelHolder:
         version = str(entry.info.labels.get("mlflow_version", entry.tag.version))
         erasures = self.store.erasure_count()  # the load forgets these
         try:
+            verify(entry)
             engine = Engine.load(Path(entry.path), version, self.store, self.settings)
         except Exception as error:  # any failure refuses the model, never the service
             self.status.refused[tag] = f"{type(error).__name__}: {error}"

@@ -254,6 +254,26 @@ def test_a_model_with_one_bad_customer_row_is_refused(client: TestClient, model_
     assert ready["newer_refused"] == [tag] and ready["checked_seconds"] >= 0
 
 
+def test_a_store_entry_whose_copy_was_cut_short_is_refused(client: TestClient,
+                                                          model_dir: Path) -> None:
+    """BentoML copies an entry into its store in place: a copy killed half way leaves
+    files short, or no model.yaml at all."""
+    import bentoml
+
+    from serving.models import import_model
+
+    tag = import_model(model_dir, "2")
+    arrays = Path(bentoml.models.get(tag).path) / "arrays.npz"
+    arrays.write_bytes(arrays.read_bytes()[: arrays.stat().st_size // 2])
+    unfinished = Path(bentoml.models.get(tag).path).parent / "unfinished"
+    shutil.copytree(model_dir, unfinished)  # its files, no model.yaml
+    reload = client.post("/admin/reload", headers=ADMIN_AUTH).json()
+    assert reload["model_version"] == "1", reload
+    assert "incomplete or changed: 1 of" in reload["refused"][tag]
+    assert "model.yaml" in reload["refused"]["nbo-ranker:unfinished"]
+    shutil.rmtree(unfinished)
+
+
 def test_a_broken_newest_model_does_not_keep_older_good_ones_from_serving(
         service_env: Path, model_dir: Path, tmp_path: Path, people: dict) -> None:
     from serving.models import import_model
