@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class Columns:
     customer = "customer_id"
@@ -76,3 +78,5 @@ MESSAGING_CHANNELS = ("email", "sms", "push", "post")
 PURPOSES = ("personalization", "email", "sms", "push", "post", "sensitive")
 OFFER_TYPES = ("product", "coupon", "service", "content")
 FEEDBACK_ACTIONS = ("impression", "click", "conversion", "dismiss")
+# the moments nbo keeps (UTC): timestamps are nanoseconds since 1970, which hold until 2262
+EARLIEST, LATEST = datetime(1970, 1, 1), datetime(2200, 1, 1)

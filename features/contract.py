@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ import pyarrow.compute as pc
 
 from features.columns import (
     CHANNELS,
+    EARLIEST,
     FEEDBACK_ACTIONS,
+    LATEST,
     OFFER_TYPES,
     PURPOSES,
     Columns,
@@ -333,20 +336,34 @@ def _stripped(values: pd.Series) -> pd.Series:
 
 
 def parse_timestamps(values: pd.Series) -> pd.Series:
-    """ISO-8601 strings or epoch seconds to naive UTC; timezone-naive input means UTC."""
+    """ISO-8601 strings or epoch seconds to naive UTC; timezone-naive input means UTC.
+    Moments before 1970 or from 2200 on (``EARLIEST``, ``LATEST``) are missing (a bad
+    timestamp)."""
     if isinstance(values.dtype, pd.DatetimeTZDtype):
-        return values.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
+        return _kept(values.dt.tz_convert("UTC").dt.tz_localize(None))
     if pd.api.types.is_datetime64_any_dtype(values):
-        return values.astype("datetime64[ns]")
+        return _kept(values)
     if pd.api.types.is_numeric_dtype(values):
-        return pd.to_datetime(values, unit="s", errors="coerce").astype("datetime64[ns]")
+        return _kept(_from_epoch(values))
     text = values.astype("str").str.strip()
     epoch = pd.to_numeric(text, errors="coerce")
     iso = pd.to_datetime(text.where(epoch.isna()), format="ISO8601", utc=True, errors="coerce")
-    out = iso.dt.tz_localize(None).astype("datetime64[ns]")
+    out = _kept(iso.dt.tz_localize(None))
     if epoch.notna().any():
-        out = out.where(epoch.isna(), pd.to_datetime(epoch, unit="s", errors="coerce"))
+        out = out.where(epoch.isna(), _kept(_from_epoch(epoch)))
     return out
+
+
+def _from_epoch(seconds: pd.Series) -> pd.Series:
+    """Epoch seconds as moments; those out of any representable range missing."""
+    inside = seconds.between(0, (LATEST - datetime(1970, 1, 1)).total_seconds())
+    return pd.to_datetime(seconds.where(inside), unit="s", errors="coerce")
+
+
+def _kept(moments: pd.Series) -> pd.Series:
+    """Naive moments at nanoseconds, those outside [EARLIEST, LATEST) missing."""
+    inside = (moments >= pd.Timestamp(EARLIEST)) & (moments < pd.Timestamp(LATEST))
+    return moments.where(inside).astype("datetime64[ns]")
 
 
 def parse_bools(values: pd.Series, default: bool) -> tuple[pd.Series, pd.Series]:

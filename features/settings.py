@@ -72,6 +72,10 @@ class Settings(BaseSettings):
         200, ge=1, le=10_000, description="Events posted since the model's snapshot that "
         "count per customer (their latest); the rest wait for the next training."
     )
+    max_body_bytes: int = Field(
+        10_000_000, ge=1_000,
+        description="Largest request body the service reads (413 above it); 10,000 events "
+                    "of /events take about 3 MB.")
     max_in_flight: int = Field(
         16, ge=0, description="Requests one worker takes at a time; more are answered 429 at "
         "once (a client retries elsewhere or later) instead of queueing until every answer is "

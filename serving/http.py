@@ -15,6 +15,9 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from bentoml.exceptions import BentoMLException
+from pydantic import ValidationError
+
 from features.settings import Settings
 from serving import models
 
@@ -43,10 +46,31 @@ class PathIdsOut(logging.Filter):
         return True
 
 
-def keep_ids_out_of_access_log() -> None:
-    access = logging.getLogger("bentoml.access")
-    if not any(isinstance(f, PathIdsOut) for f in access.filters):
-        access.addFilter(PathIdsOut())
+class ClientErrorsPlain(logging.Filter):
+    """BentoML logs a request its validation refuses (a 400) as an error with the
+    traceback, which also carries the values sent: logged as a warning, one line, no
+    traceback, no values. Server errors keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, ValidationError) or (
+                isinstance(error, BentoMLException) and error.error_code < 500):
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "refused %s [%s]: " + (
+                f"{error.error_count()} validation error(s)"
+                if isinstance(error, ValidationError) else f"{error.error_code.value}")
+        return True
+
+
+def quiet_logs() -> None:
+    """The worker's logging: no ids of admin paths in the access log, client errors
+    without tracebacks."""
+    for name, kind in (("bentoml.access", PathIdsOut),
+                       ("bentoml._internal.server.http_app", ClientErrorsPlain)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
 
 
 def parse_keys(value: str) -> tuple[bytes, ...]:
@@ -78,21 +102,39 @@ async def send_json(send: Send, status: int, body: dict[str, Any],
     await send({"type": "http.response.body", "body": payload})
 
 
-class ApiKeys:
-    """API-key check and /readyz; keys are given by the service from its settings."""
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"})
 
-    def __init__(self, app: ASGIApp, keys: str | None = None, admin_keys: str | None = None
-                 ) -> None:
+
+def is_json(scope: Scope) -> bool:
+    """Whether the request declares a JSON body (``application/json``, ``…+json``)."""
+    declared = dict(scope.get("headers") or []).get(b"content-type", b"")
+    kind = declared.split(b";", 1)[0].strip().lower()
+    return kind == b"application/json" or (kind.startswith(b"application/")
+                                            and kind.endswith(b"+json"))
+
+
+class ApiKeys:
+    """Every request's gate: /readyz; methods (TRACE and the like refused); API keys;
+    request bodies only as JSON (415) and at most ``NBO_MAX_BODY_BYTES`` (413), read whole
+    before the route sees them. Keys are given by the service from its settings."""
+
+    def __init__(self, app: ASGIApp, keys: str | None = None, admin_keys: str | None = None,
+                 max_body_bytes: int | None = None) -> None:
         settings = Settings()
         self.app = app
         self.keys = parse_keys(settings.api_keys if keys is None else keys)
         self.admin_keys = parse_keys(settings.admin_api_keys if admin_keys is None else admin_keys)
+        self.max_body = settings.max_body_bytes if max_body_bytes is None else max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope["path"]
+        if scope["method"] not in METHODS:
+            await send_json(send, 405, {"error": f"method {scope['method']} is not allowed"},
+                            ((b"allow", ", ".join(sorted(METHODS)).encode()),))
+            return
         if path == "/readyz":
             await readiness(send)
             return
@@ -104,7 +146,48 @@ class ApiKeys:
             await send_json(send, 401, {"error": "missing or invalid API key"},
                             ((b"www-authenticate", b"Bearer"),))
             return
+        if scope["method"] in ("POST", "PUT"):
+            await self.with_body(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+    async def with_body(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse a body that is too large or not JSON (an empty one, as /admin/reload
+        takes, may come without a type); else hand it on, read whole."""
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_large = {"error": f"the body is larger than {self.max_body:,} bytes "
+                              "(NBO_MAX_BODY_BYTES)"}
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            await send_json(send, 413, too_large)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:  # a chunked body without a length, or one that lied
+                await send_json(send, 413, too_large)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if body and not is_json(scope):
+            await send_json(send, 415, {"error": "send the body as JSON, with Content-Type: "
+                                                 "application/json"})
+            return
+        handed = False
+
+        async def replay() -> Message:
+            nonlocal handed
+            if not handed:
+                handed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: the client's disconnect
+
+        await self.app(scope, replay, send)
 
 
 async def readiness(send: Send) -> None:

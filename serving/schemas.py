@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal, get_args
+from datetime import UTC, datetime
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from features.columns import EARLIEST, LATEST
 
 Channel = Literal["web", "app", "email", "sms", "push", "post"]
 Block = Literal["profile", "lifecycle", "last_visit", "regional"]
@@ -13,18 +15,35 @@ Purpose = Literal["personalization", "email", "sms", "push", "post", "sensitive"
 Action = Literal["impression", "click", "conversion", "dismiss"]
 
 
+def in_range(moment: datetime) -> datetime:
+    naive = moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+    if not EARLIEST <= naive < LATEST:
+        raise ValueError(f"must be from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d} (UTC)")
+    return moment
+
+
+# a moment the service computes with (nanoseconds since 1970 hold until 2262)
+Moment = Annotated[datetime, AfterValidator(in_range)]
+# ids as every store keeps them: 1 to 128 characters, no control characters (NUL included)
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128,
+                                      pattern=r"^[^\x00-\x1f\x7f]+$")]
+Text64 = Annotated[str, StringConstraints(min_length=1, max_length=64,
+                                          pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class RankContext(Body):
-    product_id: str | None = Field(None, description="Product on screen (product page).")
-    cart: list[str] = Field(default_factory=list, max_length=200,
-                            description="Products in the cart: never offered.")
-    session: list[str] = Field(default_factory=list, max_length=200,
-                               description="Products seen in this session.")
-    region: str | None = Field(None, description="Region, where the profile has none.")
-    now: datetime | None = Field(None, description="Moment of the request; default: now.")
+    product_id: Id | None = Field(None, description="Product on screen (product page).")
+    cart: list[Id] = Field(default_factory=list, max_length=200,
+                           description="Products in the cart: never offered.")
+    session: list[Id] = Field(default_factory=list, max_length=200,
+                              description="Products seen in this session.")
+    region: Text64 | None = Field(None, description="Region, where the profile has none.")
+    now: Moment | None = Field(None, description="Moment of the request, from 1970 to before "
+                               "2200; default: now.")
 
 
 class OfferOut(BaseModel):
@@ -75,14 +94,16 @@ class NewsletterResponse(BaseModel):
 
 
 class FeedbackEvent(Body):
-    customer_id: str = Field(min_length=1, max_length=128)
-    product_id: str = Field(min_length=1, max_length=128)
+    customer_id: Id
+    product_id: Id
     action: Action
     channel: Channel | None = None
-    request_id: str | None = Field(None, max_length=64)
-    position: int | None = Field(None, ge=1)
-    model_version: str | None = Field(None, max_length=32)
-    timestamp: datetime | None = Field(None, description="When it happened; default: now.")
+    request_id: Text64 | None = None
+    position: int | None = Field(None, ge=1, le=10_000, description="Rank the offer was shown at.")
+    model_version: Annotated[str, StringConstraints(max_length=32,
+                                                    pattern=r"^[^\x00-\x1f\x7f]*$")] | None = None
+    timestamp: Moment | None = Field(None, description="When it happened, from 1970 to before "
+                                     "2200; default: now.")
 
 
 class FeedbackResponse(BaseModel):
@@ -96,10 +117,9 @@ class FeedbackResponse(BaseModel):
 class EventIn(Body):
     """One event in the data contract's columns, checked by the contract's own rules."""
 
-    event_id: str = Field(min_length=1, max_length=128,
-                          description="The client's id of the event: a retry is stored once.")
-    customer_id: str = Field(min_length=1, max_length=128)
-    product_id: str = Field(min_length=1, max_length=128)
+    event_id: Id = Field(description="The client's id of the event: a retry is stored once.")
+    customer_id: Id
+    product_id: Id
     event_type: str = Field(description="purchase, return, wishlist, rating, cart or view.")
     timestamp: str | float | None = Field(
         None, description="When it happened, ISO 8601 (UTC where no offset is given) or epoch "
@@ -107,7 +127,7 @@ class EventIn(Body):
     quantity: float | None = Field(None, description="Units of a purchase or return; "
                                    "default 1.")
     rating: float | None = Field(None, description="1 to 5, for a rating.")
-    order_id: str | None = Field(None, max_length=128)
+    order_id: Id | None = None
     channel: Channel | None = None
 
 
@@ -123,4 +143,4 @@ class ConsentChange(Body):
 
 class ConsentUpdate(Body):
     consents: list[ConsentChange] = Field(min_length=1, max_length=len(get_args(Purpose)))
-    source: str = Field("api", min_length=1, max_length=64)
+    source: Text64 = "api"

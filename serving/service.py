@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar, get_args
 
 import anyio.to_thread
 import bentoml
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field
 from starlette.responses import JSONResponse
@@ -24,7 +24,7 @@ from features.settings import Settings, quiet_third_parties
 from serving import models
 from serving.engine import Engine, PolicySettings, Ranking, RequestError
 from serving.engine import Request as RankRequest
-from serving.http import ApiKeys, keep_ids_out_of_access_log
+from serving.http import ApiKeys, quiet_logs
 from serving.ingest import BadEvents, event_rows
 from serving.metrics import METRICS
 from serving.models import ModelHolder
@@ -36,7 +36,9 @@ from serving.schemas import (
     EventsResponse,
     FeedbackEvent,
     FeedbackResponse,
+    Id,
     Letter,
+    Moment,
     NewsletterResponse,
     OfferOut,
     RankContext,
@@ -47,6 +49,8 @@ from serving.store import Store, open_store
 
 quiet_third_parties()
 T = TypeVar("T")
+# a customer id in an admin path: as the stores keep ids (1 to 128, no control characters)
+PathId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 admin = FastAPI(title="nbo admin", openapi_url="/admin/openapi.json", docs_url=None,
                 redoc_url=None)
 
@@ -119,7 +123,7 @@ class NboService:
         if not self.settings.api_keys.strip() or not self.settings.admin_api_keys.strip():
             raise RuntimeError("no API keys configured: set NBO_API_KEYS and NBO_ADMIN_API_KEYS "
                                "(comma-separated); 'nbo demo' generates a pair")
-        keep_ids_out_of_access_log()
+        quiet_logs()
         self.store = open_store(self.settings)  # refuses to start without NBO_ERASURE_KEY
         self.holder = ModelHolder(self.settings.model_tag, self.store,
                                   PolicySettings.from_settings(self.settings))
@@ -159,7 +163,7 @@ class NboService:
     @bentoml.api(route="/rank")
     async def rank(
         self,
-        customer_id: Annotated[str, Field(min_length=1, max_length=128)],
+        customer_id: Id,
         channel: Channel = "web",
         k: Annotated[int, Field(ge=1, le=100)] = 10,
         context: RankContext | None = None,
@@ -178,11 +182,11 @@ class NboService:
     @bentoml.api(route="/similar")
     async def similar(
         self,
-        product_id: Annotated[str, Field(min_length=1, max_length=128)],
+        product_id: Id,
         k: Annotated[int, Field(ge=1, le=100)] = 10,
         channel: Channel = "web",
-        customer_id: str | None = None,
-        now: datetime | None = None,
+        customer_id: Id | None = None,
+        now: Moment | None = None,
     ) -> SimilarResponse:
         """Offers similar to a product, for a product page or a cart."""
 
@@ -202,9 +206,9 @@ class NboService:
     @bentoml.api(route="/newsletter")
     async def newsletter(
         self,
-        customers: Annotated[list[str], Field(min_length=1, max_length=1000)],
+        customers: Annotated[list[Id], Field(min_length=1, max_length=1000)],
         blocks: list[Block] = list(get_args(Block)),  # noqa: B006  (pydantic copies defaults)
-        now: datetime | None = None,
+        now: Moment | None = None,
     ) -> NewsletterResponse:
         """Distinct offers per customer for the newsletter blocks, or why there is no mail."""
 
@@ -264,7 +268,7 @@ class NboService:
     # --- admin (FastAPI class views: path parameters, PUT and DELETE) -----------------
 
     @admin.put("/consents/{customer_id}")
-    async def set_consents(self, customer_id: str, update: ConsentUpdate) -> dict[str, Any]:
+    async def set_consents(self, customer_id: PathId, update: ConsentUpdate) -> dict[str, Any]:
         """Change a customer's consents; effective on the next request; kept in the trail."""
         at = datetime.now(UTC).replace(tzinfo=None)
         changes: dict[str, tuple[bool, bool]] = {
@@ -276,7 +280,9 @@ class NboService:
                              for k, v in change.items()} for change in trail]}
 
     @admin.delete("/customers/{customer_id}")
-    async def erase(self, customer_id: str, source: str = "api") -> dict[str, Any]:
+    async def erase(self, customer_id: PathId, source: Annotated[str, Query(
+            min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")] = "api"
+                    ) -> dict[str, Any]:
         """Erase a customer from consents, feedback, state and the model."""
 
         def work() -> dict[str, Any]:
