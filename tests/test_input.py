@@ -101,9 +101,10 @@ def test_a_body_over_the_limit_is_a_413_with_or_without_a_length(
 
 
 def test_trace_and_other_methods_are_refused(client: TestClient) -> None:
-    for method in ("TRACE", "CONNECT", "PATCH"):
-        answer = client.request(method, "/rank", headers=AUTH)
-        assert answer.status_code == 405, (method, answer.text)
+    for path in ("/rank", "/metrics", "/livez", "/", "/docs.json", "/admin/reload"):
+        for method in ("TRACE", "CONNECT", "PATCH"):
+            answer = client.request(method, path, headers=AUTH)
+            assert answer.status_code == 405, (method, path, answer.text)
 
 
 @BOTH_DATABASES
