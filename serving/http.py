@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from features.settings import Settings
 from serving import models
+from serving.openapi import amend
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -138,6 +139,9 @@ class ApiKeys:
         if path == "/readyz":
             await readiness(send)
             return
+        if path in DOCUMENTS and scope["method"] == "GET":
+            await amended_document(self.app, scope, receive, send, DOCUMENTS[path])
+            return
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
@@ -188,6 +192,29 @@ class ApiKeys:
             return await receive()  # after the body: the client's disconnect
 
         await self.app(scope, replay, send)
+
+
+DOCUMENTS = {"/docs.json": False, "/schema.json": False, "/admin/openapi.json": True}
+
+
+async def amended_document(app: ASGIApp, scope: Scope, receive: Receive, send: Send,
+                           admin: bool) -> None:
+    """The generator's OpenAPI document, as :func:`serving.openapi.amend` completes it."""
+    started: Message = {}
+    chunks: list[bytes] = []
+
+    async def keep(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            started.update(message)
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, keep)
+    if started.get("status") != 200:
+        await send_json(send, int(started.get("status", 500)),
+                        {"error": "the API document could not be made"})
+        return
+    await send_json(send, 200, amend(json.loads(b"".join(chunks)), admin))
 
 
 async def readiness(send: Send) -> None:

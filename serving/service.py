@@ -18,6 +18,7 @@ import bentoml
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from features.settings import Settings, quiet_third_parties
@@ -58,6 +59,13 @@ admin = FastAPI(title="nbo admin", openapi_url="/admin/openapi.json", docs_url=N
 @admin.exception_handler(RequestValidationError)
 async def invalid_admin_body(_: Request, error: RequestValidationError) -> JSONResponse:
     return JSONResponse({"error": "invalid request", "detail": error.errors()}, status_code=400)
+
+
+@admin.exception_handler(HTTPException)
+async def admin_refusal(_: Request, refusal: HTTPException) -> JSONResponse:
+    """FastAPI's own refusals (a body it cannot parse, say) in the service's error shape."""
+    return JSONResponse({"error": str(refusal.detail)}, status_code=refusal.status_code,
+                        headers=refusal.headers)
 
 
 def error(message: str, status: int) -> JSONResponse:

@@ -37,9 +37,11 @@ def similar(engine: Engine, product_id: str, k: int, channel: str, now: datetime
     scores = similarity_to(engine, anchor)
     consent = consent or Consent(False, frozenset(), False)
     request = Request(customer_id or ANONYMOUS, channel, k)
-    # nobody to rest offers for without a customer: skip the feedback log
+    # nobody to rest offers for or to read events of without a customer: no store reads
+    # (the placeholder id is no id a database keeps: PostgreSQL refuses its NUL)
     prepared = engine.prepare(request, now, consent,
-                              exposure=None if customer_id else NO_EXPOSURE)
+                              exposure=None if customer_id else NO_EXPOSURE,
+                              events=None if customer_id else [])
     masks = prepared.masks | {"exclusion": prepared.masks["exclusion"].copy()}
     masks["exclusion"][anchor] = False  # never the product itself
     allowed = np.logical_and.reduce(list(masks.values())) & (scores > 0)

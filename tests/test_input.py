@@ -110,6 +110,8 @@ def test_trace_and_other_methods_are_refused(client: TestClient) -> None:
 @BOTH_DATABASES
 def test_ids_the_databases_cannot_keep_are_a_400_on_every_store(
         client: TestClient, consent_url: str) -> None:
+    anonymous = client.post("/similar", json={"product_id": "p00001"}, headers=AUTH)
+    assert anonymous.status_code == 200, anonymous.text  # no placeholder id reaches the store
     nul = "c\x00001"
     assert client.post("/rank", json={"customer_id": nul}, headers=AUTH).status_code == 400
     assert client.post("/feedback", json={"events": [{
@@ -138,3 +140,22 @@ def test_a_400_is_logged_without_a_traceback(client: TestClient,
     assert answer.status_code == 400
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in
                                                           caplog.records]
+
+
+def test_the_api_documents_declare_what_the_service_answers(client: TestClient) -> None:
+    from importlib import metadata
+
+    api = client.get("/docs.json").json()
+    admin = client.get("/admin/openapi.json").json()
+    assert api["info"]["title"] == "nbo" and api["info"]["version"] == metadata.version("nbo")
+    assert admin["info"]["title"] == "nbo admin"
+    rank = api["paths"]["/rank"]["post"]["responses"]
+    assert {"400", "401", "413", "415", "429", "503"} <= set(rank)
+    assert api["components"]["schemas"]["Error"]["properties"]["detail"]["type"] == "array"
+    answer = rank["200"]["content"]["application/json"]["schema"]
+    assert answer["properties"]["withheld"]["nullable"] is True
+    assert "nullable" not in answer["properties"]["customer_id"]
+    erase = admin["paths"]["/customers/{customer_id}"]["delete"]["responses"]
+    assert "422" not in erase and {"400", "401"} <= set(erase) and "415" not in erase
+    assert client.put("/consents/c1", content=b"{not json", headers={
+        **ADMIN_AUTH, "Content-Type": "application/json"}).json()["error"]
