@@ -22,6 +22,23 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert "Usage" in result.output
 
 
+def test_help_names_every_model_and_params_lists_each_setting() -> None:
+    from nbo.cli.training import MODEL_KINDS
+    from training.models import MODELS
+
+    assert MODEL_KINDS == tuple(MODELS)
+    helped = " ".join(runner.invoke(app, ["train", "--help"]).output.split())
+    assert all(kind in helped for kind in MODELS), helped
+    for kind, model in MODELS.items():
+        shown = runner.invoke(app, ["models", "params", kind])
+        assert shown.exit_code == 0, shown.output
+        for name in model().params():
+            assert name in shown.output, (kind, name)
+    ease = " ".join(runner.invoke(app, ["models", "params", "ease"]).output.split())
+    assert "l2 │ 500.0 │ 1 to 10000 (log scale)" in ease
+    assert runner.invoke(app, ["models", "params", "gossip"]).exit_code == 2
+
+
 def test_generate_validate_build(tmp_path: Path) -> None:
     shop, snap = tmp_path / "shop", tmp_path / "snap"
     result = runner.invoke(app, ["generate", str(shop), "--customers", "80", "--seed", "4"])

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
 from nbo.cli.common import (
     EXIT_DATA,
@@ -25,6 +26,12 @@ from nbo.cli.common import (
 )
 
 # --- training -----------------------------------------------------------------------------
+
+# the names of training.models.MODELS, for help texts without importing every model (a test
+# keeps the two equal)
+MODEL_KINDS = ("popularity", "als", "bpr", "itemknn", "ease", "lightfm", "blend")
+models_app = typer.Typer(help="Registered models and model settings.")
+app.add_typer(models_app, name="models")
 
 SnapshotOption = Annotated[Path | None, typer.Option(
     help="Feature snapshot folder; default NBO_HOME/demo/snapshot (made by 'nbo demo').")]
@@ -71,8 +78,7 @@ def tracking() -> Any:
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Argument(help="Model: popularity, als, bpr, itemknn, ease, "
-                                              "lightfm.")],
+    model: Annotated[str, typer.Argument(help=f"Model: {', '.join(MODEL_KINDS)}.")],
     snapshot: SnapshotOption = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Model setting, e.g. --set factors=128.")] = None,
@@ -130,7 +136,7 @@ def evaluate(
 
 @app.command()
 def tune(
-    model: Annotated[str, typer.Argument(help="Model to tune.")],
+    model: Annotated[str, typer.Argument(help=f"Model to tune: {', '.join(MODEL_KINDS)}.")],
     trials: Annotated[int, typer.Option(min=1, help="Trials to run in this process.")] = 20,
     storage: Annotated[str | None, typer.Option(
         help="Optuna storage URL; several workers on one URL share a study. Default "
@@ -206,9 +212,12 @@ def promote(
                   "running service switches to it within NBO_RELOAD_SECONDS")
 
 
-@app.command()
-def models() -> None:
-    """List the registered versions of nbo-ranker with aliases and gate metrics."""
+@models_app.callback(invoke_without_command=True)
+def models(context: typer.Context) -> None:
+    """List the registered versions of nbo-ranker with aliases and gate metrics ('nbo
+    models params MODEL': a model's settings)."""
+    if context.invoked_subcommand is not None:
+        return
     from training.tracking import list_versions
 
     table = list_versions(tracking())
@@ -218,6 +227,32 @@ def models() -> None:
     print_frame(table, "nbo-ranker")
 
 
+
+@models_app.command("params")
+def model_params(
+    model: Annotated[str, typer.Argument(help=f"Model: {', '.join(MODEL_KINDS)}.")],
+) -> None:
+    """Every setting of MODEL with its default and, for those nbo tune searches, the
+    search range ('--set NAME=VALUE' on train, compare and the like)."""
+    from training.models import MODELS
+
+    if model not in MODELS:
+        raise typer.BadParameter(f"choose one of {', '.join(MODELS)}", param_hint="MODEL")
+    kind = MODELS[model]
+    table = Table(title=f"{model} settings")
+    for column in ("setting", "default", "searched by nbo tune", "description"):
+        table.add_column(column)
+    fields = kind.config_class.model_fields
+    for name, default in kind().params().items():
+        param = kind.search_space.get(name)
+        searched = "" if param is None else (
+            ", ".join(map(str, param.choices)) if param.kind == "categorical" else
+            f"{param.low:g} to {param.high:g}{' (log scale)' if param.log else ''}"
+            f" ({param.kind})")
+        described = fields.get(name)
+        table.add_row(name, str(default), searched,
+                      (described.description or "") if described is not None else "")
+    console.print(table)
 
 
 @store_app.command("key")
