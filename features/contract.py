@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -339,24 +338,29 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
     """ISO-8601 strings or epoch seconds to naive UTC; timezone-naive input means UTC.
     Moments before 1970 or from 2200 on (``EARLIEST``, ``LATEST``) are missing (a bad
     timestamp)."""
+    return _kept(_moments(values))
+
+
+def _moments(values: pd.Series) -> pd.Series:
+    """Naive UTC moments at whatever resolution holds them; unparseable ones missing."""
     if isinstance(values.dtype, pd.DatetimeTZDtype):
-        return _kept(values.dt.tz_convert("UTC").dt.tz_localize(None))
+        return values.dt.tz_convert("UTC").dt.tz_localize(None)
     if pd.api.types.is_datetime64_any_dtype(values):
-        return _kept(values)
+        return values
     if pd.api.types.is_numeric_dtype(values):
-        return _kept(_from_epoch(values))
+        return _from_epoch(values)
     text = values.astype("str").str.strip()
     epoch = pd.to_numeric(text, errors="coerce")
-    iso = pd.to_datetime(text.where(epoch.isna()), format="ISO8601", utc=True, errors="coerce")
-    out = _kept(iso.dt.tz_localize(None))
+    iso = pd.to_datetime(text.where(epoch.isna()), format="ISO8601", utc=True,
+                         errors="coerce").dt.tz_localize(None)
     if epoch.notna().any():
-        out = out.where(epoch.isna(), _kept(_from_epoch(epoch)))
-    return out
+        return _kept(iso).where(epoch.isna(), _kept(_from_epoch(epoch)))
+    return iso
 
 
 def _from_epoch(seconds: pd.Series) -> pd.Series:
-    """Epoch seconds as moments; those out of any representable range missing."""
-    inside = seconds.between(0, (LATEST - datetime(1970, 1, 1)).total_seconds())
+    """Epoch seconds as moments; those out of the kept range missing."""
+    inside = seconds.between(0, (LATEST - EARLIEST).total_seconds(), inclusive="left")
     return pd.to_datetime(seconds.where(inside), unit="s", errors="coerce")
 
 
@@ -510,7 +514,9 @@ def _product_reasons(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     stages, stages_bad = _stage_lists(_optional(frame, C.lifecycle_stages), Stage.all)
     channels, channels_bad = _stage_lists(_optional(frame, C.channels), CHANNELS)
     valid_from = parse_timestamps(_optional(frame, C.valid_from))
-    valid_to = parse_timestamps(_optional(frame, C.valid_to))
+    until = _moments(_optional(frame, C.valid_to))
+    open_ended = until >= pd.Timestamp(LATEST)  # 9999-12-31 and the like: no end
+    valid_to = _kept(until)
     sensitive, sensitive_bad = parse_bools(_optional(frame, C.sensitive), default=False)
 
     reasons.add(out[C.product].isna(), "missing product_id")
@@ -522,7 +528,7 @@ def _product_reasons(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     reasons.add(channels_bad, "unknown channel")
     reasons.add(
         (_given(_optional(frame, C.valid_from)) & valid_from.isna())
-        | (_given(_optional(frame, C.valid_to)) & valid_to.isna()),
+        | (_given(_optional(frame, C.valid_to)) & valid_to.isna() & ~open_ended),
         "bad validity date",
     )
     reasons.add(valid_to < valid_from, "validity window ends before it starts")

@@ -123,6 +123,21 @@ def test_validity_window_must_not_end_before_it_starts() -> None:
     ]
 
 
+def test_an_end_beyond_2200_means_no_end() -> None:
+    frame = products().assign(valid_to=["9999-12-31", "2030-01-01", "soon"])
+    data = validate_tables({"events": events().iloc[1:2], "products": frame})
+    assert data.quarantine["products"]["reason"].tolist() == ["bad validity date"]
+    assert data.products["valid_to"].isna().tolist() == [True, False]
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01", "1969-12-31T23:59:59", "2200-01-01",
+                                    "9999-06-01T00:00:00", "-1", "1e20"])
+def test_moments_outside_1970_to_2200_are_bad_timestamps(moment: str) -> None:
+    frame = events().assign(timestamp=[moment, *events()["timestamp"][1:]])
+    data = validate_tables({"events": frame, "products": products()})
+    assert data.quarantine["events"]["reason"].tolist() == ["bad timestamp"]
+
+
 def test_bad_customers_and_consents_are_quarantined() -> None:
     customers = pd.DataFrame({"customer_id": ["c1", "c1", "c2", "c3"],
                               "birth_year": ["1980", "1981", "1850", ""]})
