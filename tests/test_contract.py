@@ -211,3 +211,20 @@ def test_extra_columns_are_kept(tmp_path: Path) -> None:
     events().assign(campaign="spring").to_csv(tmp_path / "events.csv", index=False)
     products().to_csv(tmp_path / "products.csv", index=False)
     assert (load_dataset(tmp_path).events["campaign"] == "spring").all()
+
+
+def test_the_contract_page_names_every_column_and_reason() -> None:
+    import re
+
+    import features.contract as contract
+
+    page = (Path(contract.__file__).parents[1] / "docs" / "data-contract.md").read_text()
+    source = Path(contract.__file__).read_text()
+    reasons = set(re.findall(r'^\s*"([a-z][a-z_ ]+)",?\)?$', source, re.M)) | set(
+        re.findall(r'reasons\.add\(.*?"([a-z][^"]+)"\)', source, re.S))
+    assert {"bad quantity", "unknown product", "bad validity date"} <= reasons
+    missing = sorted(r for r in reasons if f'"{r}"' not in page)
+    assert not missing, missing
+    columns = {c for table in (*contract.REQUIRED_COLUMNS.values(),
+                               *contract.OPTIONAL_COLUMNS.values()) for c in table}
+    assert not sorted(c for c in columns if f"`{c}`" not in page)
