@@ -23,6 +23,7 @@ from features.history import until
 CUSTOMER_COLUMNS = [C.customer, C.region, C.birth_year, "first_purchase", "last_purchase",
                     "usual_gap_days", "segment"]
 TABLES = ("offers", "customers", "bought", "returned", "last_visit", "consents")
+DATASET_FILE = "dataset.json"  # in a model's folder, beside its context: what it learnt from
 
 
 def serving_context(

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
         200, ge=1, le=10_000, description="Events posted since the model's snapshot that "
         "count per customer (their latest); the rest wait for the next training."
     )
+    allow_other_dataset: bool = Field(
+        False, description="Serve a model trained on another dataset than the one the "
+                           "store serves (the first model it served was trained on).")
     max_body_bytes: int = Field(
         10_000_000, ge=1_000,
         description="Largest request body the service reads (413 above it); 10,000 events "

@@ -1,5 +1,6 @@
 """What the notebooks read: a feature snapshot, MLflow runs of every candidate, an Optuna study
-and a champion, in ``NBO_HOME``.
+and a champion, in a workspace of one dataset under ``NBO_HOME``: ``NBO_HOME/demo`` (the
+demo's) or ``NBO_HOME/notebooks/NAME`` for another dataset folder NAME.
 
 After ``make demo`` the snapshot, the comparison and the champion are there; whatever is
 missing is made on first use with the same jobs the command line runs (on a generated shop of
@@ -24,6 +25,7 @@ from features.settings import quiet_third_parties
 
 PROJECT = Path(__file__).resolve().parents[1]
 TUNED_MODEL = "als"
+TOP: dict[str, Path] = {}  # NBO_HOME as the process began: the workspaces live under it
 
 
 @dataclass
@@ -92,8 +94,12 @@ def open_workspace(dataset: Path | str | None = None, models: bool = True,
     something is missing. ``dataset`` points at another dataset in the data contract (e.g.
     Online Retail after ``nbo import online-retail``); its snapshot is built once. Without
     ``models`` only the snapshot is made sure of."""
-    os.environ.setdefault("NBO_HOME", str(PROJECT / ".nbo"))
-    home = Path(os.environ["NBO_HOME"]).resolve()
+    top = TOP.setdefault("home", Path(os.environ.get("NBO_HOME", PROJECT / ".nbo")).resolve())
+    # a workspace per dataset: the demo's (which 'nbo demo' makes) or one per other dataset,
+    # so a notebook never pairs one dataset's snapshot with a model of another
+    source = None if dataset is None else Path(dataset).resolve()
+    home = top / "demo" if source is None else top / "notebooks" / source.name
+    os.environ["NBO_HOME"] = str(home)
     os.environ.setdefault("BENTOML_HOME", str(home / "bentoml"))
     quiet_third_parties()
     # a notebook shows results: MLflow's progress notes and Jupyter's widget hint are noise
@@ -102,12 +108,10 @@ def open_workspace(dataset: Path | str | None = None, models: bool = True,
     import mlflow  # noqa: F401  (configures its loggers on import; quieted after)
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
-    if dataset is None:
-        space = Workspace(home, home / "demo" / "snapshot")
+    space = Workspace(home, home / "snapshot")
+    if source is None:
         _generated_snapshot(space)
     else:
-        source = Path(dataset).resolve()
-        space = Workspace(home, home / "notebooks" / f"{source.name}-snapshot")
         _snapshot_of(space, source)
     if models:
         _comparison(space)

@@ -10,6 +10,7 @@ previous one keeps serving.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 import bentoml
 from bentoml._internal.configuration.containers import BentoMLContainer
 
+from features.context import DATASET_FILE
 from serving.engine import Engine, PolicySettings
 from serving.metrics import METRICS
 from serving.store import Store
@@ -138,8 +140,10 @@ class ModelHolder:
     """Holds the engine in use; a request takes one reference and keeps it to the end, so
     a swap never changes the model under a request in flight."""
 
-    def __init__(self, tag: str, store: Store, settings: PolicySettings) -> None:
+    def __init__(self, tag: str, store: Store, settings: PolicySettings,
+                 allow_other_dataset: bool = False) -> None:
         self.tag, self.store, self.settings = tag, store, settings
+        self.allow_other_dataset = allow_other_dataset
         self.status = Status()
         self.engine: Engine | None = None
         self._erasures = -1  # erasures the engine in use has forgotten
@@ -185,6 +189,7 @@ class ModelHolder:
         erasures = self.store.erasure_count()  # the load forgets these
         try:
             verify(entry)
+            self._check_dataset(Path(entry.path))
             engine = Engine.load(Path(entry.path), version, self.store, self.settings)
         except Exception as error:  # any failure refuses the model, never the service
             self.status.refused[tag] = f"{type(error).__name__}: {error}"
@@ -204,6 +209,20 @@ class ModelHolder:
         log.info("serving model %s (version %s), every customer checked in %.2f s", tag,
                  version, engine.checked_seconds)
         return True
+
+    def _check_dataset(self, folder: Path) -> None:
+        """Refuse a model of another dataset than the store serves (its consents would be
+        seeded into this store and its offers shown to this store's customers), unless
+        NBO_ALLOW_OTHER_DATASET says so. Models saved before the record are let through."""
+        record = folder / DATASET_FILE
+        if not record.exists():
+            return
+        dataset = str(json.loads(record.read_text())["dataset"])
+        bound = self.store.bind_dataset(dataset)
+        if bound != dataset and not self.allow_other_dataset:
+            raise ValueError(f"trained on dataset {dataset!r}, but this service's store "
+                             f"serves {bound!r}: give it its own store (NBO_CONSENT_DB_URL), "
+                             "or set NBO_ALLOW_OTHER_DATASET=true")
 
     def sweep_erasures(self) -> int:
         """Forget the customers erased through other workers or replicas since the last

@@ -134,7 +134,8 @@ class NboService:
         quiet_logs()
         self.store = open_store(self.settings)  # refuses to start without NBO_ERASURE_KEY
         self.holder = ModelHolder(self.settings.model_tag, self.store,
-                                  PolicySettings.from_settings(self.settings))
+                                  PolicySettings.from_settings(self.settings),
+                                  self.settings.allow_other_dataset)
         models.CURRENT = self.holder
         self.holder.refresh()
         self.holder.watch(self.settings.reload_seconds)

@@ -149,6 +149,7 @@ settings_table = Table(
 
 MIN_KEY_LENGTH = 16
 KEY_CHECK, LEGACY_KEY = "erasure_key_check", "erasure_key"  # rows of store_settings
+DATASET_KEY = "dataset"  # the dataset the store serves: the first served model's
 
 # the per-request reads, built once: a statement built per call costs more than the query
 IDS_AT_ONCE = 900  # ids per query, under SQLite's bound-parameter limit
@@ -573,6 +574,11 @@ class Store:
     def tokens(self, customer_ids: np.ndarray) -> np.ndarray:
         return np.asarray([self.token(cid) for cid in customer_ids], dtype=object)
 
+    def bind_dataset(self, dataset: str) -> str:
+        """The dataset this store serves: ``dataset`` if it serves none yet (recorded), else
+        the one it was first served with."""
+        return settled(lambda: _bound(self, dataset))
+
     def _check_key(self) -> None:
         """Record the key's check value, or refuse a key other than the recorded one. A
         key kept in the database by an earlier version is removed once the same key is
@@ -607,6 +613,14 @@ def open_store(settings: Any, local: bool = False) -> Store:
         raise NoErasureKey("set NBO_ERASURE_KEY (at least 16 characters, kept out of the "
                            "database; 'nbo store key' makes one) to open the store")
     return Store(settings.consent_url(), key)
+
+
+def _bound(store: Store, dataset: str) -> str:
+    with store.engine.begin() as db:
+        db.execute(store._insert(settings_table).values(key=DATASET_KEY, value=dataset)
+                   .on_conflict_do_nothing())
+        return str(db.execute(select(settings_table.c.value).where(
+            settings_table.c.key == DATASET_KEY)).scalar_one())
 
 
 def key_bytes(erasure_key: str) -> bytes:

@@ -9,7 +9,7 @@ import pytest
 from free_ports import free_port
 from typer.testing import CliRunner
 
-from nbo.cli import EXIT_DATA, EXIT_MISSING, app
+from nbo.cli import EXIT_DATA, EXIT_MISSING, EXIT_NOT_PROMOTED, app
 
 runner = CliRunner()
 
@@ -108,9 +108,17 @@ def test_demo_runs_end_to_end(isolated_home: Path) -> None:
         assert "lifecycle stages" in result.output and "Segments" in result.output
         assert "POST /rank for" in result.output and f"127.0.0.1:{port}/newsletter" in result.output
         assert (isolated_home / "demo" / "snapshot" / "manifest.json").exists()
+        assert (isolated_home / "demo" / "mlflow.db").exists()  # the demo's own workspace
+        assert not (isolated_home / "mlflow.db").exists()
     finally:
         stopped = runner.invoke(app, ["demo", "--stop"])
     assert "stopped the demo service" in stopped.output
+    # another shop in the same workspace: its gate refuses to compare across splits, and the
+    # demo says so instead of serving the old champion
+    again = runner.invoke(app, ["demo", "--customers", "150", "--seed", "7", "--port",
+                                str(port)])
+    assert again.exit_code == EXIT_NOT_PROMOTED, again.output
+    assert "kept its champion" in again.output and "POST /rank" not in again.output
 
 
 def test_tune_searches_on_three_windows_before_the_split_by_default(snapshot_dir: Path) -> None:

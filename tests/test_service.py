@@ -274,6 +274,24 @@ def test_a_store_entry_whose_copy_was_cut_short_is_refused(client: TestClient,
     shutil.rmtree(unfinished)
 
 
+def test_a_model_of_another_dataset_is_refused_by_a_store_that_serves_one(
+        client: TestClient, model_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.models import import_model
+
+    for name in ("shop", "online-retail"):
+        folder = tmp_path / name
+        shutil.copytree(model_dir, folder)
+        (folder / "dataset.json").write_text(json.dumps({"dataset": name, "fingerprint": "f"}))
+    import_model(tmp_path / "shop", "2")
+    assert client.post("/admin/reload", headers=ADMIN_AUTH).json()["model_version"] == "2"
+    other = import_model(tmp_path / "online-retail", "3")
+    reload = client.post("/admin/reload", headers=ADMIN_AUTH).json()
+    assert reload["model_version"] == "2", reload
+    assert "trained on dataset 'online-retail'" in reload["refused"][other]
+    assert "serves 'shop'" in reload["refused"][other]
+
+
 def test_a_broken_newest_model_does_not_keep_older_good_ones_from_serving(
         service_env: Path, model_dir: Path, tmp_path: Path, people: dict) -> None:
     from serving.models import import_model

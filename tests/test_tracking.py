@@ -74,6 +74,20 @@ def test_runs_log_params_metrics_manifest_and_a_loadable_model(experiment, clien
     assert version == trained.logged.version
     table = list_versions(client)
     assert table["model"].tolist()[-1] == "als" and "challenger" in table["aliases"].iloc[-1]
+    manifest = experiment.snapshot.manifest
+    tags = version_by_alias(client, CHALLENGER).tags
+    assert tags["nbo.dataset"] == Path(manifest["dataset"]).name
+    assert tags["nbo.dataset_fingerprint"] == manifest["fingerprint"]
+    import json
+    import tempfile
+
+    from training.tracking import registered_folder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, _ = registered_folder(client, CHALLENGER, Path(tmp))
+        record = json.loads((folder / "dataset.json").read_text())
+    assert record["dataset"] == tags["nbo.dataset"] and record["fingerprint"] == \
+        manifest["fingerprint"]
 
 
 def test_promote_without_a_challenger_says_what_to_do(client) -> None:  # type: ignore[no-untyped-def]

@@ -20,6 +20,7 @@ from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 
+from features.context import DATASET_FILE
 from training.models.base import Recommender
 from training.ranking import top_k
 
@@ -117,8 +118,10 @@ def log_model_run(
         mlflow.log_dict(manifest, "features/manifest.json")
         for name, table in (tables or {}).items():
             mlflow.log_text(table.to_csv(index=False), f"{name}.csv")
+        dataset = dataset_record(manifest)
         with tempfile.TemporaryDirectory() as tmp:
             folder = model.save(Path(tmp) / "model")
+            (folder / DATASET_FILE).write_text(json.dumps(dataset, indent=2) + "\n")
             if context is not None:
                 context(folder / CONTEXT_DIR)
             info = mlflow.pyfunc.log_model(
@@ -129,8 +132,18 @@ def log_model_run(
             )
         version = None
         if register:
-            version = register_challenger(info.model_uri)
+            version = register_challenger(info.model_uri, {
+                "nbo.dataset": dataset["dataset"],
+                "nbo.dataset_fingerprint": dataset["fingerprint"]})
         return Logged(run.info.run_id, version)
+
+
+def dataset_record(manifest: dict[str, Any]) -> dict[str, str]:
+    """What a model was trained on, from its snapshot's manifest: the dataset folder's name
+    (what a service's store is bound to), its fingerprint and the snapshot's moment."""
+    return {"dataset": Path(str(manifest.get("dataset", ""))).name,
+            "fingerprint": str(manifest.get("fingerprint", "")),
+            "snapshot_now": str(manifest.get("now", ""))}
 
 
 def log_evaluation(model: Recommender, evaluation: pd.DataFrame, split_key: str,
@@ -144,9 +157,9 @@ def log_evaluation(model: Recommender, evaluation: pd.DataFrame, split_key: str,
     mlflow.log_text(evaluation.to_csv(index=False), "evaluation.csv")
 
 
-def register_challenger(model_uri: str) -> str:
+def register_challenger(model_uri: str, tags: dict[str, str] | None = None) -> str:
     client = MlflowClient()
-    result = mlflow.register_model(model_uri, MODEL_NAME)
+    result = mlflow.register_model(model_uri, MODEL_NAME, tags=tags)
     client.set_registered_model_alias(MODEL_NAME, CHALLENGER, result.version)
     return str(result.version)
 

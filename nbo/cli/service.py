@@ -13,6 +13,7 @@ from features.settings import redacted
 from nbo.cli.common import (
     EXIT_DATA,
     EXIT_MISSING,
+    EXIT_NOT_PROMOTED,
     app,
     console,
     fail,
@@ -36,20 +37,24 @@ def demo(
 ) -> None:
     """The main job on embedded defaults: generate a shop, validate it, build features,
     compare the candidate models, register the best in MLflow, promote it, and start the
-    service with fresh API keys, leaving it running. Files go to NBO_HOME (default .nbo)."""
+    service with fresh API keys, leaving it running. The demo is a workspace of its own,
+    NBO_HOME/demo (default .nbo/demo): its MLflow, Optuna, store and BentoML model store
+    never meet the models of another dataset trained in NBO_HOME. Exit 5 if its champion
+    gate refuses the new model."""
     import pandas as pd
     from rich.table import Table
 
     from nbo.cli.data import build_features, generate_shop, print_snapshot
+    from nbo.jobs.demo import use_demo_workspace
 
-    home = settings().home
+    home = use_demo_workspace()
     if stop:
         from nbo.jobs.demo import stop_demo_service
 
         stopped = stop_demo_service(home.resolve())
         console.print("stopped the demo service" if stopped else "no demo service was running")
         return
-    shop, snapshot = home / "demo" / "shop", home / "demo" / "snapshot"
+    shop, snapshot = home / "shop", home / "snapshot"
     console.rule("nbo demo")
     counts = generate_shop(shop, customers, seed, datetime(2026, 6, 30), "parquet")
     console.print(f"1. generated shop in {shop}: "
@@ -97,6 +102,9 @@ def _demo_models(snapshot: Path) -> None:
                   f"{redacted(settings().tracking_uri())})")
     decision = run_promotion(client)
     console.print(f"5. {decision.message}")
+    if not decision.promoted:
+        raise fail("the demo's champion gate kept its champion; the service was not "
+                   "started with a model it did not choose", EXIT_NOT_PROMOTED)
     console.print(f"6. published the champion to BentoML's model store as "
                   f"{publish_champion(client)}")
 
@@ -132,6 +140,9 @@ def _demo_service(snapshot: Path, port: int) -> None:
     console.print(f"  admin key (PUT /consents/..., DELETE /customers/...): "
                   f"{service.admin_key}", highlight=False, soft_wrap=True)
     console.print(f"Stop it with: kill {service.pid}   (or: nbo demo --stop)", highlight=False)
+    console.print(f"The demo's workspace is {settings().home}: set NBO_HOME={settings().home} "
+                  "for the other commands to work with its models.", highlight=False,
+                  soft_wrap=True)
 
 
 def _offers_frame(offers: list[dict[str, Any]]) -> Any:

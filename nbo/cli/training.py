@@ -12,6 +12,8 @@ from rich.table import Table
 
 from nbo.cli.common import (
     EXIT_DATA,
+    EXIT_MISSING,
+    EXIT_NOT_PROMOTED,
     app,
     console,
     data_errors,
@@ -34,7 +36,8 @@ models_app = typer.Typer(help="Registered models and model settings.")
 app.add_typer(models_app, name="models")
 
 SnapshotOption = Annotated[Path | None, typer.Option(
-    help="Feature snapshot folder; default NBO_HOME/demo/snapshot (made by 'nbo demo').")]
+    help="Feature snapshot folder; default NBO_HOME/snapshot (the demo's, with "
+         "NBO_HOME=.nbo/demo).")]
 CutoffOption = Annotated[datetime | None, typer.Option(
     help="Train strictly before this time, test after; default the last --test-days.")]
 TestDaysOption = Annotated[float, typer.Option(min=1, help="Days of the test window.")]
@@ -47,7 +50,11 @@ def experiment_of(snapshot: Path | None, cutoff: datetime | None, test_days: flo
 
     from training.pipeline import prepare
 
-    path = snapshot or settings().home / "demo" / "snapshot"
+    home = settings().home
+    path = snapshot or home / "snapshot"
+    if snapshot is None and not path.exists():
+        raise fail(f"no snapshot at {path}: pass --snapshot, or set NBO_HOME={home / 'demo'} "
+                   "to work in the demo's workspace", EXIT_MISSING)
     with data_errors(), steps("preparing the split") as _:
         try:
             return prepare(path, pd.Timestamp(cutoff) if cutoff else None, test_days, k)
@@ -207,7 +214,7 @@ def promote(
         print_frame(decision.comparison, "challenger vs champion")
     console.print(decision.message)
     if not decision.promoted:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_NOT_PROMOTED)
     console.print(f"published to the BentoML model store as {publish_champion(client)}; a "
                   "running service switches to it within NBO_RELOAD_SECONDS")
 

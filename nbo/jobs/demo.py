@@ -9,6 +9,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+IN_DEMO = "NBO_IN_DEMO_WORKSPACE"  # set once this process works in the demo's workspace
 PID_FILE = "serve.pid"
 LOG_FILE = "serve.log"
 
@@ -25,6 +26,21 @@ class DemoService:
     api_key: str
     admin_key: str
     now: str  # the pinned "now", ISO 8601
+
+
+def use_demo_workspace() -> Path:
+    """Point this process at the demo's own workspace, NBO_HOME/demo, and return it: its
+    settings' home and, unless BENTOML_HOME was set by hand, its BentoML model store."""
+    from features.settings import Settings
+
+    home = Settings().home
+    if os.environ.get(IN_DEMO) == str(home):  # pointed there already (one process, twice)
+        return home
+    demo = home / "demo"
+    if os.environ.get("BENTOML_HOME") in (None, str(home.resolve() / "bentoml")):
+        os.environ["BENTOML_HOME"] = str(demo.resolve() / "bentoml")
+    os.environ["NBO_HOME"] = os.environ[IN_DEMO] = str(demo)
+    return demo
 
 
 def start_demo_service(home: Path, snapshot: Path, port: int) -> DemoService:
