@@ -26,7 +26,7 @@ def test_help_names_every_model_and_params_lists_each_setting() -> None:
     from nbo.cli.training import MODEL_KINDS
     from training.models import MODELS
 
-    assert MODEL_KINDS == tuple(MODELS)
+    assert tuple(MODELS) == MODEL_KINDS
     helped = " ".join(runner.invoke(app, ["train", "--help"]).output.split())
     assert all(kind in helped for kind in MODELS), helped
     for kind, model in MODELS.items():
