@@ -631,7 +631,10 @@ def key_bytes(erasure_key: str) -> bytes:
 
 
 def legacy_key(url: str) -> str | None:
-    """The erasure key an earlier version kept in the store's database, if it is there."""
+    """The erasure key an earlier version kept in the store's database, if it is there (a
+    SQLite store not made yet has none)."""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return None
     engine = create_engine(url, future=True)
     try:
         with engine.connect() as db:
