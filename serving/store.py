@@ -577,7 +577,14 @@ class Store:
     def bind_dataset(self, dataset: str) -> str:
         """The dataset this store serves: ``dataset`` if it serves none yet (recorded), else
         the one it was first served with."""
-        return settled(lambda: _bound(self, dataset))
+        return settled(lambda: self._bind(dataset))
+
+    def _bind(self, dataset: str) -> str:
+        with self.engine.begin() as db:
+            db.execute(self._insert(settings_table).values(key=DATASET_KEY, value=dataset)
+                       .on_conflict_do_nothing())
+            return str(db.execute(select(settings_table.c.value).where(
+                settings_table.c.key == DATASET_KEY)).scalar_one())
 
     def _check_key(self) -> None:
         """Record the key's check value, or refuse a key other than the recorded one. A
@@ -613,14 +620,6 @@ def open_store(settings: Any, local: bool = False) -> Store:
         raise NoErasureKey("set NBO_ERASURE_KEY (at least 16 characters, kept out of the "
                            "database; 'nbo store key' makes one) to open the store")
     return Store(settings.consent_url(), key)
-
-
-def _bound(store: Store, dataset: str) -> str:
-    with store.engine.begin() as db:
-        db.execute(store._insert(settings_table).values(key=DATASET_KEY, value=dataset)
-                   .on_conflict_do_nothing())
-        return str(db.execute(select(settings_table.c.value).where(
-            settings_table.c.key == DATASET_KEY)).scalar_one())
 
 
 def key_bytes(erasure_key: str) -> bytes:
