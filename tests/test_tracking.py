@@ -76,7 +76,7 @@ def test_runs_log_params_metrics_manifest_and_a_loadable_model(experiment, clien
     assert table["model"].tolist()[-1] == "als" and "challenger" in table["aliases"].iloc[-1]
     manifest = experiment.snapshot.manifest
     tags = version_by_alias(client, CHALLENGER).tags
-    assert tags["nbo.dataset"] == Path(manifest["dataset"]).name
+    assert tags["nbo.dataset"] == Path(manifest["dataset"]).name == table["dataset"].iloc[-1]
     assert tags["nbo.dataset_fingerprint"] == manifest["fingerprint"]
     import json
     import tempfile

@@ -254,7 +254,7 @@ def record(run_id: str, outcome: dict[str, Any]) -> None:
 
 
 def list_versions(client: MlflowClient) -> pd.DataFrame:
-    """Every registered version with its aliases, model and gate metrics."""
+    """Every registered version with its aliases, model, gate metrics, split and dataset."""
     try:
         versions = client.search_model_versions(f"name='{MODEL_NAME}'")
     except MlflowException:
@@ -274,7 +274,8 @@ def list_versions(client: MlflowClient) -> pd.DataFrame:
             "version": int(v.version), "aliases": ",".join(aliases.get(str(v.version), [])),
             "model": tags.get("nbo.model", ""),
             **{m: metrics.get(m, float("nan")) for m in GATE_METRICS},
-            "split": tags.get("nbo.split", ""), "run_id": v.run_id or "",
+            "split": tags.get("nbo.split", ""), "dataset": (v.tags or {}).get("nbo.dataset", ""),
+            "run_id": v.run_id or "",
         })
     return pd.DataFrame(rows)
 
