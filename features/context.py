@@ -80,3 +80,12 @@ def read_context(folder: Path) -> tuple[dict[str, pd.DataFrame], FeatureConfig, 
     meta: dict[str, Any] = json.loads(meta_file.read_text())
     tables = {name: pd.read_parquet(folder / f"{name}.parquet") for name in TABLES}
     return tables, from_flat(FeatureConfig, meta["config"]), pd.Timestamp(meta["now"])
+
+
+def read_into(digest: Any, path: Path) -> Any:
+    """Feed a file's bytes to a hashlib digest, a megabyte at a time; the digest (shared by
+    the dataset fingerprint and the model store's file digests)."""
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest

@@ -18,6 +18,7 @@ import pandas as pd
 
 from features.columns import Columns as C
 from features.config import FeatureConfig, from_flat, to_flat
+from features.context import read_into
 from features.contract import ContractError, Dataset, load_dataset
 from features.history import until
 from features.segments import segment_customers
@@ -206,9 +207,7 @@ def fingerprint(files: Any) -> str:
         # a part is named with its table's folder: every table has a part-1
         digest.update((f"{path.parent.name}/{path.name}" if path.name.startswith("part-")
                        else path.name).encode())
-        with path.open("rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
+        read_into(digest, path)
     return digest.hexdigest()
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import bentoml
 from bentoml._internal.configuration.containers import BentoMLContainer
 
-from features.context import DATASET_FILE
+from features.context import DATASET_FILE, read_into
 from serving.engine import Engine, PolicySettings
 from serving.metrics import METRICS
 from serving.store import Store
@@ -47,14 +47,8 @@ def import_model(folder: Path, version: str) -> str:
 
 def digests(folder: Path) -> dict[str, str]:
     """SHA-256 of every file under ``folder``, by its path there."""
-    found = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-        found[path.relative_to(folder).as_posix()] = digest.hexdigest()
-    return found
+    return {path.relative_to(folder).as_posix(): read_into(hashlib.sha256(), path).hexdigest()
+            for path in sorted(p for p in folder.rglob("*") if p.is_file())}
 
 
 def verify(entry: bentoml.Model) -> None:
@@ -159,9 +153,7 @@ class ModelHolder:
             entries, unreadable = candidates(self.tag)
             for tag, why in unreadable.items():
                 if tag not in self.status.refused:
-                    self.status.refused[tag] = why
-                    METRICS.reloads.labels(outcome="refused").inc()
-                    log.error("refused model %s: %s", tag, why)
+                    self._refuse(tag, why)
             if not entries:
                 return f"no model {self.tag} in the BentoML store; run 'nbo promote'"
             said = []
@@ -192,9 +184,7 @@ class ModelHolder:
             self._check_dataset(Path(entry.path))
             engine = Engine.load(Path(entry.path), version, self.store, self.settings)
         except Exception as error:  # any failure refuses the model, never the service
-            self.status.refused[tag] = f"{type(error).__name__}: {error}"
-            METRICS.reloads.labels(outcome="refused").inc()
-            log.error("refused model %s: %s", tag, error)
+            self._refuse(tag, f"{type(error).__name__}: {error}")
             return False
         # an erasure recorded while the model loaded is forgotten before it serves (and
         # every request checks the store for erasures in any case)
@@ -209,6 +199,11 @@ class ModelHolder:
         log.info("serving model %s (version %s), every customer checked in %.2f s", tag,
                  version, engine.checked_seconds)
         return True
+
+    def _refuse(self, tag: str, why: str) -> None:
+        self.status.refused[tag] = why
+        METRICS.reloads.labels(outcome="refused").inc()
+        log.error("refused model %s: %s", tag, why)
 
     def _check_dataset(self, folder: Path) -> None:
         """Refuse a model of another dataset than the store serves (its consents would be
