@@ -101,7 +101,7 @@ class Engine:
                                  f"{int(bad.sum())} customers of rows {first} to "
                                  f"{first + len(probe) - 1}, first {probe[int(bad.argmax())]!r}")
         for name, values in (("popularity", self.model.popularity),
-                             ("regional popularity", self.state.regional)):
+                             ("regional popularity", self.state.popular_in_region.table)):
             if not np.isfinite(values).all():
                 raise ValueError(f"model version {self.version} has non-finite {name}")
         return time.perf_counter() - started

@@ -16,8 +16,6 @@ from serving.state import CustomerState
 from training.models.base import PROFILE, Query, Recommender, csr_rows
 
 NON_PERSONALISED = "non_personalised"
-POPULAR_IN_REGION = "popular_in_region"
-POPULAR = "popular"
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,6 @@ class Scorer:
             return CustomerScores(scores.astype(np.float64), None, history)
         if fallback == PROFILE:
             return CustomerScores(scores.astype(np.float64), PROFILE)
-        regional = self.state.regional_scores(region)
-        if regional is not None:
-            return CustomerScores(regional, POPULAR_IN_REGION)
-        return CustomerScores(self.model.popularity.astype(np.float64), POPULAR)
+        values = scores.astype(np.float64)[None, :]
+        chosen = self.state.popular_in_region.apply(values, np.array([fallback]), [region])[0]
+        return CustomerScores(values[0], chosen)

@@ -18,6 +18,7 @@ from features.config import LifecycleConfig
 from features.ids import MISSING, IdMap
 from features.side import CUSTOMER_FEATURES
 from features.state import age_band, stage_from_days
+from training.fallbacks import RegionalPopularity
 
 NS_PER_DAY = 86_400 * 10**9
 NO_TIME = np.iinfo(np.int64).min
@@ -52,8 +53,7 @@ class CustomerState:
         self.returned = self._matrix(tables["returned"], None)
         visits = tables["last_visit"]
         self.last_visit = self._matrix(visits, visits["position"].to_numpy(float) + 1.0)
-        self.regions = pd.Index(sorted({r for r in self.region if r}))
-        self.regional = self._regional_popularity()
+        self.popular_in_region = RegionalPopularity(self.region, self.bought)
 
     @property
     def customers(self) -> IdMap:
@@ -66,14 +66,6 @@ class CustomerState:
         data = np.ones(len(frame)) if values is None else np.asarray(values, dtype=np.float64)
         return sparse.csr_matrix((data[keep], (rows[keep], cols[keep])),
                                  shape=(len(self.customers), len(self.items)))
-
-    def _regional_popularity(self) -> np.ndarray:
-        codes = self.regions.get_indexer(pd.Index(self.region, dtype=object))
-        known = np.flatnonzero(codes >= 0)
-        member = sparse.csr_matrix((np.ones(len(known)), (codes[known], known)),
-                                   shape=(len(self.regions), len(self.customers)))
-        buyers = np.asarray((member @ (self.bought > 0).astype(np.float64)).todense())
-        return buyers / np.maximum(buyers.max(axis=1, keepdims=True), 1.0)
 
     # --- reading ------------------------------------------------------------------------
 
@@ -105,11 +97,13 @@ class CustomerState:
     def region_of(self, row: int) -> str | None:
         return self.region[row] if row >= 0 else None
 
+    @property
+    def regions(self) -> pd.Index:
+        return self.popular_in_region.names
+
     def regional_scores(self, region: str | None) -> np.ndarray | None:
         """Popularity among the region's customers, None for a region nobody lives in."""
-        if region is None or region not in self.regions:
-            return None
-        return self.regional[self.regions.get_loc(region)]
+        return self.popular_in_region.of(region)
 
     def profile(self, row: int, region: str | None, stage: str, now: datetime
                 ) -> pd.DataFrame:

@@ -11,7 +11,8 @@ from scipy import sparse
 
 from features.contract import load_dataset
 from training.data import TrainData
-from training.evaluate import evaluate, ranking_metrics, time_split
+from training.evaluate import evaluate, ranked_scores, ranking_metrics, time_split
+from training.fallbacks import RegionalPopularity
 from training.models import create
 from training.models.base import Recommender
 from training.ranking import top_k
@@ -123,3 +124,27 @@ def test_novel_ranks_without_what_was_bought_before(data) -> None:  # type: igno
     table = evaluate(oracle, split).set_index(["task", "group"])
     assert table.loc[("novel", "overall"), "ndcg"] == pytest.approx(1.0)
     assert table.loc[("all", "overall"), "ndcg"] < 1.0  # what was bought before comes first
+
+
+def test_customers_the_model_cannot_rank_are_ranked_by_their_regions_best_sellers(data) -> None:  # type: ignore[no-untyped-def]
+    """Offline, a customer without history gets what serving gives them: popular in their
+    region (built from purchases before the cut-off), popular overall where it is unknown."""
+    split = time_split(data.events, data.products, data.customers, cutoff_of(data.events))
+    model = create("als", {"factors": 8, "iterations": 2}).fit(split.data)
+    fallbacks = RegionalPopularity(split.regions, split.bought_before)
+    rows = np.flatnonzero(split.cold)
+    regions = split.regions[rows]
+    assert len(rows) and all(regions)
+    regions[0] = None  # and one whose region is not known
+    ids = split.data.customers.ids[rows].to_numpy()
+    scores = ranked_scores(model, ids, split.data.customer_features.iloc[rows], fallbacks,
+                           regions)
+    popular = top_k(model.popularity[None, :], 10)[0]
+    differs = 0
+    for row, region in enumerate(regions):
+        expected = (fallbacks.of(region) if region else model.popularity).astype(np.float64)
+        np.testing.assert_array_equal(scores[row], expected)
+        differs += not np.array_equal(top_k(scores[row:row + 1], 10)[0], popular)
+    assert differs  # the regions' lists are not the overall one
+    table = evaluate(model, split).set_index(["task", "group"])
+    assert table.loc[("all", "cold-start"), "customers"] > 0

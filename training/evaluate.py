@@ -19,7 +19,8 @@ from features.columns import EventType as E
 from features.config import FeatureConfig
 from features.snapshot import Features, compute_features
 from training.data import TrainData
-from training.models.base import Recommender
+from training.fallbacks import RegionalPopularity
+from training.models.base import Query, Recommender
 from training.ranking import top_k
 
 TASKS = ("all", "novel")
@@ -42,6 +43,13 @@ class Split:
     def stages(self) -> np.ndarray:
         state = self.features.customer_state.set_index(C.customer)["lifecycle_stage"]
         return state.reindex(self.data.customers.ids).to_numpy()
+
+    @property
+    def regions(self) -> np.ndarray:
+        """Each customer's region as of the cut-off, None where not known."""
+        state = self.features.customer_state.set_index(C.customer)[C.region]
+        regions = state.reindex(self.data.customers.ids)
+        return regions.astype(object).where(regions.notna(), None).to_numpy(dtype=object)
 
     @property
     def cold(self) -> np.ndarray:
@@ -116,6 +124,7 @@ def evaluate(model: Recommender, split: Split, k: int = 10,
     ids = split.data.customers.ids[rows].to_numpy()
     features = split.data.customer_features.iloc[rows]
     stages, cold = split.stages[rows], split.cold[rows]
+    fallbacks = RegionalPopularity(split.regions, split.bought_before)
     results = []
     for task in TASKS:
         truth = split.truth[rows]
@@ -123,7 +132,7 @@ def evaluate(model: Recommender, split: Split, k: int = 10,
             truth = (truth - truth.multiply(split.bought_before[rows])).tocsr()
             truth.eliminate_zeros()
         per_customer, recommended = _score_task(model, split, ids, features, truth, rows,
-                                                task, k)
+                                                fallbacks, task, k)
         relevant = np.diff(truth.indptr) > 0
         groups = {"overall": relevant, "cold-start": relevant & cold}
         groups |= {f"stage: {s}": relevant & (stages == s) for s in pd.unique(stages)}
@@ -139,13 +148,15 @@ def evaluate(model: Recommender, split: Split, k: int = 10,
 
 def _score_task(
     model: Recommender, split: Split, ids: np.ndarray, features: pd.DataFrame,
-    truth: sparse.csr_matrix, rows: np.ndarray, task: str, k: int,
+    truth: sparse.csr_matrix, rows: np.ndarray, fallbacks: RegionalPopularity, task: str,
+    k: int,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     metrics: dict[str, list[np.ndarray]] = {}
     recommended = []
+    regions = split.regions[rows]
     for start in range(0, len(ids), BATCH):
         part = slice(start, start + BATCH)
-        scores = model.score(ids[part], customer_features=features.iloc[part])
+        scores = ranked_scores(model, ids[part], features.iloc[part], fallbacks, regions[part])
         if task == "novel":
             bought = split.bought_before[rows[part]]
             scores[bought.nonzero()] = -np.inf
@@ -158,6 +169,16 @@ def _score_task(
         recommended.append(best)
     return ({name: np.concatenate(parts) for name, parts in metrics.items()},
             np.concatenate(recommended))
+
+
+def ranked_scores(model: Recommender, ids: np.ndarray, features: pd.DataFrame,
+                  fallbacks: RegionalPopularity, regions: np.ndarray) -> np.ndarray:
+    """What serving ranks these customers by (float64): the model's answer, with popular in
+    their region for the customers it cannot rank, where their region is known."""
+    answer = model.answer(Query(ids, customer_features=features))
+    scores = answer.scores.astype(np.float64)
+    fallbacks.apply(scores, answer.fallback, regions)
+    return scores
 
 
 def fit_and_evaluate(
