@@ -92,7 +92,13 @@ class Settings(BaseSettings):
         "nbo-ranker:latest", description="BentoML model the service serves (imported on promote)."
     )
     reload_seconds: float = Field(
-        10.0, ge=0, description="How often the service looks for a newer model; 0 = never."
+        10.0, ge=0, description="How often the service looks for a newer model and a newer "
+        "offer policy; 0 = never."
+    )
+    policy_file: Path | None = Field(
+        None, description="The offer policy (policy.yaml) the service starts with; it "
+        "replaces the store's policy when its text differs, and POST /admin/reload reads it "
+        "again. None: the store's policy, else relevance alone."
     )
     gc_freeze: bool = Field(
         True, description="Move the loaded model and libraries out of the garbage collector's "

@@ -22,11 +22,13 @@ from features.config import EventWeights, LifecycleConfig
 from features.context import read_context
 from features.ids import MISSING, IdMap
 from serving import ranker
+from serving.arbitration import Arbiter, Priorities, neutral
 from serving.live import Activity, activity
 from serving.masks import Masks
 from serving.newsletter import BLOCKS, Letter, LetterBlock, Newsletter
+from serving.offer_policy import Versioned
 from serving.policy import Consent, Offers
-from serving.reasons import Anchors, Reasons
+from serving.reasons import FEATURED, Anchors, Reasons
 from serving.requests import (
     Offer,
     PolicySettings,
@@ -40,6 +42,7 @@ from serving.scorer import Batch, Scorer
 from serving.similar import similar
 from serving.state import CustomerState
 from serving.store import NO_EXPOSURE, Exposure, LiveEvent, Store, Window
+from training.calibration import Calibration
 from training.models.base import Query, Recommender
 
 CONTEXT_DIR = "context"
@@ -52,9 +55,12 @@ class Engine:
 
     def __init__(self, model: Recommender, version: str, tables: dict[str, pd.DataFrame],
                  lifecycle: LifecycleConfig, store: Store, settings: PolicySettings,
-                 as_of: datetime = datetime.min, weights: EventWeights | None = None) -> None:
+                 as_of: datetime = datetime.min, weights: EventWeights | None = None,
+                 calibration: Calibration | None = None) -> None:
         """``as_of``: the snapshot's moment (events posted for later moments are live);
-        ``weights``: the features' event weights, which live events are weighed with."""
+        ``weights``: the features' event weights, which live events are weighed with;
+        ``calibration``: the model's propensity calibration (None: every offer's
+        propensity is 1, so the policy's weights and values alone reorder)."""
         self.model, self.version, self.store, self.settings = model, version, store, settings
         self.as_of, self.weights = as_of, weights or EventWeights()
         self.items = model.items
@@ -64,6 +70,8 @@ class Engine:
         self.scorer = Scorer(model, self.state)
         self.masks = Masks(self.offers, model.items, self.state, settings)
         self.reasons = Reasons(model, self.offers)
+        self.calibration = calibration
+        self.arbiter = neutral(self.offers, calibration)
         self._newsletter = Newsletter(self)
         self.checked_seconds = 0.0  # how long the health check of every customer took
 
@@ -76,7 +84,8 @@ class Engine:
         store.seed_consents(consents, f"{len(consents)}:"
                             f"{int(pd.util.hash_pandas_object(consents, index=False).sum())}")
         engine = cls(model, version, tables, config.lifecycle, store, settings,
-                     as_of.to_pydatetime(), config.weights)
+                     as_of.to_pydatetime(), config.weights,
+                     Calibration.read(folder / CONTEXT_DIR))
         engine.forget_erased()
         engine.checked_seconds = engine.check()
         return engine
@@ -105,6 +114,14 @@ class Engine:
             if not np.isfinite(values).all():
                 raise ValueError(f"model version {self.version} has non-finite {name}")
         return time.perf_counter() - started
+
+    def use_policy(self, versioned: Versioned) -> Arbiter:
+        """Rank with this offer policy from the next request on; a policy that names offers
+        or categories the catalogue lacks is refused (:class:`PolicyError`) and the one in
+        use stays."""
+        arbiter = Arbiter(versioned, self.offers, self.calibration)
+        self.arbiter = arbiter
+        return arbiter
 
     # --- customers ----------------------------------------------------------------------
 
@@ -197,11 +214,12 @@ class Engine:
         history = self.scorer.history(row, act) if consent.personalization else None
         scored = self.scorer.score(request.customer_id, row, region, stage, now, consent,
                                    history, batch)
+        arbiter = self.arbiter  # one policy for the whole answer, even if it is replaced
         masks = self.masks.of(row, request.channel, now, now_ns, region, stage, consent,
-                              resolved.cart, exposure, act)
+                              resolved.cart, exposure, act, arbiter.allowed(now_ns))
         anchors = Anchors(_joined(self.state.purchases(row, now_ns)[0], act.bought),
                           act.carted, act.wished, _joined(act.seen, self.state.visited(row)))
-        return Prepared(stage, region, scored, masks, act, anchors)
+        return Prepared(stage, region, scored, masks, arbiter, act, anchors)
 
     def rank(self, request: Request, now: datetime, consent: Consent,
              exposure: Exposure | None = None) -> Ranking:
@@ -217,17 +235,34 @@ class Engine:
             return Ranking(request_id, self.version, request.customer_id, stage, None, [],
                            withheld=why)
         prepared = self.prepare(request, now, consent, exposure=exposure)
-        picked = ranker.top(prepared.scores, prepared.allowed(), request.k,
-                            self.offers.category, self.settings.max_per_category)
+        arbiter = prepared.arbiter
+        allowed = prepared.allowed()
+        now_ns = int(np.datetime64(now, "ns").astype(np.int64))
+        weighed = arbiter.priorities(prepared.scores, allowed, request.channel, prepared.stage,
+                                     now_ns)
+        picked = ranker.top(weighed.priority, allowed, request.k, self.offers.category,
+                            self.settings.max_per_category, then=prepared.scores)
         removed, removed_offers = ranker.removed(prepared.scores, prepared.masks, picked,
                                                  request.k, self.offers.ids)
         reasons = self.reasons.of(request.customer_id, prepared.scored, prepared.stage, picked,
                                   prepared.anchors)
-        offers = [Offer(str(self.offers.ids[i]), str(self.offers.titles[i]), rank + 1,
-                        round(float(prepared.scores[i]), 6), reasons[rank])
-                  for rank, i in enumerate(picked)]
+        offers = [self._offer(i, rank, prepared.scores, reasons[rank], weighed,
+                              request.explain) for rank, i in enumerate(picked)]
+        filling = ranker.fill(arbiter.fallback_rank, allowed, picked, request.k - len(picked))
+        offers += [self._offer(i, len(offers) + n, prepared.scores, FEATURED, weighed,
+                               request.explain) for n, i in enumerate(filling)]
         return Ranking(request_id, self.version, request.customer_id, prepared.stage,
-                       prepared.fallback, offers, removed=removed, removed_offers=removed_offers)
+                       prepared.fallback, offers, removed=removed, removed_offers=removed_offers,
+                       policy_version=arbiter.version)
+
+    def _offer(self, item: int, rank: int, scores: np.ndarray, reason: str,
+               weighed: Priorities, explain: bool) -> Offer:
+        offer = Offer(str(self.offers.ids[item]), str(self.offers.titles[item]), rank + 1,
+                      round(float(scores[item]), 6), reason)
+        if explain:
+            offer.priority = round(float(weighed.priority[item]), 10)
+            offer.components = weighed.of(item)
+        return offer
 
     def similar(self, product_id: str, k: int, channel: str, now: datetime,
                 consent: Consent | None, customer_id: str | None) -> Ranking:

@@ -1,6 +1,6 @@
 """Every request-time rule's mask for one customer, in DESIGN.md's order: eligibility,
-consent, lifecycle, exclusion, contact. Each mask is one function of :mod:`serving.policy`
-over the state serving holds."""
+consent, lifecycle, exclusion, contact, then the offer policy's suppressions and campaign
+windows. Each mask is one function of :mod:`serving.policy` over the state serving holds."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ class Masks:
         self.offers, self.items, self.state, self.settings = offers, items, state, settings
 
     def of(self, row: int, channel: str, now: datetime, now_ns: int, region: str | None,
-           stage: str, consent: Consent, cart: np.ndarray, exposure: Exposure, act: Activity
-           ) -> dict[str, np.ndarray]:
-        """Rule name -> offers it lets through."""
+           stage: str, consent: Consent, cart: np.ndarray, exposure: Exposure, act: Activity,
+           offer_policy: np.ndarray) -> dict[str, np.ndarray]:
+        """Rule name -> offers it lets through (``offer_policy``: what the offer policy lets
+        through now)."""
         return {
             "eligibility": policy.eligible(self.offers, now_ns, channel, region,
                                            self.state.age(row, now)),
@@ -33,6 +34,7 @@ class Masks:
             "lifecycle": policy.in_stage(self.offers, stage),
             "exclusion": self.exclusions(row, now_ns, cart, act),
             "contact": self.contact(exposure, act),
+            "policy": offer_policy,
         }
 
     def exclusions(self, row: int, now_ns: int, cart: np.ndarray, act: Activity) -> np.ndarray:

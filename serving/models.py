@@ -22,8 +22,12 @@ import bentoml
 from bentoml._internal.configuration.containers import BentoMLContainer
 
 from features.context import DATASET_FILE, read_into
+from serving.arbitration import Arbiter
 from serving.engine import Engine, PolicySettings
 from serving.metrics import METRICS
+from serving.offer_policy import NEUTRAL, PolicyError, Versioned
+from serving.offer_policy import load as load_policy
+from serving.offer_policy import parse as parse_policy
 from serving.store import Store
 
 MODEL_NAME = "nbo-ranker"
@@ -140,6 +144,8 @@ class ModelHolder:
         self.allow_other_dataset = allow_other_dataset
         self.status = Status()
         self.engine: Engine | None = None
+        self.policy: Versioned = NEUTRAL  # the offer policy every engine ranks with
+        self._policy_id = 0  # the store's row of it (0: none)
         self._erasures = -1  # erasures the engine in use has forgotten
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -183,6 +189,7 @@ class ModelHolder:
             verify(entry)
             self._check_dataset(Path(entry.path))
             engine = Engine.load(Path(entry.path), version, self.store, self.settings)
+            engine.use_policy(self.policy)  # a model the policy does not fit is refused
         except Exception as error:  # any failure refuses the model, never the service
             self._refuse(tag, f"{type(error).__name__}: {error}")
             return False
@@ -199,6 +206,53 @@ class ModelHolder:
         log.info("serving model %s (version %s), every customer checked in %.2f s", tag,
                  version, engine.checked_seconds)
         return True
+
+    # --- the offer policy -------------------------------------------------------------
+
+    def put_policy(self, versioned: Versioned, source: str) -> Versioned:
+        """Check a policy against the engine in use, make it the store's (so every worker
+        and replica takes it up within ``NBO_RELOAD_SECONDS``) and rank with it here from
+        the next request on. A policy that does not fit raises :class:`PolicyError`."""
+        with self._lock:
+            engine = self.engine
+            if engine is not None:
+                Arbiter(versioned, engine.offers, engine.calibration)  # refuses before storing
+            at = datetime.now(UTC).replace(tzinfo=None)
+            self._policy_id = self.store.put_policy(versioned.version, versioned.text, source,
+                                                    at)
+            self.policy = versioned
+            if engine is not None:
+                engine.use_policy(versioned)
+            log.info("offer policy %s in use (from %s)", versioned.version, source)
+            return versioned
+
+    def offer_policy_file(self, path: Path) -> Versioned:
+        """The policy file read again: put into the store when its text differs from the
+        policy in use there; bad files raise :class:`PolicyError`."""
+        versioned = load_policy(path)
+        held = self.store.current_policy()
+        if held is not None and held.text == versioned.text:
+            self.sync_policy()
+            return versioned
+        return self.put_policy(versioned, f"file {path.name}"[:64])
+
+    def sync_policy(self) -> str:
+        """Take up the store's policy where another worker or replica changed it."""
+        held = self.store.current_policy()
+        if held is None or held.id == self._policy_id:
+            return self.policy.version
+        with self._lock:
+            try:
+                versioned = parse_policy(held.text, f"stored policy {held.version}")
+                if self.engine is not None:
+                    self.engine.use_policy(versioned)
+            except PolicyError as error:  # stays on the policy in use; said on every poll
+                log.error("the store's offer policy %s cannot be used: %s", held.version,
+                          error)
+                return self.policy.version
+            self.policy, self._policy_id = versioned, held.id
+            log.info("offer policy %s in use (from the store)", versioned.version)
+            return versioned.version
 
     def _refuse(self, tag: str, why: str) -> None:
         self.status.refused[tag] = why
@@ -239,6 +293,7 @@ class ModelHolder:
         def loop() -> None:
             while not self._stop.wait(seconds):
                 try:
+                    self.sync_policy()
                     self.refresh()
                     self.sweep_erasures()
                 except Exception:  # the watcher must outlive a broken store; logged

@@ -11,6 +11,7 @@ import numpy as np
 
 from serving import ranker
 from serving.policy import Consent
+from serving.reasons import FEATURED
 from serving.requests import Prepared, Request, RequestError
 from serving.scorer import Batch
 from serving.store import NO_EXPOSURE, Exposure, LiveEvent
@@ -79,12 +80,22 @@ class Newsletter:
         prepared = engine.prepare(Request(customer_id, "email"), now, consent, batch,
                                   exposure, events, not_erased=True)
         allowed = prepared.allowed()
+        now_ns = int(np.datetime64(now, "ns").astype(np.int64))
+        priority = prepared.arbiter.priorities(prepared.scores, allowed, "email",
+                                               prepared.stage, now_ns).priority
         placed: list[tuple[str, int, float]] = []
+        featured: set[int] = set()
         for block in blocks:
             taken = np.array([i for _, i, _ in placed], dtype=np.int64)
             candidates = allowed.copy()
             candidates[taken] = False
-            found = self.block(block, row, prepared, candidates, taken)
+            found = self.block(block, row, prepared, candidates, taken, priority)
+            if found is None:  # the policy's fallback offers for the block, through the rules
+                filling = ranker.fill(prepared.arbiter.fallback_blocks.get(block, taken[:0]),
+                                      allowed, taken, 1)
+                if len(filling):
+                    found = int(filling[0]), float(prepared.scores[filling[0]])
+                    featured.add(found[0])
             if found is not None:
                 placed.append((block, *found))
         reasons = engine.reasons.of(customer_id, prepared.scored, prepared.stage,
@@ -93,15 +104,16 @@ class Newsletter:
         offers = engine.offers
         return Letter(customer_id, [
             LetterBlock(block, str(offers.ids[i]), str(offers.titles[i]), round(score, 6),
-                        BLOCK_REASONS.get(block, reason))
+                        FEATURED if i in featured else BLOCK_REASONS.get(block, reason))
             for (block, i, score), reason in zip(placed, reasons, strict=True)
         ], prepared.stage, prepared.fallback)
 
     def block(self, block: str, row: int, prepared: Prepared, candidates: np.ndarray,
-              taken: np.ndarray) -> tuple[int, float] | None:
-        """The block's offer and the score it was picked by."""
+              taken: np.ndarray, priority: np.ndarray) -> tuple[int, float] | None:
+        """The block's offer and the score it was picked by: by the offer policy's
+        priority (ties by score), the regional block by the region's popularity."""
         engine = self.engine
-        scores = prepared.scores
+        scores, key = prepared.scores, priority
         if block == "lifecycle":
             candidates = candidates & engine.offers.stage_targeted
         elif block == "last_visit":
@@ -116,7 +128,7 @@ class Newsletter:
             regional = engine.offers.region == prepared.region
             if (candidates & regional).any():
                 candidates = candidates & regional
-            scores = regional_scores
-        picked = ranker.top(scores, candidates, 1, engine.offers.category,
-                            engine.settings.max_per_category, taken)
+            scores = key = regional_scores
+        picked = ranker.top(key, candidates, 1, engine.offers.category,
+                            engine.settings.max_per_category, taken, then=scores)
         return (int(picked[0]), float(scores[picked[0]])) if len(picked) else None

@@ -16,7 +16,7 @@ import pandas as pd
 from features.columns import CHANNELS, MESSAGING_CHANNELS, Stage
 from features.columns import Columns as C
 
-RULES = ("eligibility", "consent", "lifecycle", "exclusion", "contact", "diversity")
+RULES = ("eligibility", "consent", "lifecycle", "exclusion", "contact", "policy", "diversity")
 NO_LIMIT = np.iinfo(np.int64).max
 
 
@@ -52,6 +52,8 @@ class Offers:
     sensitive: np.ndarray  # bool
     stages: np.ndarray  # bit mask over Stage.all
     repurchase_days: np.ndarray  # NaN = never again once bought
+    price: np.ndarray  # NaN where not known
+    margin: np.ndarray  # share of the price, NaN where not known
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -91,6 +93,8 @@ class Offers:
             stages=bit_masks(optional(C.lifecycle_stages, ""), Stage.all),
             repurchase_days=pd.to_numeric(optional(C.repurchase_days, np.nan), errors="coerce")
             .to_numpy(dtype=float),
+            price=pd.to_numeric(optional(C.price, np.nan), errors="coerce").to_numpy(float),
+            margin=pd.to_numeric(optional(C.margin, np.nan), errors="coerce").to_numpy(float),
         )
 
     @property

@@ -12,19 +12,30 @@ from training.ranking import best_first
 
 
 def top(scores: np.ndarray, allowed: np.ndarray, k: int, category: np.ndarray,
-        max_per_category: int, taken: np.ndarray | None = None) -> np.ndarray:
-    """Best allowed offers by score, at most ``max_per_category`` per category (counting the
-    offers already ``taken`` elsewhere)."""
+        max_per_category: int, taken: np.ndarray | None = None,
+        then: np.ndarray | None = None) -> np.ndarray:
+    """Best allowed offers by score (ties by ``then``), at most ``max_per_category`` per
+    category (counting the offers already ``taken`` elsewhere)."""
     candidates = np.flatnonzero(allowed)
     if not len(candidates):
         return candidates
     width = min(len(candidates), max(4 * k * max_per_category, 64))
     while True:
-        order = best_first(scores, candidates, width)
+        order = best_first(scores, candidates, width, then)
         picked = policy.diversify(order, category, max_per_category, k, taken)
         if len(picked) == k or width == len(candidates):
             return picked
         width = len(candidates)
+
+
+def fill(fallbacks: np.ndarray, allowed: np.ndarray, picked: np.ndarray, room: int
+         ) -> np.ndarray:
+    """The policy's fallback offers, in its order, that every rule allows and the list does
+    not hold yet: at most ``room`` of them."""
+    if room <= 0 or not len(fallbacks):
+        return fallbacks[:0]
+    fresh = fallbacks[allowed[fallbacks] & ~np.isin(fallbacks, picked)]
+    return fresh[:room]
 
 
 def removed(scores: np.ndarray, masks: dict[str, np.ndarray], picked: np.ndarray, k: int,

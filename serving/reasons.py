@@ -17,6 +17,7 @@ from training.models.base import Reason, Recommender
 FALLBACK_TEXTS = {"popular_in_region": "popular in your region",
                   "profile": "popular with customers like you",
                   "non_personalised": "popular right now"}
+FEATURED = "featured offer"  # a fallback offer of the policy, filling a short list
 
 
 @dataclass(frozen=True)

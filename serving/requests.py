@@ -9,6 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from features.settings import Settings
+from serving.arbitration import Arbiter
 from serving.live import NOTHING, Activity
 from serving.reasons import NO_ANCHORS, Anchors
 from serving.scorer import CustomerScores
@@ -49,6 +50,7 @@ class Request:
     cart: list[str] = field(default_factory=list)
     session: list[str] = field(default_factory=list)
     region: str | None = None
+    explain: bool = False
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Offer:
     rank: int
     score: float
     reason: str
+    priority: float | None = None  # with explain: the arbitration's priority
+    components: dict[str, float] | None = None  # and what it is the product of
 
 
 @dataclass
@@ -71,6 +75,7 @@ class Ranking:
     withheld: str | None = None
     removed: dict[str, int] = field(default_factory=dict)  # per rule, of the unfiltered top k
     removed_offers: list[tuple[str, str]] = field(default_factory=list)  # (product, rule)
+    policy_version: str = ""
 
 
 class Resolved(NamedTuple):
@@ -89,8 +94,13 @@ class Prepared:
     region: str | None
     scored: CustomerScores
     masks: dict[str, np.ndarray]
+    arbiter: Arbiter  # the offer policy the masks came from
     activity: Activity = NOTHING
     anchors: Anchors = NO_ANCHORS
+
+    @property
+    def policy_version(self) -> str:
+        return self.arbiter.version
 
     @property
     def scores(self) -> np.ndarray:

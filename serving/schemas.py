@@ -52,11 +52,17 @@ class OfferOut(BaseModel):
     rank: int
     score: float
     reason: str
+    priority: float | None = Field(None, description="With explain: the arbitration's "
+                                   "priority, propensity^a * value^b * weight * context "
+                                   "weight.")
+    components: dict[str, float] | None = Field(None, description="With explain: "
+                                                "propensity, value, weight, context_weight.")
 
 
 class RankResponse(BaseModel):
     request_id: str
     model_version: str
+    policy_version: str = Field(description="The offer policy the answer was ranked with.")
     customer_id: str
     lifecycle_stage: str
     fallback: str | None = Field(None, description="Which fallback ranked, if any.")
@@ -67,6 +73,7 @@ class RankResponse(BaseModel):
 class SimilarResponse(BaseModel):
     request_id: str
     model_version: str
+    policy_version: str
     product_id: str
     offers: list[OfferOut]
 
@@ -90,6 +97,7 @@ class Letter(BaseModel):
 class NewsletterResponse(BaseModel):
     request_id: str
     model_version: str
+    policy_version: str
     letters: list[Letter]
 
 

@@ -29,6 +29,7 @@ from serving.http import ApiKeys, quiet_logs
 from serving.ingest import BadEvents, event_rows
 from serving.metrics import METRICS
 from serving.models import ModelHolder
+from serving.offer_policy import PolicyError, from_json
 from serving.schemas import (
     Block,
     Channel,
@@ -82,7 +83,8 @@ def moment(settings: Settings, given: datetime | None) -> datetime:
 def ranking_body(ranking: Ranking) -> RankResponse:
     return RankResponse(
         request_id=ranking.request_id, model_version=ranking.model_version,
-        customer_id=ranking.customer_id, lifecycle_stage=ranking.lifecycle_stage,
+        policy_version=ranking.policy_version, customer_id=ranking.customer_id,
+        lifecycle_stage=ranking.lifecycle_stage,
         fallback=ranking.fallback, withheld=ranking.withheld,
         offers=[OfferOut(**vars(offer)) for offer in ranking.offers])
 
@@ -137,6 +139,10 @@ class NboService:
                                   PolicySettings.from_settings(self.settings),
                                   self.settings.allow_other_dataset)
         models.CURRENT = self.holder
+        if self.settings.policy_file is not None:  # a bad file refuses the start, saying why
+            self.holder.offer_policy_file(self.settings.policy_file)
+        else:
+            self.holder.sync_policy()
         self.holder.refresh()
         self.holder.watch(self.settings.reload_seconds)
         if self.settings.gc_freeze:  # the model and libraries are long-lived: out of GC scans
@@ -176,14 +182,16 @@ class NboService:
         channel: Channel = "web",
         k: Annotated[int, Field(ge=1, le=100)] = 10,
         context: RankContext | None = None,
+        explain: bool = False,
     ) -> RankResponse:
-        """Ranked offers for one customer on one channel, with reasons."""
+        """Ranked offers for one customer on one channel, with reasons; with ``explain``
+        each offer's priority and its components."""
         given = context or RankContext()
 
         def work() -> RankResponse:
             now = moment(self.settings, given.now)
             request = RankRequest(customer_id, channel, k, now, given.product_id, given.cart,
-                                  given.session, given.region)
+                                  given.session, given.region, explain)
             return rank_response(self._engine(), self.store, request, now)
 
         return await self._answer(work)  # type: ignore[return-value]
@@ -207,7 +215,8 @@ class NboService:
             ranking = engine.similar(product_id, k, channel, at, consent, customer_id)
             count(ranking, "similar")
             return SimilarResponse(request_id=ranking.request_id,
-                                   model_version=ranking.model_version, product_id=product_id,
+                                   model_version=ranking.model_version,
+                                   policy_version=ranking.policy_version, product_id=product_id,
                                    offers=[OfferOut(**vars(o)) for o in ranking.offers])
 
         return await self._answer(work)  # type: ignore[return-value]
@@ -223,12 +232,13 @@ class NboService:
 
         def work() -> NewsletterResponse:
             engine = self._engine()
+            version = engine.arbiter.version
             letters = [Letter.model_validate(asdict(x)) for x in
                        engine.newsletter(customers, tuple(blocks), moment(self.settings, now))]
             for letter in letters:
                 METRICS.served.labels(endpoint="newsletter").inc(len(letter.blocks))
             return NewsletterResponse(request_id=uuid.uuid4().hex, model_version=engine.version,
-                                      letters=letters)
+                                      policy_version=version, letters=letters)
 
         return await self._answer(work, in_thread=True)  # type: ignore[return-value]
 
@@ -305,12 +315,43 @@ class NboService:
         return await anyio.to_thread.run_sync(work)
 
     @admin.post("/admin/reload")
-    async def reload(self) -> dict[str, Any]:
-        """Look for a newer model now instead of waiting for the next poll."""
-        message = await anyio.to_thread.run_sync(self.holder.refresh)
+    async def reload(self) -> Any:
+        """Look for a newer model now instead of waiting for the next poll, and read the
+        policy file (NBO_POLICY_FILE) again."""
+
+        def work() -> dict[str, Any]:
+            if self.settings.policy_file is not None:
+                self.holder.offer_policy_file(self.settings.policy_file)
+            else:
+                self.holder.sync_policy()
+            return {"message": self.holder.refresh()}
+
+        try:
+            said = await anyio.to_thread.run_sync(work)
+        except PolicyError as bad:
+            return error(str(bad), 400)
         status = self.holder.status
-        return {"message": message, "model": status.serving, "model_version": status.version,
-                "refused": status.refused}
+        return {**said, "model": status.serving, "model_version": status.version,
+                "refused": status.refused, "policy_version": self.holder.policy.version}
+
+    @admin.get("/admin/policy")
+    async def policy(self) -> dict[str, Any]:
+        """The offer policy in use: its version and settings."""
+        held = self.holder.policy
+        return {"policy_version": held.version,
+                "policy": held.policy.model_dump(mode="json", exclude_defaults=True)}
+
+    @admin.put("/admin/policy")
+    async def put_policy(self, body: dict[str, Any]) -> Any:
+        """Replace the offer policy (its settings as JSON, as in policy.yaml): checked
+        against the served catalogue, then in use here at once and in every other worker
+        and replica within NBO_RELOAD_SECONDS."""
+        try:
+            versioned = from_json(body)
+            await anyio.to_thread.run_sync(lambda: self.holder.put_policy(versioned, "api"))
+        except PolicyError as bad:
+            return error(str(bad), 400)
+        return {"request_id": uuid.uuid4().hex, "policy_version": versioned.version}
 
 
 # bentoml.service returns a Service, which the type checker still sees as the class

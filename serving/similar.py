@@ -52,4 +52,5 @@ def similar(engine: Engine, product_id: str, k: int, channel: str, now: datetime
     offers = [Offer(str(engine.offers.ids[i]), str(engine.offers.titles[i]), rank + 1,
                     round(float(scores[i]), 6), reason) for rank, i in enumerate(picked)]
     return Ranking(uuid.uuid4().hex, engine.version, customer_id or "", prepared.stage,
-                   None, offers, removed=removed, removed_offers=removed_offers)
+                   None, offers, removed=removed, removed_offers=removed_offers,
+                   policy_version=prepared.policy_version)

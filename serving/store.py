@@ -146,6 +146,14 @@ settings_table = Table(
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
 )
+policies = Table(  # the offer policy every worker and replica ranks with: the newest row
+    "policies", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("version", String(64), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)
 
 MIN_KEY_LENGTH = 16
 KEY_CHECK, LEGACY_KEY = "erasure_key_check", "erasure_key"  # rows of store_settings
@@ -187,6 +195,14 @@ EVENT_ROWS = select(_RECENT).where(_RECENT.c.latest <= bindparam("limit"))
 ERASED = select(suppressed.c.token).where(suppressed.c.token == bindparam("token"))
 EVENT_COLUMNS = ("customer_id", "product_id", "event_type", "timestamp", "quantity", "rating",
                  "order_id", "channel")
+
+
+class StoredPolicy(NamedTuple):
+    id: int
+    version: str
+    text: str
+    source: str
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -573,6 +589,20 @@ class Store:
 
     def tokens(self, customer_ids: np.ndarray) -> np.ndarray:
         return np.asarray([self.token(cid) for cid in customer_ids], dtype=object)
+
+    def put_policy(self, version: str, text: str, source: str, at: datetime) -> int:
+        """Make an offer policy the one in use; its id (the newest id is in use)."""
+        with self.engine.begin() as db:
+            return int(db.execute(insert(policies).values(
+                version=version, text=text, source=source, created_at=at)
+                .returning(policies.c.id)).scalar_one())
+
+    def current_policy(self) -> StoredPolicy | None:
+        """The offer policy in use, None where none was ever put."""
+        with self.engine.connect() as db:
+            row = db.execute(select(policies).order_by(policies.c.id.desc()).limit(1)).first()
+        return None if row is None else StoredPolicy(row.id, row.version, row.text, row.source,
+                                                     row.created_at)
 
     def bind_dataset(self, dataset: str) -> str:
         """The dataset this store serves: ``dataset`` if it serves none yet (recorded), else

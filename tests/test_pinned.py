@@ -40,12 +40,16 @@ def served(engine: Engine, now: Any, customers: list[str]) -> dict[str, Any]:
     letters = engine.newsletter(customers, ("profile", "lifecycle", "last_visit", "regional"),
                                 now)
     similar = engine.similar(first_product, 6, "web", now, None, None)
-    keep = ("customer_id", "lifecycle_stage", "fallback", "withheld", "removed")
+    keep = ("customer_id", "lifecycle_stage", "fallback", "withheld")
+    # what the offer policy added (no policy: nothing removed, no priorities) is left out
     return {
         "rankings": [{**{name: getattr(r, name) for name in keep},
-                      "offers": [asdict(o) for o in r.offers]} for r in rankings],
+                      "removed": {rule: n for rule, n in r.removed.items()
+                                  if rule != "policy" or n},
+                      "offers": [without_nones(asdict(o)) for o in r.offers]}
+                     for r in rankings],
         "letters": [without_nones(asdict(letter)) for letter in letters],
-        "similar": [asdict(o) for o in similar.offers],
+        "similar": [without_nones(asdict(o)) for o in similar.offers],
     }
 
 

@@ -81,13 +81,20 @@ def test_runs_log_params_metrics_manifest_and_a_loadable_model(experiment, clien
     import json
     import tempfile
 
+    from training.calibration import Calibration
     from training.tracking import registered_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         folder, _ = registered_folder(client, CHALLENGER, Path(tmp))
         record = json.loads((folder / "dataset.json").read_text())
+        calibration = Calibration.read(folder / "context")
     assert record["dataset"] == tags["nbo.dataset"] and record["fingerprint"] == \
         manifest["fingerprint"]
+    # the propensity logged with the model: from the split, never rising down the ranking
+    assert calibration is not None and calibration.default.source == "holdout"
+    curve = calibration.default.by_rank
+    assert calibration.default.observations == len(experiment.split.test_customers)
+    assert len(curve) == 100 and (np.diff(curve) <= 1e-12).all() and 0 < curve[0] < 1
 
 
 def test_promote_without_a_challenger_says_what_to_do(client) -> None:  # type: ignore[no-untyped-def]

@@ -16,6 +16,7 @@ import pandas as pd
 from features.context import serving_context, write_context
 from features.feedback import response_rates
 from features.snapshot import Snapshot, load_snapshot
+from training.calibration import Calibration, calibrate
 from training.data import TrainData
 from training.evaluate import Split, fit_and_evaluate, time_split
 from training.models import MODELS, create
@@ -60,13 +61,18 @@ def prepare(snapshot_path: Path | Snapshot, cutoff: pd.Timestamp | None = None,
     return Experiment(snapshot, split, k)
 
 
-def write_serving_context(snapshot: Snapshot, folder: Path) -> Path:
-    """The offer table, customer state and consents serving reads, as of the snapshot."""
+def write_serving_context(snapshot: Snapshot, folder: Path,
+                          calibration: Calibration | None = None) -> Path:
+    """The offer table, customer state and consents serving reads, as of the snapshot, and
+    the model's propensity calibration where there is one."""
     features = snapshot.features
     tables = serving_context(snapshot.events, snapshot.products, snapshot.customers,
                              snapshot.consents, features.customer_state,
                              features.customer_features, snapshot.now)
-    return write_context(tables, snapshot.config, snapshot.now, folder)
+    written = write_context(tables, snapshot.config, snapshot.now, folder)
+    if calibration is not None:
+        calibration.write(written)
+    return written
 
 
 def feedback_reports(snapshot: Snapshot) -> dict[str, pd.DataFrame]:
@@ -103,8 +109,11 @@ def train(experiment: Experiment, kind: str, params: dict[str, Any] | None = Non
           report: Callable[[str], None] | None = None) -> Trained:
     """Evaluate a candidate on the split, then refit it on the whole snapshot, which is the
     model that is logged and registered (as ``challenger``)."""
-    evaluation, seconds = fit_and_evaluate(create(kind, params), experiment.split,
-                                           experiment.k, report)
+    candidate = create(kind, params)
+    evaluation, seconds = fit_and_evaluate(candidate, experiment.split, experiment.k, report)
+    if report:
+        report(f"calibrating {kind}'s propensity")
+    calibration = calibrate(candidate, experiment.split, experiment.snapshot.feedback)
     if report:
         report(f"refitting {kind} on all data")
     final = create(kind, params).fit(TrainData.from_features(experiment.snapshot.features))
@@ -115,7 +124,8 @@ def train(experiment: Experiment, kind: str, params: dict[str, Any] | None = Non
         logged = log_model_run(final, evaluation, experiment.snapshot.manifest, experiment.key,
                                experiment.params(), {"fit_seconds": seconds}, nested=nested,
                                tables=feedback_reports(experiment.snapshot),
-                               context=partial(write_serving_context, experiment.snapshot))
+                               context=partial(write_serving_context, experiment.snapshot,
+                                               calibration=calibration))
     return Trained(final, evaluation, seconds, logged)
 
 

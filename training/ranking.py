@@ -6,13 +6,17 @@ from __future__ import annotations
 import numpy as np
 
 
-def best_first(scores: np.ndarray, candidates: np.ndarray, n: int) -> np.ndarray:
-    """The ``n`` best ``candidates`` by score, best first, ties in offer order (found by
-    partition: everything tied with the n-th best is kept until the order is known)."""
+def best_first(scores: np.ndarray, candidates: np.ndarray, n: int,
+               then: np.ndarray | None = None) -> np.ndarray:
+    """The ``n`` best ``candidates`` by score, best first, ties by ``then`` (a second score,
+    higher first) and then in offer order (found by partition: everything tied with the
+    n-th best is kept until the order is known)."""
     if n < len(candidates):
         values = scores[candidates]
         candidates = candidates[values >= values[np.argpartition(-values, n - 1)[n - 1]]]
-    return candidates[np.lexsort((candidates, -scores[candidates]))][:n]
+    keys = (candidates, -scores[candidates]) if then is None else \
+        (candidates, -then[candidates], -scores[candidates])
+    return candidates[np.lexsort(keys)][:n]
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -2,15 +2,23 @@
 :mod:`nbo.jobs`, one module per group of commands.
 
 Exit codes: 0 success, 1 unexpected failure, 2 wrong usage, 3 the data breaks the contract,
-4 an input file or folder is missing, 5 the champion gate refused a promotion.
+4 an input file or folder is missing, 5 the champion gate refused a promotion, 6 the offer
+policy is invalid.
 """
 
 from __future__ import annotations
 
-from nbo.cli import data, service, training  # noqa: F401  (each registers its commands)
-from nbo.cli.common import EXIT_DATA, EXIT_MISSING, EXIT_NOT_PROMOTED, app, settings
+from nbo.cli import data, policy, service, training  # noqa: F401  (each registers its commands)
+from nbo.cli.common import (
+    EXIT_DATA,
+    EXIT_MISSING,
+    EXIT_NOT_PROMOTED,
+    EXIT_POLICY,
+    app,
+    settings,
+)
 
-__all__ = ["EXIT_DATA", "EXIT_MISSING", "EXIT_NOT_PROMOTED", "app", "main"]
+__all__ = ["EXIT_DATA", "EXIT_MISSING", "EXIT_NOT_PROMOTED", "EXIT_POLICY", "app", "main"]
 
 
 def main() -> None:

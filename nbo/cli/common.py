@@ -15,6 +15,7 @@ from rich.table import Table
 EXIT_DATA = 3
 EXIT_MISSING = 4
 EXIT_NOT_PROMOTED = 5  # the champion gate kept the champion
+EXIT_POLICY = 6  # the offer policy is invalid
 
 console = Console()
 err_console = Console(stderr=True)

@@ -1,0 +1,162 @@
+"""Arbitration: after the rules, which eligible offer is worth most. Each offer's priority is
+
+    propensity^a * value^b * weight * context weight
+
+with ``a`` and ``b`` per channel from the offer policy. Propensity is the model's calibrated
+probability of a response at the rank the model gives the offer (:mod:`training.calibration`),
+value comes from the catalogue or the policy, weight from the policy's offer, category and
+running campaign weights, and context weight from the policy's rules for the request's
+channel and the customer's stage. Ties in priority keep the model's order, so with ``a=1``,
+``b=0``, no weights and no offer's own response rate the order is the model's.
+
+An :class:`Arbiter` is the policy compiled against one offer table; the engine swaps it whole
+when the policy changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from features.columns import CHANNELS
+from serving.offer_policy import NEUTRAL, ContextWeight, PolicyError, Versioned
+from serving.policy import Offers
+from training.calibration import UNCALIBRATED, Calibration
+
+COMPONENTS = ("propensity", "value", "weight", "context_weight")
+
+
+@dataclass(frozen=True)
+class Priorities:
+    """Priority and its components for every offer (zero where not a candidate)."""
+
+    priority: np.ndarray
+    components: dict[str, np.ndarray]
+
+    def of(self, item: int) -> dict[str, float]:
+        return {name: round(float(values[item]), 8) for name, values in self.components.items()}
+
+
+class Arbiter:
+    def __init__(self, versioned: Versioned, offers: Offers,
+                 calibration: Calibration | None = None) -> None:
+        policy = versioned.policy
+        self.versioned, self.offers = versioned, offers
+        self.calibration = calibration or UNCALIBRATED
+        index = {str(pid): i for i, pid in enumerate(offers.ids)}
+        unknown = sorted(policy.offer_ids() - set(index))
+        categories = {str(name): code for code, name in enumerate(offers.categories)}
+        unknown_categories = sorted(policy.category_names() - set(categories))
+        if unknown or unknown_categories:
+            raise PolicyError("; ".join(
+                [f"offers not in the served model's catalogue: {unknown[:10]}"] * bool(unknown)
+                + [f"unknown categories: {unknown_categories[:10]}"] * bool(unknown_categories)))
+
+        def offer_mask(ids: list[str], names: list[str]) -> np.ndarray:
+            mask = np.zeros(len(offers), dtype=bool)
+            mask[[index[i] for i in ids]] = True
+            for name in names:
+                mask |= offers.category == categories[name]
+            return mask
+
+        def matching(rule: ContextWeight) -> np.ndarray:
+            mask = np.ones(len(offers), dtype=bool)
+            if rule.category:
+                mask &= offers.category == categories[rule.category]
+            if rule.offer_type:
+                mask &= offers.offer_type == rule.offer_type
+            return mask
+
+        self.value = self._values(versioned, index)
+        self.weight = np.ones(len(offers))
+        self.suppressed = np.zeros(len(offers), dtype=bool)
+        for pid, rule in policy.offers.items():
+            self.weight[index[pid]] *= rule.weight
+            self.suppressed[index[pid]] |= rule.suppressed
+        for name, category_rule in policy.categories.items():
+            members = offers.category == categories[name]
+            self.weight[members] *= category_rule.weight
+            self.suppressed[members] |= category_rule.suppressed
+        never, ever = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+        self.campaigns = [(offer_mask(c.offers, c.categories), _ns(c.start, never),
+                           _ns(c.end, ever), c.weight) for c in policy.campaigns]
+        self.in_campaign = np.logical_or.reduce([m for m, *_ in self.campaigns]) \
+            if self.campaigns else np.zeros(len(offers), dtype=bool)
+        self.context = [(c.channel, c.stage, matching(c), c.weight) for c in policy.context]
+        self.fallback_rank = np.array([index[i] for i in policy.fallbacks.rank], np.int64)
+        self.fallback_blocks: dict[str, np.ndarray] = {
+            str(block): np.array([index[i] for i in ids], np.int64)
+            for block, ids in policy.fallbacks.blocks.items()}
+        self.exponents = {channel: policy.exponents(channel) for channel in CHANNELS}
+
+    @property
+    def version(self) -> str:
+        return self.versioned.version
+
+    def _values(self, versioned: Versioned, index: dict[str, int]) -> np.ndarray:
+        policy, offers = versioned.policy, self.offers
+        if policy.value == "margin":
+            value = offers.margin.copy()
+        elif policy.value == "price_margin":
+            value = offers.price * offers.margin
+        elif policy.value == "price":
+            value = offers.price.copy()
+        else:
+            value = np.ones(len(offers))
+        value[~np.isfinite(value) | (value <= 0)] = policy.default_value
+        for pid, rule in policy.offers.items():
+            if rule.value is not None:
+                value[index[pid]] = rule.value
+        return value
+
+    def allowed(self, now_ns: int) -> np.ndarray:
+        """Offers the policy lets through at ``now_ns``: not suppressed, and a campaign's
+        offers only while one of their campaigns runs."""
+        allowed = ~self.suppressed
+        if self.campaigns:
+            running = np.zeros(len(self.offers), dtype=bool)
+            for members, start, end, _ in self.campaigns:
+                if start <= now_ns < end:
+                    running |= members
+            allowed &= ~self.in_campaign | running
+        return allowed
+
+    def priorities(self, scores: np.ndarray, candidates: np.ndarray, channel: str, stage: str,
+                   now_ns: int) -> Priorities:
+        """The priority of each candidate (a boolean mask over the offers) for one request."""
+        items = np.flatnonzero(candidates)
+        # rank in the model's ranking of every offer: how many offers score higher
+        ordered = np.sort(scores)
+        ranks = len(scores) - np.searchsorted(ordered, scores[items], side="right")
+        propensity = np.zeros(len(scores))
+        propensity[items] = self.calibration.propensity(channel, ranks, self.offers.ids[items])
+        weight = self.weight.copy()
+        for members, start, end, campaign_weight in self.campaigns:
+            if start <= now_ns < end:
+                weight[members] *= campaign_weight
+        context = np.ones(len(scores))
+        for rule_channel, rule_stage, members, rule_weight in self.context:
+            if rule_channel in (None, channel) and rule_stage in (None, stage):
+                context[members] *= rule_weight
+        exponents = self.exponents[channel]
+        priority = np.zeros(len(scores))
+        priority[items] = (propensity[items] ** exponents.a * self.value[items] ** exponents.b
+                           * weight[items] * context[items])
+        return Priorities(priority, {"propensity": propensity, "value": self.value,
+                                     "weight": weight, "context_weight": context})
+
+
+def neutral(offers: Offers, calibration: Calibration | None = None) -> Arbiter:
+    """The arbiter of no policy: relevance alone."""
+    return Arbiter(NEUTRAL, offers, calibration)
+
+
+def _ns(moment: datetime | None, default: int) -> int:
+    """A policy's moment (UTC where it names no offset) in nanoseconds."""
+    if moment is None:
+        return default
+    if moment.tzinfo:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return int(np.datetime64(moment, "ns").astype(np.int64))

@@ -1,0 +1,213 @@
+"""The marketer's offer policy (``policy.yaml``): how offers are weighed against each other
+after the rules, which are held back, when campaigns run and what fills a short list.
+
+A policy is validated with pydantic; an error names the field and, for a file, its line.
+Its version is the file's ``version`` where given, else a digest of its content, and every
+answer names the version it was ranked with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from features.columns import Stage
+
+Channel = Literal["web", "app", "email", "sms", "push", "post"]
+Block = Literal["profile", "lifecycle", "last_visit", "regional"]
+StageName = Literal["prospect", "new", "active", "at_risk", "lapsed"]
+assert set(Stage.all) == set(StageName.__args__)  # type: ignore[attr-defined]
+OfferType = Literal["product", "coupon", "service", "content"]
+ValueRule = Literal["margin", "price_margin", "price", "none"]
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be used, with every problem found."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Exponents(Strict):
+    a: float = Field(1.0, ge=0, le=10, description="Exponent of the propensity.")
+    b: float = Field(0.0, ge=0, le=10, description="Exponent of the value.")
+
+
+class OfferRule(Strict):
+    weight: float = Field(1.0, gt=0, description="Multiplies the offer's priority.")
+    value: float | None = Field(None, gt=0, description="The offer's value, instead of the "
+                                "catalogue's (coupons, services, content).")
+    suppressed: bool = Field(False, description="Never served while the policy holds.")
+
+
+class CategoryRule(Strict):
+    weight: float = Field(1.0, gt=0, description="Multiplies the priority of its offers.")
+    suppressed: bool = False
+
+
+class ContextWeight(Strict):
+    """Multiplies the priority of the offers it matches, in the requests it matches; every
+    field given must match."""
+
+    weight: float = Field(gt=0)
+    channel: Channel | None = None
+    stage: StageName | None = None
+    offer_type: OfferType | None = None
+    category: str | None = None
+
+    @model_validator(mode="after")
+    def matches_something(self) -> ContextWeight:
+        if not any((self.channel, self.stage, self.offer_type, self.category)):
+            raise ValueError("a context weight needs at least one of channel, stage, "
+                             "offer_type, category")
+        return self
+
+
+class Campaign(Strict):
+    """Offers (by id or category) that are served only from ``start`` to ``end`` and weigh
+    ``weight`` times more meanwhile."""
+
+    name: str = Field(min_length=1, max_length=64)
+    offers: list[str] = Field(default_factory=list)
+    categories: list[str] = Field(default_factory=list)
+    start: datetime | None = None
+    end: datetime | None = None
+    weight: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def sensible(self) -> Campaign:
+        if not self.offers and not self.categories:
+            raise ValueError(f"campaign {self.name!r} names no offers or categories")
+        if self.start and self.end and self.start >= self.end:
+            raise ValueError(f"campaign {self.name!r} ends before it starts")
+        return self
+
+
+class Fallbacks(Strict):
+    rank: list[str] = Field(default_factory=list, description="Fill a ranking shorter than k.")
+    blocks: dict[Block, list[str]] = Field(default_factory=dict,
+                                           description="Fill an empty newsletter block.")
+
+
+class OfferPolicy(Strict):
+    version: str | None = Field(None, min_length=1, max_length=64,
+                                pattern=r"^[A-Za-z0-9._:-]+$")
+    value: ValueRule = Field("margin", description="The catalogue's value of an offer: its "
+                             "margin, price * margin, price, or none (1).")
+    default_value: float = Field(1.0, gt=0, description="Value of an offer the rule gives "
+                                 "none for (a missing margin or price).")
+    channels: dict[Channel, Exponents] = Field(default_factory=dict)
+    offers: dict[str, OfferRule] = Field(default_factory=dict)
+    categories: dict[str, CategoryRule] = Field(default_factory=dict)
+    context: list[ContextWeight] = Field(default_factory=list)
+    campaigns: list[Campaign] = Field(default_factory=list)
+    fallbacks: Fallbacks = Fallbacks()
+
+    @model_validator(mode="after")
+    def campaign_names_unique(self) -> OfferPolicy:
+        names = [c.name for c in self.campaigns]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"campaign names used twice: {twice}")
+        return self
+
+    def exponents(self, channel: str) -> Exponents:
+        return self.channels.get(channel, Exponents())  # type: ignore[call-overload]
+
+    def offer_ids(self) -> set[str]:
+        """Every offer id the policy names."""
+        named = set(self.offers) | set(self.fallbacks.rank)
+        for offers in self.fallbacks.blocks.values():
+            named |= set(offers)
+        for campaign in self.campaigns:
+            named |= set(campaign.offers)
+        return named
+
+    def category_names(self) -> set[str]:
+        named = set(self.categories) | {c.category for c in self.context if c.category}
+        for campaign in self.campaigns:
+            named |= set(campaign.categories)
+        return named
+
+
+DEFAULT = OfferPolicy()
+
+
+class Versioned(BaseModel):
+    """A policy with the version answers name and the text it was read from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    policy: OfferPolicy
+    version: str
+    text: str
+
+
+def versioned(policy: OfferPolicy, text: str) -> Versioned:
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return Versioned(policy=policy, version=policy.version or f"sha256:{digest}", text=text)
+
+
+NEUTRAL = versioned(DEFAULT, "{}")  # no policy given: relevance alone, as before policies
+
+
+def parse(text: str, source: str = "policy") -> Versioned:
+    """A policy from YAML (or JSON, which is YAML too); errors name the field and line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as bad:
+        raise PolicyError(f"{source}: not YAML: {bad}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: a policy is a mapping of settings, not "
+                          f"{type(data).__name__}")
+    try:
+        policy = OfferPolicy.model_validate(data)
+    except ValidationError as bad:
+        problems = []
+        for problem in bad.errors():
+            where = ".".join(str(part) for part in problem["loc"]) or "(top)"
+            line = _line_of(node, problem["loc"])
+            at = f" (line {line})" if line else ""
+            problems.append(f"{source}: {where}{at}: {problem['msg']}")
+        raise PolicyError("\n".join(problems)) from None
+    return versioned(policy, text)
+
+
+def load(path: Path) -> Versioned:
+    if not path.is_file():
+        raise PolicyError(f"{path}: no such policy file")
+    return parse(path.read_text(encoding="utf-8"), str(path))
+
+
+def from_json(body: dict[str, Any]) -> Versioned:
+    """A policy sent as JSON (``PUT /admin/policy``); its text is the canonical JSON."""
+    return parse(json.dumps(body, sort_keys=True, default=str), "policy")
+
+
+def _line_of(node: Any, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the YAML node at ``loc``, or of its nearest parent found."""
+    line = None
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            node = next((value for key, value in node.value if key.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) \
+                and part < len(node.value):
+            node = node.value[part]
+        else:
+            node = None
+    if node is not None:
+        line = node.start_mark.line + 1
+    return line

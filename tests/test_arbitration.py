@@ -1,0 +1,190 @@
+"""Arbitration and the offer policy: priority = propensity^a * value^b * weight * context
+weight, calibrated propensity, the policy file, suppressions, campaign windows, fallback
+offers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from store_backends import ERASURE_KEY
+
+from features.snapshot import load_snapshot
+from serving.engine import Engine, PolicySettings, Request
+from serving.offer_policy import PolicyError, from_json, parse
+from serving.policy import Consent
+from serving.store import Store
+from training.calibration import Calibration, Curve, from_feedback
+
+EVERYTHING = Consent(True, frozenset({"email", "sms", "app", "push", "post"}), True)
+# a curve with plateaus: ties in propensity must keep the model's order
+STEPPED = Calibration(Curve(np.array([0.3, 0.3, 0.2, 0.2, 0.2, 0.1, 0.05, 0.0]), "holdout", 9))
+
+
+@pytest.fixture
+def engine(model_dir: Path, tmp_path: Path) -> Engine:
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}", ERASURE_KEY)
+    engine = Engine.load(model_dir, "1", store, PolicySettings())
+    engine.calibration = STEPPED
+    return engine
+
+
+@pytest.fixture
+def now(snapshot_dir: Path):  # type: ignore[no-untyped-def]
+    return load_snapshot(snapshot_dir).now.to_pydatetime()
+
+
+def ids(engine: Engine, customer: str, now, **request) -> list[str]:  # type: ignore[no-untyped-def]
+    return [o.product_id for o in engine.rank(Request(customer, **request), now,
+                                              EVERYTHING).offers]
+
+
+def test_a_neutral_policy_keeps_the_models_order_exactly(engine: Engine, now) -> None:  # type: ignore[no-untyped-def]
+    customers = [str(c) for c in engine.customers.names[::40][:25]] + ["someone-new"]
+    before = {c: ids(engine, c, now, k=20) for c in customers}
+    engine.use_policy(from_json({"channels": {"web": {"a": 1.0, "b": 0.0}}}))
+    assert {c: ids(engine, c, now, k=20) for c in customers} == before
+    engine.use_policy(from_json({"channels": {"web": {"a": 1.0, "b": 1.0}}}))
+    assert {c: ids(engine, c, now, k=20) for c in customers} != before  # margins reorder
+
+
+def test_priority_is_the_product_of_its_components(engine: Engine, now) -> None:  # type: ignore[no-untyped-def]
+    customer = str(engine.customers.names[3])
+    plain = ids(engine, customer, now)
+    boosted, valued = plain[4], plain[7]
+    category = str(engine.offers.categories[engine.offers.category[
+        engine.items.row(plain[6])]])
+    engine.use_policy(from_json({
+        "version": "spring-1", "value": "price_margin",
+        "channels": {"web": {"a": 1.0, "b": 0.5}},
+        "offers": {boosted: {"weight": 50.0}, valued: {"value": 1e6}},
+        "context": [{"channel": "web", "category": category, "weight": 3.0}]}))
+    ranking = engine.rank(Request(customer, explain=True), now, EVERYTHING)
+    assert ranking.policy_version == "spring-1"
+    for offer in ranking.offers:
+        c = offer.components
+        assert c is not None and offer.priority is not None
+        assert offer.priority == pytest.approx(
+            c["propensity"] * c["value"] ** 0.5 * c["weight"] * c["context_weight"], rel=1e-6)
+    priorities = [o.priority for o in ranking.offers]
+    assert priorities == sorted(priorities, reverse=True)
+    by_id = {o.product_id: o for o in ranking.offers}
+    assert by_id[boosted].components["weight"] == 50.0  # type: ignore[index]
+    assert by_id[valued].components["value"] == 1e6  # type: ignore[index]
+    assert ranking.offers[0].product_id in (boosted, valued)
+    without = engine.rank(Request(customer), now, EVERYTHING).offers[0]
+    assert without.priority is None and without.components is None  # only when asked
+
+
+def test_suppressed_offers_and_campaigns_out_of_their_window_are_never_served(
+        engine: Engine, now) -> None:  # type: ignore[no-untyped-def]
+    customer = str(engine.customers.names[5])
+    plain = ids(engine, customer, now)
+    category = str(engine.offers.categories[engine.offers.category[engine.items.row(plain[1])]])
+    engine.use_policy(from_json({
+        "offers": {plain[0]: {"suppressed": True}},
+        "campaigns": [{"name": "later", "offers": [plain[2]], "start": now + timedelta(days=3),
+                       "end": now + timedelta(days=10), "weight": 100.0},
+                      {"name": "cat", "categories": [category], "end": now - timedelta(days=1)}]}))
+    ranking = engine.rank(Request(customer, k=30), now, EVERYTHING)
+    served = [o.product_id for o in ranking.offers]
+    names = engine.offers.ids
+    in_category = set(names[engine.offers.category == list(engine.offers.categories)
+                            .index(category)])
+    assert plain[0] not in served and plain[2] not in served
+    assert not in_category & set(served)
+    assert ranking.removed["policy"] >= 2
+    later = engine.rank(Request(customer, k=30), now + timedelta(days=4), EVERYTHING)
+    assert later.offers[0].product_id == plain[2]  # running, and weighed 100 times
+
+
+def test_fallback_offers_fill_a_short_list_through_the_rules(engine: Engine, now) -> None:  # type: ignore[no-untyped-def]
+    customer = str(engine.customers.names[8])
+    bought = engine.state.purchases(engine.state.row_of(customer), 0)[0]
+    allowed = engine.prepare(Request(customer), now, EVERYTHING).allowed()
+    assert len(bought) and not allowed[bought].any()  # what was bought is excluded
+    one_category = engine.offers.category == engine.offers.category[
+        engine.items.row(ids(engine, customer, now)[0])]
+    keep = [str(p) for p in engine.offers.ids[one_category & allowed]][:6]
+    assert len(keep) == 6
+    everything_else = [str(p) for p in engine.offers.ids if str(p) not in keep]
+    fallback = [str(engine.offers.ids[bought[0]]), *keep[::-1]]
+    engine.use_policy(from_json({"offers": {p: {"suppressed": True} for p in everything_else},
+                                 "fallbacks": {"rank": fallback}}))
+    ranking = engine.rank(Request(customer, k=10), now, EVERYTHING)
+    served = [o.product_id for o in ranking.offers]
+    cap = engine.settings.max_per_category
+    # the category cap, then the fallback offers not served yet, in the policy's order
+    assert len(served) == 6 and cap < 6
+    assert served[cap:] == [p for p in keep[::-1] if p not in served[:cap]]
+    assert [o.reason for o in ranking.offers[cap:]] == ["featured offer"] * (6 - cap)
+    assert str(engine.offers.ids[bought[0]]) not in served  # still through the rules
+
+
+def test_an_empty_newsletter_block_gets_the_policys_fallback(engine: Engine, now) -> None:  # type: ignore[no-untyped-def]
+    customer = next(str(c) for c in engine.customers.names
+                    if not len(engine.state.visited(engine.state.row_of(str(c)))))
+    engine.store.set_consents(customer, {"email": (True, True)}, "test", now)
+    assert not engine.newsletter([customer], ("last_visit",), now)[0].blocks
+    guide = "guide-garden"
+    engine.use_policy(from_json({"fallbacks": {"blocks": {"last_visit": [guide]}}}))
+    blocks = engine.newsletter([customer], ("last_visit",), now)[0].blocks
+    assert [(b.product_id, b.reason) for b in blocks] == [(guide, "featured offer")]
+
+
+def test_a_policy_naming_offers_the_catalogue_lacks_is_refused_and_the_old_one_stays(
+        engine: Engine) -> None:
+    engine.use_policy(from_json({"version": "good"}))
+    with pytest.raises(PolicyError, match="not in the served model's catalogue.*nope"):
+        engine.use_policy(from_json({"offers": {"nope": {"weight": 2}}}))
+    with pytest.raises(PolicyError, match="unknown categories.*imaginary"):
+        engine.use_policy(from_json({"categories": {"imaginary": {"weight": 2}}}))
+    assert engine.arbiter.version == "good"
+
+
+def test_policy_errors_name_the_field_and_its_line() -> None:
+    text = ("version: v1\n"
+            "channels:\n"
+            "  email:\n"
+            "    a: 1\n"
+            "    b: -2\n"
+            "offers:\n"
+            "  p00001:\n"
+            "    weight: heavy\n")
+    with pytest.raises(PolicyError) as caught:
+        parse(text, "policy.yaml")
+    message = str(caught.value)
+    assert "policy.yaml: channels.email.b (line 5)" in message
+    assert "policy.yaml: offers.p00001.weight (line 8)" in message
+    with pytest.raises(PolicyError, match="colour"):
+        parse("colour: red\n")
+    with pytest.raises(PolicyError, match="ends before it starts"):
+        parse("campaigns:\n  - {name: x, offers: [a], start: 2026-02-01, end: 2026-01-01}\n")
+    assert parse("").version.startswith("sha256:")
+    assert parse("version: v1\n").version == "v1"
+
+
+def test_feedback_calibrates_a_channel_by_position_and_offer() -> None:
+    rng = np.random.default_rng(1)
+    rows = []
+    for n in range(3000):
+        position = int(rng.integers(1, 11))
+        product = "star" if n % 10 == 0 else f"p{n % 7}"
+        rate = 0.5 if product == "star" else 0.3 / position
+        rows.append({"customer_id": f"c{n}", "product_id": product, "action": "impression",
+                     "position": position, "channel": "email", "request_id": f"r{n}",
+                     "timestamp": pd.Timestamp("2026-01-01")})
+        if rng.random() < rate:
+            rows.append({**rows[-1], "action": "click"})
+    curves, offers = from_feedback(pd.DataFrame(rows))
+    assert set(curves) == {"email"}
+    curve = curves["email"].by_rank
+    assert (np.diff(curve) <= 1e-12).all() and curve[0] > 2 * curve[9]
+    assert offers["email"]["star"] > 1.5 > offers["email"]["p1"]
+    calibration = Calibration(Curve(np.ones(3), "holdout", 1), curves, offers)
+    assert calibration.curve("web").source == "holdout"
+    got = calibration.propensity("email", np.array([0, 0]), np.array(["star", "p1"]))
+    assert got[0] > got[1]
