@@ -4,6 +4,7 @@ offers."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -138,9 +139,9 @@ def test_an_empty_newsletter_block_gets_the_policys_fallback(engine: Engine, now
 def test_a_policy_naming_offers_the_catalogue_lacks_is_refused_and_the_old_one_stays(
         engine: Engine) -> None:
     engine.use_policy(from_json({"version": "good"}))
-    with pytest.raises(PolicyError, match="not in the served model's catalogue.*nope"):
+    with pytest.raises(PolicyError, match=r"not in the served model's catalogue.*nope"):
         engine.use_policy(from_json({"offers": {"nope": {"weight": 2}}}))
-    with pytest.raises(PolicyError, match="unknown categories.*imaginary"):
+    with pytest.raises(PolicyError, match=r"unknown categories.*imaginary"):
         engine.use_policy(from_json({"categories": {"imaginary": {"weight": 2}}}))
     assert engine.arbiter.version == "good"
 
@@ -188,3 +189,24 @@ def test_feedback_calibrates_a_channel_by_position_and_offer() -> None:
     assert calibration.curve("web").source == "holdout"
     got = calibration.propensity("email", np.array([0, 0]), np.array(["star", "p1"]))
     assert got[0] > got[1]
+
+
+def test_the_policy_reference_names_every_setting_and_the_example_validates() -> None:
+    from serving.offer_policy import (
+        Campaign,
+        CategoryRule,
+        ContextWeight,
+        Exponents,
+        Fallbacks,
+        OfferPolicy,
+        OfferRule,
+        load,
+    )
+
+    docs = Path(__file__).parents[1] / "docs"
+    text = (docs / "offer-policy.md").read_text()
+    for model in (OfferPolicy, Exponents, OfferRule, CategoryRule, ContextWeight, Campaign,
+                  Fallbacks):
+        for name in model.model_fields:  # in code quotes, alone or in a dotted path
+            assert re.search(rf"`[^`\s]*\b{name}\b[^`\s]*`", text), (model.__name__, name)
+    assert load(docs / "policy.example.yaml").version == "example-1"

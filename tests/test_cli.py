@@ -186,3 +186,29 @@ def test_build_without_a_promoted_model_says_what_to_do(monkeypatch: pytest.Monk
     result = runner.invoke(app, ["build"])
     assert result.exit_code == 2
     assert "run 'nbo promote' first" in " ".join(result.output.split())
+
+
+def test_policy_validate_and_show(tmp_path: Path, snapshot_dir: Path) -> None:
+    from nbo.cli import EXIT_POLICY
+
+    example = Path(__file__).parents[1] / "docs" / "policy.example.yaml"
+    valid = runner.invoke(app, ["policy", "validate", str(example), "--snapshot",
+                                str(snapshot_dir)])
+    assert valid.exit_code == 0 and "valid, version example-1" in valid.output, valid.output
+    shown = runner.invoke(app, ["policy", "show", str(example)])
+    assert shown.exit_code == 0 and "winback15:" in shown.output
+    assert "default_value: 1.0" in shown.output  # every setting, defaults included
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("offers:\n  p00001:\n    weight: -1\n")
+    refused = runner.invoke(app, ["policy", "validate", str(bad)])
+    assert refused.exit_code == EXIT_POLICY and "offers.p00001.weight (line 3)" in " ".join(
+        refused.output.split())
+    bad.write_text("offers:\n  not-an-offer: {weight: 2}\n")
+    assert runner.invoke(app, ["policy", "validate", str(bad)]).exit_code == 0  # schema only
+    against = runner.invoke(app, ["policy", "validate", str(bad), "--snapshot",
+                                  str(snapshot_dir)])
+    assert against.exit_code == EXIT_POLICY and "not-an-offer" in against.output
+    assert runner.invoke(app, ["policy", "validate", str(tmp_path / "none.yaml")]
+                         ).exit_code == EXIT_MISSING
+    stored = runner.invoke(app, ["policy", "show"])
+    assert stored.exit_code == 0 and "relevance alone" in stored.output, stored.output

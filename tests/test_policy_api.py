@@ -94,6 +94,6 @@ def test_the_policy_file_is_used_from_the_start_and_read_again_on_reload(
         assert top(http, people["buyer"])["policy_version"] == "edited"
     forget_bentoml_collectors()
     file.write_text("channels: {web: {a: many}}\n")
-    with pytest.raises(ValueError, match="channels.web.a"), TestClient(NboService.to_asgi()):
+    with pytest.raises(ValueError, match=r"channels\.web\.a"), TestClient(NboService.to_asgi()):
         pass
     forget_bentoml_collectors()
