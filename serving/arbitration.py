@@ -46,6 +46,7 @@ class Arbiter:
         self.versioned, self.offers = versioned, offers
         self.calibration = calibration or UNCALIBRATED
         index = {str(pid): i for i, pid in enumerate(offers.ids)}
+        self.index = index
         unknown = sorted(policy.offer_ids() - set(index))
         categories = {str(name): code for code, name in enumerate(offers.categories)}
         unknown_categories = sorted(policy.category_names() - set(categories))
@@ -85,6 +86,15 @@ class Arbiter:
         self.in_campaign = np.logical_or.reduce([m for m, *_ in self.campaigns]) \
             if self.campaigns else np.zeros(len(offers), dtype=bool)
         self.context = [(c.channel, c.stage, matching(c), c.weight) for c in policy.context]
+        by_campaign = dict(zip([c.name for c in policy.campaigns],
+                               [m for m, *_ in self.campaigns], strict=True))
+        self.budgets = [(b, offer_mask(b.offers, []) | (by_campaign[b.campaign] if b.campaign
+                                                          else False))
+                        for b in policy.budgets]
+        self.offer_budgets: dict[int, list[int]] = {}
+        for number, (_, members) in enumerate(self.budgets):
+            for item in np.flatnonzero(members):
+                self.offer_budgets.setdefault(int(item), []).append(number)
         self.fallback_rank = np.array([index[i] for i in policy.fallbacks.rank], np.int64)
         self.fallback_blocks: dict[str, np.ndarray] = {
             str(block): np.array([index[i] for i in ids], np.int64)
@@ -123,6 +133,43 @@ class Arbiter:
             allowed &= ~self.in_campaign | running
         return allowed
 
+    # --- budgets ------------------------------------------------------------------------
+
+    def budget_keys(self, now: datetime) -> list[tuple[str, str]]:
+        """Each budget's (name, period) at ``now``."""
+        return [(budget.name, period_of(budget.period, now)) for budget, _ in self.budgets]
+
+    def within_budgets(self, used: dict[tuple[str, str], int], now: datetime) -> np.ndarray:
+        """Offers none of whose budgets is used up (``used``: from the store)."""
+        allowed = np.ones(len(self.offers), dtype=bool)
+        for (budget, members), key in zip(self.budgets, self.budget_keys(now), strict=True):
+            if used.get(key, 0) >= budget.limit:
+                allowed &= ~members
+        return allowed
+
+    def spending(self, items: np.ndarray, now: datetime, counts: str = "impressions"
+                 ) -> list[list[tuple[str, str, int]]]:
+        """Per offer, the (budget, period, limit) of its budgets that count ``counts``."""
+        keys = self.budget_keys(now)
+        return [[(self.budgets[b][0].name, keys[b][1], self.budgets[b][0].limit)
+                 for b in self.offer_budgets.get(int(item), ())
+                 if self.budgets[b][0].counts == counts] for item in items]
+
+    def conversions(self, rows: list[dict[str, object]]) -> list[tuple[str, str]]:
+        """The (budget, period) that each conversion among feedback ``rows`` counts in."""
+        keys = []
+        for row in rows:
+            if row.get("action") != "conversion":
+                continue
+            item = self.index.get(str(row.get("product_id")))
+            at = row.get("timestamp")
+            if item is None or not isinstance(at, datetime):
+                continue
+            keys += [(name, period) for offer in self.spending(np.array([item]), at,
+                                                                 "conversions")
+                     for name, period, _ in offer]
+        return keys
+
     def priorities(self, scores: np.ndarray, candidates: np.ndarray, channel: str, stage: str,
                    now_ns: int) -> Priorities:
         """The priority of each candidate (a boolean mask over the offers) for one request."""
@@ -146,6 +193,16 @@ class Arbiter:
                            * weight[items] * context[items])
         return Priorities(priority, {"propensity": propensity, "value": self.value,
                                      "weight": weight, "context_weight": context})
+
+
+def period_of(period: str, now: datetime) -> str:
+    """The period a moment counts in: its UTC day, its ISO week, or the total."""
+    if period == "day":
+        return now.strftime("%Y-%m-%d")
+    if period == "week":
+        year, week, _ = now.isocalendar()
+        return f"{year}-W{week:02d}"
+    return "total"
 
 
 def neutral(offers: Offers, calibration: Calibration | None = None) -> Arbiter:

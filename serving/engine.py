@@ -46,6 +46,8 @@ from training.calibration import Calibration
 from training.models.base import Query, Recommender
 
 CONTEXT_DIR = "context"
+SPEND_ATTEMPTS = 3  # picks of a list whose offers' budgets other requests used up meanwhile
+BudgetsUsed = dict[tuple[str, str], int]
 __all__ = ["BLOCKS", "Engine", "Letter", "LetterBlock", "Offer", "PolicySettings", "Ranking",
            "Request", "RequestError"]
 
@@ -201,11 +203,12 @@ class Engine:
 
     def prepare(self, request: Request, now: datetime, consent: Consent,
                 batch: Batch | None = None, exposure: Exposure | None = None,
-                events: list[LiveEvent] | None = None, not_erased: bool = False
+                events: list[LiveEvent] | None = None, not_erased: bool = False,
+                arbiter: Arbiter | None = None, used: BudgetsUsed | None = None
                 ) -> Prepared:
         """Scores and every rule's mask for one customer (``batch`` where batch-scored;
-        ``exposure``, ``events`` and ``not_erased`` where read for many customers at
-        once)."""
+        ``exposure``, ``events``, ``not_erased``, and the offer policy with what its budgets
+        used, where read for many customers at once)."""
         if exposure is None:
             exposure = self.store.exposure(request.customer_id, self.window(now))
         resolved, act, stage = self.staged(request, now, exposure, events, not_erased)
@@ -214,12 +217,33 @@ class Engine:
         history = self.scorer.history(row, act) if consent.personalization else None
         scored = self.scorer.score(request.customer_id, row, region, stage, now, consent,
                                    history, batch)
-        arbiter = self.arbiter  # one policy for the whole answer, even if it is replaced
+        arbiter = arbiter or self.arbiter  # one policy for the answer, even if replaced
         masks = self.masks.of(row, request.channel, now, now_ns, region, stage, consent,
-                              resolved.cart, exposure, act, arbiter.allowed(now_ns))
+                              resolved.cart, exposure, act,
+                              self.policy_mask(arbiter, now, now_ns, used))
         anchors = Anchors(_joined(self.state.purchases(row, now_ns)[0], act.bought),
                           act.carted, act.wished, _joined(act.seen, self.state.visited(row)))
         return Prepared(stage, region, scored, masks, arbiter, act, anchors)
+
+    def policy_mask(self, arbiter: Arbiter, now: datetime, now_ns: int,
+                    used: BudgetsUsed | None = None) -> np.ndarray:
+        """What the offer policy lets through now: not suppressed, in a running campaign
+        where the offer has campaigns, and within its budgets (read from the store, unless
+        ``used`` was read already)."""
+        allowed = arbiter.allowed(now_ns)
+        if arbiter.budgets:
+            if used is None:
+                used = self.store.budget_used(arbiter.budget_keys(now))
+            allowed &= arbiter.within_budgets(used, now)
+        return allowed
+
+    def spend(self, arbiter: Arbiter, items: np.ndarray, now: datetime) -> np.ndarray:
+        """Take an impression from the budgets of the offers about to be served; those
+        whose budget another request used up meanwhile are returned (not to be served)."""
+        if not arbiter.offer_budgets or not len(items):
+            return items[:0]
+        taken = self.store.spend(arbiter.spending(items, now))
+        return items[~np.asarray(taken, dtype=bool)]
 
     def rank(self, request: Request, now: datetime, consent: Consent,
              exposure: Exposure | None = None) -> Ranking:
@@ -240,15 +264,26 @@ class Engine:
         now_ns = int(np.datetime64(now, "ns").astype(np.int64))
         weighed = arbiter.priorities(prepared.scores, allowed, request.channel, prepared.stage,
                                      now_ns)
-        picked = ranker.top(weighed.priority, allowed, request.k, self.offers.category,
-                            self.settings.max_per_category, then=prepared.scores)
+        spent = np.zeros(0, np.int64)
+        for _ in range(SPEND_ATTEMPTS):  # offers whose budget ran out meanwhile are replaced
+            picked = ranker.top(weighed.priority, allowed, request.k, self.offers.category,
+                                self.settings.max_per_category, then=prepared.scores)
+            filling = ranker.fill(arbiter.fallback_rank, allowed, picked,
+                                  request.k - len(picked))
+            chosen = np.concatenate([picked, filling])
+            refused = self.spend(arbiter, chosen[~np.isin(chosen, spent)], now)
+            spent = np.concatenate([spent, chosen[~np.isin(chosen, refused)]])
+            if not len(refused):
+                break
+            allowed = allowed.copy()
+            allowed[refused] = False
+        picked, filling = picked[~np.isin(picked, refused)], filling[~np.isin(filling, refused)]
         removed, removed_offers = ranker.removed(prepared.scores, prepared.masks, picked,
                                                  request.k, self.offers.ids)
         reasons = self.reasons.of(request.customer_id, prepared.scored, prepared.stage, picked,
                                   prepared.anchors)
         offers = [self._offer(i, rank, prepared.scores, reasons[rank], weighed,
                               request.explain) for rank, i in enumerate(picked)]
-        filling = ranker.fill(arbiter.fallback_rank, allowed, picked, request.k - len(picked))
         offers += [self._offer(i, len(offers) + n, prepared.scores, FEATURED, weighed,
                                request.explain) for n, i in enumerate(filling)]
         return Ranking(request_id, self.version, request.customer_id, prepared.stage,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from serving import ranker
+from serving.arbitration import Arbiter
 from serving.policy import Consent
 from serving.reasons import FEATURED
 from serving.requests import Prepared, Request, RequestError
@@ -61,14 +62,17 @@ class Newsletter:
         erased = store.erased_among(erased, returned_too=False)  # not back with a consent
         batch = engine.scorer.batch(customer_ids)
         with_records = store.with_consent_records(customer_ids)
+        arbiter = engine.arbiter  # one policy for the call
+        used = store.budget_used(arbiter.budget_keys(now)) if arbiter.budgets else None
         return [self.letter(customer_id, blocks, now, consents[customer_id], batch,
                             exposures.get(customer_id, NO_EXPOSURE), live.get(customer_id, []),
-                            customer_id in erased, customer_id in with_records)
+                            customer_id in erased, customer_id in with_records, arbiter, used)
                 for customer_id in customer_ids]
 
     def letter(self, customer_id: str, blocks: tuple[str, ...], now: datetime, consent: Consent,
                batch: Batch, exposure: Exposure, events: list[LiveEvent], erased: bool,
-               has_consent_record: bool) -> Letter:
+               has_consent_record: bool, arbiter: Arbiter,
+               used: dict[tuple[str, str], int] | None) -> Letter:
         engine = self.engine
         if erased:
             return Letter(customer_id, no_mail="erased")
@@ -78,7 +82,7 @@ class Newsletter:
         if not consent.allows_channel("email"):
             return Letter(customer_id, no_mail="no e-mail consent with double opt-in")
         prepared = engine.prepare(Request(customer_id, "email"), now, consent, batch,
-                                  exposure, events, not_erased=True)
+                                  exposure, events, not_erased=True, arbiter=arbiter, used=used)
         allowed = prepared.allowed()
         now_ns = int(np.datetime64(now, "ns").astype(np.int64))
         priority = prepared.arbiter.priorities(prepared.scores, allowed, "email",
@@ -98,6 +102,10 @@ class Newsletter:
                     featured.add(found[0])
             if found is not None:
                 placed.append((block, *found))
+        # an offer whose budget other letters or requests used up meanwhile is left out
+        refused = set(engine.spend(arbiter, np.array([i for _, i, _ in placed], np.int64),
+                                   now).tolist())
+        placed = [place for place in placed if place[1] not in refused]
         reasons = engine.reasons.of(customer_id, prepared.scored, prepared.stage,
                                     np.array([i for _, i, _ in placed], np.int64),
                                     prepared.anchors)

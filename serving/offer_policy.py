@@ -90,6 +90,24 @@ class Campaign(Strict):
         return self
 
 
+class Budget(Strict):
+    """At most ``limit`` impressions or conversions of its offers (by id, or a campaign's)
+    per day, ISO week or in total; an offer drops out once any of its budgets is used up."""
+
+    name: str = Field(min_length=1, max_length=64)
+    offers: list[str] = Field(default_factory=list)
+    campaign: str | None = Field(None, description="The offers of this campaign.")
+    limit: int = Field(ge=1)
+    counts: Literal["impressions", "conversions"] = "impressions"
+    period: Literal["day", "week", "total"] = "total"
+
+    @model_validator(mode="after")
+    def names_offers(self) -> Budget:
+        if not self.offers and not self.campaign:
+            raise ValueError(f"budget {self.name!r} names no offers or campaign")
+        return self
+
+
 class Fallbacks(Strict):
     rank: list[str] = Field(default_factory=list, description="Fill a ranking shorter than k.")
     blocks: dict[Block, list[str]] = Field(default_factory=dict,
@@ -108,14 +126,20 @@ class OfferPolicy(Strict):
     categories: dict[str, CategoryRule] = Field(default_factory=dict)
     context: list[ContextWeight] = Field(default_factory=list)
     campaigns: list[Campaign] = Field(default_factory=list)
+    budgets: list[Budget] = Field(default_factory=list)
     fallbacks: Fallbacks = Fallbacks()
 
     @model_validator(mode="after")
-    def campaign_names_unique(self) -> OfferPolicy:
-        names = [c.name for c in self.campaigns]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"campaign names used twice: {twice}")
+    def names_unique_and_known(self) -> OfferPolicy:
+        for what, names in (("campaign", [c.name for c in self.campaigns]),
+                            ("budget", [b.name for b in self.budgets])):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"{what} names used twice: {twice}")
+        campaigns = {c.name for c in self.campaigns}
+        unknown = sorted({b.campaign for b in self.budgets if b.campaign} - campaigns)
+        if unknown:
+            raise ValueError(f"budgets name campaigns the policy does not define: {unknown}")
         return self
 
     def exponents(self, channel: str) -> Exponents:
@@ -128,6 +152,8 @@ class OfferPolicy(Strict):
             named |= set(offers)
         for campaign in self.campaigns:
             named |= set(campaign.offers)
+        for budget in self.budgets:
+            named |= set(budget.offers)
         return named
 
     def category_names(self) -> set[str]:

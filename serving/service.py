@@ -254,10 +254,11 @@ class NboService:
             received = datetime.now(UTC).replace(tzinfo=None)
             rows = [{**event.model_dump(), "timestamp": moment(self.settings, event.timestamp)}
                     for event in events]
-            appended = self.store.append_feedback(rows, received)
+            engine = self.holder.engine
+            budgets = engine.arbiter.conversions if engine is not None else None
+            appended = self.store.append_feedback(rows, received, budgets)
             for event in events:
                 METRICS.feedback.labels(action=event.action).inc()
-            engine = self.holder.engine
             return FeedbackResponse(request_id=uuid.uuid4().hex,
                                     model_version=engine.version if engine else "",
                                     **asdict(appended))
@@ -340,6 +341,24 @@ class NboService:
         held = self.holder.policy
         return {"policy_version": held.version,
                 "policy": held.policy.model_dump(mode="json", exclude_defaults=True)}
+
+    @admin.get("/admin/budgets")
+    async def budgets(self) -> Any:
+        """Each budget of the offer policy in use: what it counts, its period, limit, what
+        was used in the current period and what is left."""
+
+        def work() -> dict[str, Any]:
+            engine = self._engine()
+            arbiter, now = engine.arbiter, moment(self.settings, None)
+            used = self.store.budget_used(arbiter.budget_keys(now))
+            return {"policy_version": arbiter.version, "budgets": [
+                {"name": budget.name, "counts": budget.counts, "period": budget.period,
+                 "current_period": key[1], "limit": budget.limit, "used": used[key],
+                 "left": max(budget.limit - used[key], 0), "offers": int(members.sum())}
+                for (budget, members), key in zip(arbiter.budgets, arbiter.budget_keys(now),
+                                                  strict=True)]}
+
+        return await self._answer(work, in_thread=True)
 
     @admin.put("/admin/policy")
     async def put_policy(self, body: dict[str, Any]) -> Any:

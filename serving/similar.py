@@ -47,6 +47,8 @@ def similar(engine: Engine, product_id: str, k: int, channel: str, now: datetime
     allowed = np.logical_and.reduce(list(masks.values())) & (scores > 0)
     picked = ranker.top(scores, allowed, k, engine.offers.category,
                         engine.settings.max_per_category)
+    refused = engine.spend(prepared.arbiter, picked, now)  # used up meanwhile: left out
+    picked = picked[~np.isin(picked, refused)]
     removed, removed_offers = ranker.removed(scores, masks, picked, k, engine.offers.ids)
     reason = engine.reasons.similar_to(anchor)
     offers = [Offer(str(engine.offers.ids[i]), str(engine.offers.titles[i]), rank + 1,

@@ -154,6 +154,12 @@ policies = Table(  # the offer policy every worker and replica ranks with: the n
     Column("source", String(64), nullable=False),
     Column("created_at", DateTime, nullable=False),
 )
+budget_counts = Table(  # what each budget of the offer policy has used, per period
+    "budget_counts", metadata,
+    Column("budget", String(64), primary_key=True),
+    Column("period", String(16), primary_key=True),
+    Column("used", Integer, nullable=False),
+)
 
 MIN_KEY_LENGTH = 16
 KEY_CHECK, LEGACY_KEY = "erasure_key_check", "erasure_key"  # rows of store_settings
@@ -389,11 +395,15 @@ class Store:
 
     # --- feedback -----------------------------------------------------------------------
 
-    def append_feedback(self, rows: list[dict[str, Any]], received_at: datetime) -> Appended:
+    def append_feedback(self, rows: list[dict[str, Any]], received_at: datetime,
+                        budgets: Callable[[list[dict[str, Any]]], list[tuple[str, str]]]
+                        | None = None) -> Appended:
         """Store feedback rows in one transaction; a row with the (request_id, product_id,
-        action) of a stored one is a retry and is not stored again."""
+        action) of a stored one is a retry and is not stored again. ``budgets`` gives, for
+        the rows new to the store, the (budget, period) each counts in (conversions), which
+        are counted in the same transaction: once, as the rows are stored once."""
         return settled(lambda: self._append(feedback, rows, received_at,
-                                            ("request_id", "product_id", "action")))
+                                            ("request_id", "product_id", "action"), budgets))
 
     def append_events(self, rows: list[dict[str, Any]], received_at: datetime) -> Appended:
         """Store live events (the contract's columns and a client's ``event_id``) in one
@@ -402,7 +412,9 @@ class Store:
         return settled(lambda: self._append(events, rows, received_at, ("event_id",)))
 
     def _append(self, table: Table, rows: list[dict[str, Any]], received_at: datetime,
-                key: tuple[str, ...]) -> Appended:
+                key: tuple[str, ...],
+                budgets: Callable[[list[dict[str, Any]]], list[tuple[str, str]]] | None = None
+                ) -> Appended:
         if not rows:
             return Appended(0, 0)
         gone = self.erased_among((row["customer_id"] for row in rows), returned_too=False)
@@ -424,6 +436,8 @@ class Store:
                 # a writer that raced us to a key makes this transaction fail: settled()
                 # runs it again and it then counts that row as held
                 db.execute(insert(table), new[start:start + 2_000])
+            if budgets is not None and new:
+                self._count(db, budgets(new))
         return Appended(len(new), len(fresh) - len(new), len(rows) - len(fresh))
 
     @staticmethod
@@ -603,6 +617,67 @@ class Store:
             row = db.execute(select(policies).order_by(policies.c.id.desc()).limit(1)).first()
         return None if row is None else StoredPolicy(row.id, row.version, row.text, row.source,
                                                      row.created_at)
+
+    # --- budgets ----------------------------------------------------------------------
+
+    def budget_used(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """What each (budget, period) has used so far (absent: nothing)."""
+        if not keys:
+            return {}
+        names = sorted({name for name, _ in keys})
+        with self.engine.connect() as db:
+            rows = db.execute(select(budget_counts).where(budget_counts.c.budget.in_(names)))
+            found = {(row.budget, row.period): int(row.used) for row in rows}
+        return {key: found.get(key, 0) for key in keys}
+
+    def spend(self, wanted: list[list[tuple[str, str, int]]]) -> list[bool]:
+        """Per offer, take one from each of its budgets, given as (budget, period, limit):
+        all of them or none (an offer whose budget is used up gets False). One transaction;
+        each count moves only while it is under its limit, so no number of workers or
+        replicas spends past a limit."""
+        if not any(wanted):
+            return [True] * len(wanted)
+        return settled(lambda: self._spend(wanted))
+
+    def _spend(self, wanted: list[list[tuple[str, str, int]]]) -> list[bool]:
+        keys = sorted({(name, period) for offer in wanted for name, period, _ in offer})
+        column = budget_counts.c
+        taken = []
+        with self.engine.begin() as db:
+            db.execute(self._insert(budget_counts).values(
+                [{"budget": name, "period": period, "used": 0} for name, period in keys])
+                .on_conflict_do_nothing())
+            for offer in wanted:
+                done = []
+                for name, period, limit in offer:
+                    moved = db.execute(update(budget_counts).where(
+                        (column.budget == name) & (column.period == period)
+                        & (column.used < limit)).values(used=column.used + 1))
+                    if moved.rowcount != 1:
+                        break
+                    done.append((name, period))
+                else:
+                    taken.append(True)
+                    continue
+                for name, period in done:  # all or none: give back what this offer took
+                    db.execute(update(budget_counts).where(
+                        (column.budget == name) & (column.period == period))
+                        .values(used=column.used - 1))
+                taken.append(False)
+        return taken
+
+    def _count(self, db: Any, keys: list[tuple[str, str]]) -> None:
+        """Count one per key (conversions: they happen whatever the limit says)."""
+        if not keys:
+            return
+        column = budget_counts.c
+        db.execute(self._insert(budget_counts).values(
+            [{"budget": name, "period": period, "used": 0} for name, period in set(keys)])
+            .on_conflict_do_nothing())
+        for name, period in keys:
+            db.execute(update(budget_counts).where(
+                (column.budget == name) & (column.period == period))
+                .values(used=column.used + 1))
 
     def bind_dataset(self, dataset: str) -> str:
         """The dataset this store serves: ``dataset`` if it serves none yet (recorded), else

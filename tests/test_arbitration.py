@@ -210,3 +210,36 @@ def test_the_policy_reference_names_every_setting_and_the_example_validates() ->
         for name in model.model_fields:  # in code quotes, alone or in a dotted path
             assert re.search(rf"`[^`\s]*\b{name}\b[^`\s]*`", text), (model.__name__, name)
     assert load(docs / "policy.example.yaml").version == "example-1"
+
+
+def test_an_offer_is_served_no_more_often_than_its_budget_allows(engine: Engine, now) -> None:  # type: ignore[no-untyped-def]
+    customers = [str(c) for c in engine.customers.names[:60]]
+    firsts = [ids(engine, c, now)[0] for c in customers]
+    top = max(set(firsts), key=firsts.count)
+    assert firsts.count(top) >= 5
+    engine.use_policy(from_json({"budgets": [{"name": "top-daily", "offers": [top],
+                                              "limit": 3, "period": "day"}]}))
+    served = sum(top in ids(engine, c, now) for c in customers)
+    assert served == 3
+    ranking = engine.rank(Request(customers[firsts.index(top)]), now, EVERYTHING)
+    assert top not in [o.product_id for o in ranking.offers]
+    assert ranking.removed["policy"] >= 1  # used up: held back like a suppression
+    tomorrow = now + timedelta(days=1)
+    assert sum(top in ids(engine, c, tomorrow) for c in customers) == 3  # a new day's budget
+
+
+def test_a_budget_is_never_overspent_by_concurrent_stores(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = f"sqlite:///{tmp_path / 'budgets.db'}"
+    stores = [Store(url, ERASURE_KEY) for _ in range(2)]  # two workers' connections
+    wanted = [[("cap", "total", 25), ("other", "total", 1000)]]
+
+    def take(n: int) -> bool:
+        return stores[n % 2].spend(wanted)[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        taken = list(pool.map(take, range(120)))
+    assert sum(taken) == 25
+    assert stores[0].budget_used([("cap", "total"), ("other", "total")]) == {
+        ("cap", "total"): 25, ("other", "total"): 25}  # all or none per offer

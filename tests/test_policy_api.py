@@ -97,3 +97,30 @@ def test_the_policy_file_is_used_from_the_start_and_read_again_on_reload(
     with pytest.raises(ValueError, match=r"channels\.web\.a"), TestClient(NboService.to_asgi()):
         pass
     forget_bentoml_collectors()
+
+
+@BOTH_DATABASES
+def test_budgets_count_impressions_and_conversions_once_and_show_what_is_left(
+        client: TestClient, people: dict) -> None:
+    buyer = people["buyer"]
+    first = top(client, buyer)["offers"][0]["product_id"]
+    second = top(client, buyer)["offers"][1]["product_id"]
+    policy = {"budgets": [{"name": "shown", "offers": [first], "limit": 2},
+                          {"name": "bought", "offers": [second], "limit": 1,
+                           "counts": "conversions", "period": "week"}]}
+    assert client.put("/admin/policy", json=policy, headers=ADMIN_AUTH).status_code == 200
+    served = [first in [o["product_id"] for o in top(client, buyer)["offers"]]
+              for _ in range(4)]
+    assert served == [True, True, False, False]
+    # another customer converts: the buyer's own purchase exclusion plays no part
+    conversion = {"customer_id": "someone-else", "product_id": second, "action": "conversion",
+                  "request_id": "r-1"}
+    for _ in range(2):  # a retry is stored, and counted, once
+        assert client.post("/feedback", json={"events": [conversion]},
+                           headers=AUTH).status_code == 200
+    budgets = client.get("/admin/budgets", headers=ADMIN_AUTH).json()["budgets"]
+    assert [(b["name"], b["used"], b["left"]) for b in budgets] == [("shown", 2, 0),
+                                                                    ("bought", 1, 0)]
+    assert budgets[1]["current_period"].count("-W") == 1
+    offered = [o["product_id"] for o in top(client, buyer)["offers"]]
+    assert first not in offered and second not in offered

@@ -161,6 +161,32 @@ def test_two_processes_on_one_store_share_events_consent_and_erasure(
         assert ranked(two, customer)["fallback"] in ("popular", "popular_in_region")
 
 
+def test_two_workers_never_serve_an_offer_past_its_budget(
+        model_dir: Path, snapshot_dir: Path, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.models import import_model
+
+    import_model(model_dir, "7")
+    policy = tmp_path / "policy.yaml"
+    env = service_env(snapshot_dir, tmp_path, NBO_WORKERS="2", NBO_POLICY_FILE=str(policy))
+    customer = buyer_of(snapshot_dir)
+    policy.write_text("version: none\n")
+    with serving(env, tmp_path / "serve.log") as url:
+        top = ranked(url, customer)["offers"][0]["product_id"]
+    policy.write_text(f"version: capped\nbudgets:\n  - {{name: cap, offers: [{top}], "
+                      "limit: 7}\n")
+    with serving(env, tmp_path / "capped.log") as url:
+        assert len(process.ready_workers(url, 2)) == 2
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda _: ranked(url, customer), range(60)))
+        budgets = httpx.get(f"{url}/admin/budgets", headers={"X-API-Key": "a"},
+                            timeout=10).json()["budgets"]
+    assert {a["policy_version"] for a in answers} == {"capped"}
+    served = sum(top in [o["product_id"] for o in a["offers"]] for a in answers)
+    assert served == 7 and (budgets[0]["used"], budgets[0]["left"]) == (7, 0)
+
+
 def test_no_acknowledged_event_is_lost_when_the_service_is_killed(
         model_dir: Path, snapshot_dir: Path, tmp_path: Path) -> None:
     """kill -9 in the middle of a stream of /events calls: every acknowledged event is in
