@@ -71,6 +71,8 @@ class Arbiter:
             return mask
 
         self.value = self._values(versioned, index)
+        self.prior = {index[pid]: rule.propensity for pid, rule in policy.offers.items()
+                      if rule.propensity is not None}
         self.weight = np.ones(len(offers))
         self.suppressed = np.zeros(len(offers), dtype=bool)
         for pid, rule in policy.offers.items():
@@ -179,6 +181,11 @@ class Arbiter:
         ranks = len(scores) - np.searchsorted(ordered, scores[items], side="right")
         propensity = np.zeros(len(scores))
         propensity[items] = self.calibration.propensity(channel, ranks, self.offers.ids[items])
+        if self.prior:  # the policy's prior, for offers without a response rate of their own
+            own = self.calibration.offers.get(channel, {})
+            for item, prior in self.prior.items():
+                if candidates[item] and str(self.offers.ids[item]) not in own:
+                    propensity[item] = prior
         weight = self.weight.copy()
         for members, start, end, campaign_weight in self.campaigns:
             if start <= now_ns < end:

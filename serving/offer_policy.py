@@ -45,6 +45,9 @@ class OfferRule(Strict):
     value: float | None = Field(None, gt=0, description="The offer's value, instead of the "
                                 "catalogue's (coupons, services, content).")
     suppressed: bool = Field(False, description="Never served while the policy holds.")
+    propensity: float | None = Field(
+        None, gt=0, le=1, description="The offer's response probability until the feedback "
+        "log gives it a rate of its own (offers nobody bought: coupons, services, content).")
 
 
 class CategoryRule(Strict):

@@ -209,7 +209,7 @@ def test_the_policy_reference_names_every_setting_and_the_example_validates() ->
                   Fallbacks):
         for name in model.model_fields:  # in code quotes, alone or in a dotted path
             assert re.search(rf"`[^`\s]*\b{name}\b[^`\s]*`", text), (model.__name__, name)
-    assert load(docs / "policy.example.yaml").version == "example-1"
+    assert load(docs.parent / "nbo" / "jobs" / "demo_policy.yaml").version == "example-1"
 
 
 def test_an_offer_is_served_no_more_often_than_its_budget_allows(engine: Engine, now) -> None:  # type: ignore[no-untyped-def]
@@ -243,3 +243,24 @@ def test_a_budget_is_never_overspent_by_concurrent_stores(tmp_path: Path) -> Non
     assert sum(taken) == 25
     assert stores[0].budget_used([("cap", "total"), ("other", "total")]) == {
         ("cap", "total"): 25, ("other", "total"): 25}  # all or none per offer
+
+
+def test_a_lapsed_customer_gets_the_win_back_coupon_when_it_is_worth_more(engine: Engine,
+                                                                          now) -> None:  # type: ignore[no-untyped-def]
+    from serving.offer_policy import load
+
+    # a propensity curve as the split of a 3,000-customer shop gives the blend
+    engine.calibration = Calibration(Curve(np.array(
+        [0.134, 0.084, 0.078, 0.056, 0.037, 0.037, 0.036, 0.031, 0.029, 0.024, 0.015]),
+        "holdout", 550))
+    now_ns = int(np.datetime64(now, "ns").astype(np.int64))
+    lapsed = [str(c) for c in engine.customers.names
+              if engine.state.stage(engine.state.row_of(str(c)), now_ns) == "lapsed"][:10]
+    assert lapsed
+    assert all(ids(engine, c, now)[0] != "winback15" for c in lapsed)  # relevance alone
+    engine.use_policy(load(Path(__file__).parents[1] / "nbo" / "jobs" / "demo_policy.yaml"))
+    for customer in lapsed:
+        first = engine.rank(Request(customer, explain=True), now, EVERYTHING).offers[0]
+        assert first.product_id == "winback15", customer
+        assert first.components == {"propensity": 0.08, "value": 12.0, "weight": 1.0,
+                                    "context_weight": 3.0}

@@ -191,7 +191,7 @@ def test_build_without_a_promoted_model_says_what_to_do(monkeypatch: pytest.Monk
 def test_policy_validate_and_show(tmp_path: Path, snapshot_dir: Path) -> None:
     from nbo.cli import EXIT_POLICY
 
-    example = Path(__file__).parents[1] / "docs" / "policy.example.yaml"
+    example = Path(__file__).parents[1] / "nbo" / "jobs" / "demo_policy.yaml"
     valid = runner.invoke(app, ["policy", "validate", str(example), "--snapshot",
                                 str(snapshot_dir)])
     assert valid.exit_code == 0 and "valid, version example-1" in valid.output, valid.output
