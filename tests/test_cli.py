@@ -107,6 +107,9 @@ def test_demo_runs_end_to_end(isolated_home: Path) -> None:
         assert result.exit_code == 0, result.output
         assert "lifecycle stages" in result.output and "Segments" in result.output
         assert "POST /rank for" in result.output and f"127.0.0.1:{port}/newsletter" in result.output
+        # the lapsed customer's ranking under the demo's policy, with its components
+        assert "with the offer policy example-1" in result.output
+        assert "context_weight" in result.output and '"explain": true' in result.output
         assert (isolated_home / "demo" / "snapshot" / "manifest.json").exists()
         assert (isolated_home / "demo" / "mlflow.db").exists()  # the demo's own workspace
         assert not (isolated_home / "mlflow.db").exists()

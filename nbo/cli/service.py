@@ -115,7 +115,7 @@ def _demo_service(snapshot: Path, port: int) -> None:
 
     import httpx
 
-    from nbo.jobs.demo import PortInUse, demo_customer, start_demo_service
+    from nbo.jobs.demo import POLICY, PortInUse, demo_customer, start_demo_service
 
     try:
         service = start_demo_service(settings().home.resolve(), snapshot, port)
@@ -130,7 +130,16 @@ def _demo_service(snapshot: Path, port: int) -> None:
     console.print(f"7. the service runs at {url} (pid {service.pid}, log {service.log}, 'now' "
                   f"pinned to {service.now}); {customer} is {ranking['lifecycle_stage']}:")
     print_frame(_offers_frame(ranking["offers"]), f"POST /rank for {customer}")
-    rank_body = json.dumps({"customer_id": customer, "k": 5})
+    lapsed = demo_customer(snapshot, "lapsed")
+    explained = httpx.post(f"{url}/rank", json={"customer_id": lapsed, "k": 5,
+                                                "explain": True},
+                           headers=auth, timeout=10).json()
+    console.print(f"8. with the offer policy {explained['policy_version']} ({POLICY.name}), "
+                  f"priority = propensity^a * value^b * weight * context weight; "
+                  f"for {lapsed}, who is {explained['lifecycle_stage']}:", highlight=False)
+    print_frame(_explained_frame(explained["offers"]), f"POST /rank for {lapsed}, explained",
+                floats="{:.4g}")
+    rank_body = json.dumps({"customer_id": lapsed, "k": 5, "explain": True})
     letter_body = json.dumps({"customers": [customer]})
     console.print("Try it:", highlight=False)
     for path, body in (("rank", rank_body), ("newsletter", letter_body)):
@@ -149,6 +158,14 @@ def _offers_frame(offers: list[dict[str, Any]]) -> Any:
     import pandas as pd
 
     return pd.DataFrame(offers, columns=["rank", "product_id", "title", "score", "reason"])
+
+
+def _explained_frame(offers: list[dict[str, Any]]) -> Any:
+    import pandas as pd
+
+    rows = [{"rank": o["rank"], "product_id": o["product_id"], "priority": o["priority"],
+             **o["components"]} for o in offers]
+    return pd.DataFrame(rows)
 
 
 @app.command()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 IN_DEMO = "NBO_IN_DEMO_WORKSPACE"  # set once this process works in the demo's workspace
+POLICY = Path(__file__).with_name("demo_policy.yaml")  # the demo's offer policy
 PID_FILE = "serve.pid"
 LOG_FILE = "serve.log"
 
@@ -58,7 +59,8 @@ def start_demo_service(home: Path, snapshot: Path, port: int) -> DemoService:
     now = load_snapshot(snapshot).now.isoformat()
     erasure_key = Settings(home=home).local_erasure_key()  # the demo's, in its NBO_HOME
     env = {**os.environ, "NBO_API_KEYS": api_key, "NBO_ADMIN_API_KEYS": admin_key,
-           "NBO_ERASURE_KEY": erasure_key, "NBO_NOW": now, "NBO_HOME": str(home)}
+           "NBO_ERASURE_KEY": erasure_key, "NBO_NOW": now, "NBO_HOME": str(home),
+           "NBO_POLICY_FILE": os.environ.get("NBO_POLICY_FILE", str(POLICY))}
     log = home / LOG_FILE
     server = process.start(port, env, log)
     (home / PID_FILE).write_text(str(server.pid))
@@ -83,9 +85,9 @@ def stop_demo_service(home: Path) -> bool:
     return stopped
 
 
-def demo_customer(snapshot: Path) -> str:
-    """A customer with several purchases and e-mail consent: the ranking has something to
-    show and the newsletter curl answers with blocks."""
+def demo_customer(snapshot: Path, stage: str = "active") -> str:
+    """A customer of ``stage`` with the most orders and e-mail consent: the ranking has
+    something to show and the newsletter curl answers with blocks."""
     from features.snapshot import load_snapshot
 
     snap = load_snapshot(snapshot)
@@ -95,7 +97,7 @@ def demo_customer(snapshot: Path) -> str:
                                 & consents["double_opt_in"], "customer_id"])
     denied = set(consents.loc[(consents["purpose"] == "personalization") & ~consents["granted"],
                               "customer_id"])
-    ranked = state[state["lifecycle_stage"] == "active"].sort_values("orders", ascending=False)
+    ranked = state[state["lifecycle_stage"] == stage].sort_values("orders", ascending=False)
     for customer in ranked["customer_id"]:
         if customer in mailable and customer not in denied:
             return str(customer)
