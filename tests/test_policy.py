@@ -20,8 +20,10 @@ from features.config import LifecycleConfig
 from features.ids import IdMap
 from serving import policy
 from serving.engine import Engine, PolicySettings, Request
+from serving.offer_policy import Versioned, from_json
 from serving.policy import Consent, Offers
 from serving.store import Store
+from training.calibration import Calibration, Curve
 from training.data import TrainData
 from training.models import create
 
@@ -190,8 +192,11 @@ def test_no_served_offer_ever_breaks_a_rule(shop: dict) -> None:
             store.close()
 
 
-def check_request(shop: dict, store: Store, settings_: PolicySettings) -> None:
+def check_request(shop: dict, store: Store, settings_: PolicySettings,
+                  offer_policy: Versioned | None = None) -> Engine:
     engine = build_engine(shop, store, settings_)
+    if offer_policy is not None:
+        engine.use_policy(offer_policy)
     offers, req = shop["offers"], shop["request"]
     ids = offers["product_id"]
     for customer, purpose, granted, doi in shop["consents"]:
@@ -236,4 +241,80 @@ def check_request(shop: dict, store: Store, settings_: PolicySettings) -> None:
                       for c, i, a in shop["shown"])
         assert impressions < settings_.max_impressions or clicked, "contact"
         categories[o["category"]] = categories.get(o["category"], 0) + 1
-    assert all(n <= settings_.max_per_category for n in categories.values())
+    fallbacks = offer_policy.policy.fallbacks.rank if offer_policy is not None else []
+    capped = [pid for pid in served if pid not in fallbacks]  # fallbacks skip the cap
+    assert all(sum(table_.loc[pid, "category"] == cat for pid in capped)
+               <= settings_.max_per_category for cat in categories)
+    return engine
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shop=shops(), data=st.data())
+def test_no_served_offer_ever_breaks_the_offer_policy(shop: dict, data: st.DataObject) -> None:
+    """Every rule still holds under a drawn policy, and no answer breaks a suppression, a
+    campaign window or a budget, over many requests; lists never exceed k. The policy names
+    mostly offers that are served without it, so that it has something to hold back."""
+    people = [*shop["customers"], "stranger"] * 3
+    ks = [data.draw(st.integers(1, 10)) for _ in people]
+    everyone = Consent(True, frozenset(), False)
+
+    def serve(engine: Engine) -> list[str]:
+        served = []
+        for customer, k in zip(people, ks, strict=True):
+            offers = engine.rank(Request(customer, "web", k, NOW), NOW, everyone).offers
+            assert len(offers) <= k
+            served += [o.product_id for o in offers]
+        return served
+
+    # a drawn propensity curve: non-increasing, with plateaus where ties must keep the order
+    steps = data.draw(st.lists(st.sampled_from([0.0, 0.0, 0.1, 0.3]), min_size=1, max_size=8))
+    curve = Calibration(Curve(np.cumsum([0.01, *steps])[::-1].copy(), "holdout", 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(f"sqlite:///{Path(tmp) / 'plain.db'}", ERASURE_KEY)
+        try:
+            served_plain = serve(build_engine(shop, store, PolicySettings()))
+            neutral = build_engine(shop, store, PolicySettings())
+            neutral.calibration = curve
+            neutral.use_policy(from_json({"channels": {"web": {"a": 1.0, "b": 0.0}}}))
+            assert serve(neutral) == served_plain, "a=1, b=0 keeps the model's order"
+        finally:
+            store.close()
+    plain = sorted(set(served_plain))
+    ids = plain or list(shop["offers"]["product_id"])
+    some = st.sets(st.sampled_from(ids), max_size=min(4, len(ids))).map(sorted)
+    named = st.sets(st.sampled_from(ids), min_size=1, max_size=min(4, len(ids))).map(sorted)
+    windows = st.sampled_from([(-2, 2), (1, 5), (-5, -1), (None, None)])
+    campaigns = [{"name": f"c{n}", "offers": offers, "weight": weight,
+                  **({} if start is None else {"start": NOW + timedelta(days=start),
+                                               "end": NOW + timedelta(days=end)})}
+                 for n, (offers, (start, end), weight) in enumerate(data.draw(st.lists(
+                     st.tuples(named, windows, st.sampled_from([0.5, 1.0, 9.0])),
+                     max_size=2)))]
+    budgets = [{"name": f"b{n}", "offers": offers, "limit": limit, "period": "day"}
+               for n, (offers, limit) in enumerate(data.draw(st.lists(
+                   st.tuples(named, st.integers(1, 3)), max_size=2)))]
+    offer_policy = from_json({
+        "channels": {ch: {"a": data.draw(st.sampled_from([0.5, 1.0, 2.0])),
+                          "b": data.draw(st.sampled_from([0.0, 1.0]))}
+                     for ch in ("web", "app", "email", "sms")},
+        "offers": {pid: {"suppressed": True} for pid in data.draw(some)}
+        | {pid: {"weight": 4.0} for pid in data.draw(some)},
+        "campaigns": campaigns, "budgets": budgets, "fallbacks": {"rank": data.draw(some)}})
+    suppressed = {pid for pid, rule in offer_policy.policy.offers.items() if rule.suppressed}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(f"sqlite:///{Path(tmp) / 'store.db'}", ERASURE_KEY)
+        try:  # every rule, then the policy's own limits over many requests
+            check_request(shop, store, PolicySettings(max_impressions=2, max_per_category=2),
+                          offer_policy)
+            served = serve(check_request(shop, store, PolicySettings(), offer_policy))
+        finally:
+            store.close()
+    assert not suppressed & set(served), "suppression"
+    running: set[str] = set()  # an offer of several campaigns is served while one runs
+    for campaign in offer_policy.policy.campaigns:
+        if campaign.start is None or campaign.start <= NOW < campaign.end:  # type: ignore[operator]
+            running |= set(campaign.offers)
+    for campaign in offer_policy.policy.campaigns:
+        assert not (set(campaign.offers) - running) & set(served), "campaign window"
+    for budget in offer_policy.policy.budgets:
+        assert sum(pid in budget.offers for pid in served) <= budget.limit, "budget"
