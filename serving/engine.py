@@ -48,6 +48,7 @@ from training.models.base import Query, Recommender
 CONTEXT_DIR = "context"
 SPEND_ATTEMPTS = 3  # picks of a list whose offers' budgets other requests used up meanwhile
 BudgetsUsed = dict[tuple[str, str], int]
+BUDGET_READ_SECONDS = 1.0  # how stale a worker's view of the budgets may be (never overspent)
 __all__ = ["BLOCKS", "Engine", "Letter", "LetterBlock", "Offer", "PolicySettings", "Ranking",
            "Request", "RequestError"]
 
@@ -75,6 +76,7 @@ class Engine:
         self.calibration = calibration
         self.arbiter = neutral(self.offers, calibration)
         self._newsletter = Newsletter(self)
+        self._budgets: tuple[list[tuple[str, str]], float, BudgetsUsed] | None = None
         self.checked_seconds = 0.0  # how long the health check of every customer took
 
     @classmethod
@@ -232,18 +234,36 @@ class Engine:
         ``used`` was read already)."""
         allowed = arbiter.allowed(now_ns)
         if arbiter.budgets:
-            if used is None:
-                used = self.store.budget_used(arbiter.budget_keys(now))
-            allowed &= arbiter.within_budgets(used, now)
+            allowed &= arbiter.within_budgets(used if used is not None else
+                                              self.budgets_used(arbiter, now), now)
         return allowed
+
+    def budgets_used(self, arbiter: Arbiter, now: datetime) -> BudgetsUsed:
+        """What the budgets used, read from the store at most every ``BUDGET_READ_SECONDS``
+        per worker. A stale read never overspends: the store's count moves only under its
+        limit (:meth:`spend`), and a refusal reads anew."""
+        keys = arbiter.budget_keys(now)
+        cached = self._budgets
+        if cached is not None and cached[0] == keys and time.monotonic() < cached[1]:
+            return cached[2]
+        used = self.store.budget_used(keys)
+        self._budgets = (keys, time.monotonic() + BUDGET_READ_SECONDS, used)
+        return used
+
+    def budgets_changed(self) -> None:
+        """This worker counted in a budget (a conversion): read the store on the next
+        request."""
+        self._budgets = None
 
     def spend(self, arbiter: Arbiter, items: np.ndarray, now: datetime) -> np.ndarray:
         """Take an impression from the budgets of the offers about to be served; those
         whose budget another request used up meanwhile are returned (not to be served)."""
         if not arbiter.offer_budgets or not len(items):
             return items[:0]
-        taken = self.store.spend(arbiter.spending(items, now))
-        return items[~np.asarray(taken, dtype=bool)]
+        taken = np.asarray(self.store.spend(arbiter.spending(items, now)), dtype=bool)
+        if not taken.all():
+            self._budgets = None  # one ran out: the next request reads the store again
+        return items[~taken]
 
     def rank(self, request: Request, now: datetime, consent: Consent,
              exposure: Exposure | None = None) -> Ranking:

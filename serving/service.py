@@ -257,6 +257,8 @@ class NboService:
             engine = self.holder.engine
             budgets = engine.arbiter.conversions if engine is not None else None
             appended = self.store.append_feedback(rows, received, budgets)
+            if engine is not None and any(row["action"] == "conversion" for row in rows):
+                engine.budgets_changed()
             for event in events:
                 METRICS.feedback.labels(action=event.action).inc()
             return FeedbackResponse(request_id=uuid.uuid4().hex,
