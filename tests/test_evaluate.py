@@ -11,7 +11,13 @@ from scipy import sparse
 
 from features.contract import load_dataset
 from training.data import TrainData
-from training.evaluate import evaluate, ranked_scores, ranking_metrics, time_split
+from training.evaluate import (
+    evaluate,
+    ranked_scores,
+    ranking_metrics,
+    time_split,
+    value_tradeoff,
+)
 from training.fallbacks import RegionalPopularity
 from training.models import create
 from training.models.base import Recommender
@@ -148,3 +154,36 @@ def test_customers_the_model_cannot_rank_are_ranked_by_their_regions_best_seller
     assert differs  # the regions' lists are not the overall one
     table = evaluate(model, split).set_index(["task", "group"])
     assert table.loc[("all", "cold-start"), "customers"] > 0
+
+
+def test_value_at_k_adds_what_the_hits_are_worth(data) -> None:  # type: ignore[no-untyped-def]
+    hits = np.array([[1, 0, 1], [0, 0, 0]], dtype=bool)
+    worth = np.array([[10.0, 99.0, 2.5], [7.0, 7.0, 7.0]])
+    assert ranking_metrics(hits, np.array([2, 1]), 3, worth)["value"].tolist() == [12.5, 0.0]
+    split = time_split(data.events, data.products, data.customers, cutoff_of(data.events))
+    products = data.products.set_index("product_id")
+    item = split.data.items.ids[0]
+    expected = products.loc[item, "price"] * products.loc[item, "margin"]
+    assert split.offer_values[0] == pytest.approx(expected)
+    coupon = list(split.data.items.ids).index("welcome10")
+    assert split.offer_values[coupon] == 1.0  # a price of 0 and no margin: worth 1
+    oracle = Oracle(split.truth, split.bought_before).fit(split.data)
+    table = evaluate(oracle, split).set_index(["task", "group"])
+    rows = split.test_customers
+    truth = split.truth[rows]
+    truth = (truth - truth.multiply(split.bought_before[rows])).tocsr()
+    truth.eliminate_zeros()
+    best = [sorted(truth[i].indices, key=lambda j: j)[:10] for i in range(truth.shape[0])]
+    novel = [split.offer_values[b].sum() for b in best if len(b)]
+    assert table.loc[("novel", "overall"), "value"] == pytest.approx(np.mean(novel))
+
+
+def test_the_value_trade_off_at_b_0_is_the_models_own_ranking(data) -> None:  # type: ignore[no-untyped-def]
+    split = time_split(data.events, data.products, data.customers, cutoff_of(data.events))
+    model = create("ease", {"l2": 50.0}).fit(split.data)
+    plain = evaluate(model, split).set_index(["task", "group"]).loc[("all", "overall")]
+    curve = np.array([0.3, 0.2, 0.2, 0.1, 0.05, 0.0])  # plateaus: ties keep the model's order
+    table = value_tradeoff(model, split, curve, (0.0, 2.0)).set_index("b")
+    assert table.loc[0.0, "ndcg"] == pytest.approx(plain["ndcg"])
+    assert table.loc[0.0, "value"] == pytest.approx(plain["value"])
+    assert table.loc[2.0, "ndcg"] != pytest.approx(plain["ndcg"])  # value reorders

@@ -24,7 +24,7 @@ from training.models.base import Query, Recommender
 from training.ranking import top_k
 
 TASKS = ("all", "novel")
-METRICS = ("ndcg", "recall", "precision", "map", "hit_rate", "coverage")
+METRICS = ("ndcg", "recall", "precision", "map", "hit_rate", "value", "coverage")
 BATCH = 1024
 
 
@@ -38,6 +38,11 @@ class Split:
     truth: sparse.csr_matrix  # customers of ``data`` x offers: bought in the test window
     bought_before: sparse.csr_matrix  # bought before the cut-off (excluded in "novel")
     test_customers: np.ndarray  # rows of ``data`` with at least one test purchase
+    values: np.ndarray | None = None  # per offer of ``data``: what a hit is worth
+
+    @property
+    def offer_values(self) -> np.ndarray:
+        return self.values if self.values is not None else np.ones(len(self.data.items))
 
     @property
     def stages(self) -> np.ndarray:
@@ -86,7 +91,22 @@ def time_split(
     test_customers = np.flatnonzero(np.diff(truth.indptr) > 0)
     if not len(test_customers):
         raise ValueError(f"no purchases after the cut-off {cutoff} to evaluate on")
-    return Split(cutoff, features, data, truth, bought, test_customers)
+    return Split(cutoff, features, data, truth, bought, test_customers,
+                 offer_values(products, data))
+
+
+def offer_values(products: pd.DataFrame, data: TrainData) -> np.ndarray:
+    """What selling each offer is worth, for value@k: price x margin where both are known,
+    else the price, else 1."""
+    table = products.set_index(C.product).reindex(data.items.ids)
+    if C.price not in table:
+        return np.ones(len(data.items))
+    price = pd.to_numeric(table[C.price], errors="coerce")
+    margin = (pd.to_numeric(table[C.margin], errors="coerce") if C.margin in table
+              else pd.Series(np.nan, index=table.index))
+    value = np.array((price * margin).fillna(price), dtype=float)
+    value[~np.isfinite(value) | (value <= 0)] = 1.0
+    return value
 
 
 def _pairs(data: TrainData, events: pd.DataFrame) -> sparse.csr_matrix:
@@ -99,8 +119,11 @@ def _pairs(data: TrainData, events: pd.DataFrame) -> sparse.csr_matrix:
     return matrix
 
 
-def ranking_metrics(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> dict[str, np.ndarray]:
-    """Per-customer metrics from a hits matrix (customers x k, best first)."""
+def ranking_metrics(hits: np.ndarray, n_relevant: np.ndarray, k: int,
+                    values: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-customer metrics from a hits matrix (customers x k, best first); ``values``
+    (customers x k) is what each recommended offer is worth: value@k adds those of the
+    hits."""
     hits = hits.astype(float)
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     ideal = np.cumsum(discounts)[np.minimum(n_relevant, k) - 1]
@@ -111,6 +134,7 @@ def ranking_metrics(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> dict[st
         "precision": hits.sum(axis=1) / k,
         "map": (precision_at * hits).sum(axis=1) / np.minimum(n_relevant, k),
         "hit_rate": (hits.sum(axis=1) > 0).astype(float),
+        "value": (hits * (1.0 if values is None else values)).sum(axis=1),
     }
 
 
@@ -164,7 +188,8 @@ def _score_task(
         dense_truth = truth[part].toarray() > 0
         hits = np.take_along_axis(dense_truth, best, axis=1)
         n_relevant = np.maximum(dense_truth.sum(axis=1), 1)
-        for name, values in ranking_metrics(hits, n_relevant, k).items():
+        worth = split.offer_values[best]
+        for name, values in ranking_metrics(hits, n_relevant, k, worth).items():
             metrics.setdefault(name, []).append(values)
         recommended.append(best)
     return ({name: np.concatenate(parts) for name, parts in metrics.items()},
@@ -179,6 +204,39 @@ def ranked_scores(model: Recommender, ids: np.ndarray, features: pd.DataFrame,
     scores = answer.scores.astype(np.float64)
     fallbacks.apply(scores, answer.fallback, regions)
     return scores
+
+
+def value_tradeoff(model: Recommender, split: Split, propensity: np.ndarray,
+                   exponents: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0), k: int = 10
+                   ) -> pd.DataFrame:
+    """NDCG@k and value@k on the "all" task when the model's ranking is arbitrated as
+    serving does with ``a = 1`` and no weights: by propensity (``propensity`` by rank, e.g.
+    a calibration curve) times value^b, for each ``b`` of ``exponents``; b = 0 is the
+    model's own order."""
+    rows = split.test_customers
+    ids = split.data.customers.ids[rows].to_numpy()
+    fallbacks = RegionalPopularity(split.regions, split.bought_before)
+    regions, values = split.regions[rows], split.offer_values
+    results = {b: {"ndcg": [], "value": []} for b in exponents}  # type: ignore[var-annotated]
+    for start in range(0, len(ids), BATCH):
+        part = slice(start, start + BATCH)
+        scores = ranked_scores(model, ids[part], split.data.customer_features.iloc[rows[part]],
+                               fallbacks, regions[part])
+        # each offer's rank in the customer's ranking: how many offers score higher
+        ranks = np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1)
+        chance = propensity[np.minimum(ranks, len(propensity) - 1)]
+        truth = split.truth[rows[part]].toarray() > 0
+        n_relevant = np.maximum(truth.sum(axis=1), 1)
+        for b in exponents:
+            # ties in priority keep the model's order, as in serving
+            order = np.lexsort((-scores, -(chance * values ** b)), axis=1)[:, :k]
+            hits = np.take_along_axis(truth, order, axis=1)
+            metrics = ranking_metrics(hits, n_relevant, k, values[order])
+            results[b]["ndcg"].append(metrics["ndcg"])
+            results[b]["value"].append(metrics["value"])
+    return pd.DataFrame([{"b": b, "ndcg": float(np.concatenate(r["ndcg"]).mean()),
+                          "value": float(np.concatenate(r["value"]).mean())}
+                         for b, r in results.items()])
 
 
 def fit_and_evaluate(

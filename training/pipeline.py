@@ -159,7 +159,7 @@ def compare_candidates(experiment: Experiment, kinds: list[str] | None = None,
                 rows.append({
                     "model": kind, "task": row.task, "ndcg": row.ndcg, "recall": row.recall,
                     "precision": row.precision, "map": row.map, "hit_rate": row.hit_rate,
-                    "coverage": row.coverage,
+                    "value": row.value, "coverage": row.coverage,
                     "cold_ndcg": cold["ndcg"].get(row.task, float("nan")),
                     "fit_s": seconds, "total_s": time.perf_counter() - started,
                 })
