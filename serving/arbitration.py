@@ -50,10 +50,13 @@ class Arbiter:
         unknown = sorted(policy.offer_ids() - set(index))
         categories = {str(name): code for code, name in enumerate(offers.categories)}
         unknown_categories = sorted(policy.category_names() - set(categories))
-        if unknown or unknown_categories:
-            raise PolicyError("; ".join(
-                [f"offers not in the served model's catalogue: {unknown[:10]}"] * bool(unknown)
-                + [f"unknown categories: {unknown_categories[:10]}"] * bool(unknown_categories)))
+        problems = []
+        if unknown:
+            problems.append(f"offers not in the served model's catalogue: {unknown[:10]}")
+        if unknown_categories:
+            problems.append(f"unknown categories: {unknown_categories[:10]}")
+        if problems:
+            raise PolicyError("; ".join(problems))
 
         def offer_mask(ids: list[str], names: list[str]) -> np.ndarray:
             mask = np.zeros(len(offers), dtype=bool)
