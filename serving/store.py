@@ -272,8 +272,13 @@ class Store:
             raise ValueError(f"{self.engine.dialect.name} is not supported for the store: "
                              "use a sqlite:/// or postgresql+psycopg:// URL")
         self._insert = dialects[self.engine.dialect.name]
+        # budget counts go through connections of their own: on SQLite without an fsync per
+        # answer (a count is not an acknowledged event; a power cut may lose the last ones)
+        self.counts: Engine = self.engine
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            self.counts = create_engine(url, future=True)
+            event.listen(self.counts, "connect", _sqlite_count_pragmas)
         settled(lambda: metadata.create_all(self.engine))
         # a store made before the index existed gets it too
         settled(lambda: FEEDBACK_ONCE.create(self.engine, checkfirst=True))
@@ -282,6 +287,7 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        self.counts.dispose()
 
     # --- consents -----------------------------------------------------------------------
 
@@ -640,30 +646,33 @@ class Store:
         return settled(lambda: self._spend(wanted))
 
     def _spend(self, wanted: list[list[tuple[str, str, int]]]) -> list[bool]:
-        keys = sorted({(name, period) for offer in wanted for name, period, _ in offer})
+        with self.counts.begin() as db:
+            return self._take(db, wanted)
+
+    def _take(self, db: Any, wanted: list[list[tuple[str, str, int]]]) -> list[bool]:
         column = budget_counts.c
         taken = []
-        with self.engine.begin() as db:
-            db.execute(self._insert(budget_counts).values(
-                [{"budget": name, "period": period, "used": 0} for name, period in keys])
-                .on_conflict_do_nothing())
-            for offer in wanted:
-                done = []
-                for name, period, limit in offer:
-                    moved = db.execute(update(budget_counts).where(
-                        (column.budget == name) & (column.period == period)
-                        & (column.used < limit)).values(used=column.used + 1))
-                    if moved.rowcount != 1:
-                        break
-                    done.append((name, period))
-                else:
-                    taken.append(True)
-                    continue
-                for name, period in done:  # all or none: give back what this offer took
-                    db.execute(update(budget_counts).where(
-                        (column.budget == name) & (column.period == period))
-                        .values(used=column.used - 1))
-                taken.append(False)
+        for offer in wanted:
+            done = []
+            for name, period, limit in offer:
+                moved = db.execute(update(budget_counts).where(
+                    (column.budget == name) & (column.period == period)
+                    & (column.used < limit)).values(used=column.used + 1)).rowcount
+                if not moved:  # the period's first, or used up: a new row counts one
+                    moved = len(db.execute(self._insert(budget_counts).values(
+                        budget=name, period=period, used=1).on_conflict_do_nothing()
+                        .returning(budget_counts.c.used)).all())
+                if moved != 1:
+                    break
+                done.append((name, period))
+            else:
+                taken.append(True)
+                continue
+            for name, period in done:  # all or none: give back what this offer took
+                db.execute(update(budget_counts).where(
+                    (column.budget == name) & (column.period == period))
+                    .values(used=column.used - 1))
+            taken.append(False)
         return taken
 
     def _count(self, db: Any, keys: list[tuple[str, str]]) -> None:
@@ -787,6 +796,13 @@ def _effective(held: dict[str, tuple[bool, bool]], personalization_default: bool
     personalization = held["personalization"][0] if "personalization" in held \
         else personalization_default
     return Consent(personalization, frozenset(channels), granted("sensitive"))
+
+
+def _sqlite_count_pragmas(connection: Any, _: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: durable past a crash of the process
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
 
 
 def _sqlite_pragmas(connection: Any, _: Any) -> None:
