@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -237,3 +238,35 @@ def test_two_tuning_workers_on_one_study_sample_apart_and_register_one_challenge
     sampled = [tuple(sorted(t.params.items())) for t in study.trials]
     assert len(study.trials) == 8 and len(set(sampled)) == len(sampled), sampled
     assert len(tracking.search_model_versions(f"name = '{MODEL_NAME}'")) == 1, outputs
+
+
+def _open_at_the_barrier(url: str, barrier: Any) -> None:
+    from training.tune import study_storage
+
+    barrier.wait()
+    study_storage(url)
+
+
+@pytest.mark.slow
+def test_workers_opening_a_new_sqlite_study_at_once_all_get_it(tmp_path: Path) -> None:
+    """Regression: two 'nbo tune' workers started together on a new SQLite storage raced in
+    Optuna's table creation, and one exited with "table studies already exists" or a unique
+    constraint on the version row (CI, 2 of 367 tests). Forked pairs open at one barrier."""
+    import multiprocessing
+
+    import training.tune  # noqa: F401  (imported before the fork, so the opening is the race)
+
+    context = multiprocessing.get_context("fork")
+    failed = []
+    for round_ in range(12):
+        url = f"sqlite:///{tmp_path / f'optuna{round_}.db'}"
+        barrier = context.Barrier(2)
+        workers = [context.Process(target=_open_at_the_barrier,
+                                   args=(url, barrier))
+                   for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        failed += [round_ for worker in workers if worker.exitcode != 0]
+    assert not failed, f"a worker failed to open the new storage in rounds {failed}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ import mlflow
 import numpy as np
 import optuna
 import pandas as pd
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from features.settings import redacted
@@ -23,6 +25,26 @@ from training.tracking import flat_metrics
 OBJECTIVE = ("all.ndcg", "novel.ndcg")  # maximised: their mean
 REGISTERED_TRIAL = "nbo.registered_trial"  # study attribute: the trial registered last
 FIRST_LOOK = 0.25  # share of test customers a trial is judged on before it may be pruned
+SQLITE_WAIT_SECONDS = 60  # how long a worker waits for another's write lock on a SQLite study
+OPENING_TRIES = 5
+
+
+def study_storage(url: str) -> optuna.storages.RDBStorage:
+    """The Optuna storage at ``url``, safe for workers that open a new one at the same moment.
+
+    Optuna makes its tables and version row on first open without a lock of its own: two
+    workers starting together on a new SQLite file raced, and one failed with "table studies
+    already exists" or a unique constraint on the version row (seen in CI). The loser's error
+    is final only once the tables should be there; a SQLite worker also waits for the other's
+    write lock rather than giving up after SQLite's default five seconds."""
+    engine_kwargs = ({"connect_args": {"timeout": SQLITE_WAIT_SECONDS}}
+                     if url.startswith("sqlite") else {})
+    for attempt in range(1, OPENING_TRIES):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
+            time.sleep(0.2 * attempt)
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
 def suggest(trial: optuna.Trial, space: dict[str, Param]) -> dict[str, Any]:
@@ -75,7 +97,7 @@ def tune(
     name = study_name or f"nbo-{kind}-{experiment.key}-folds{len(folds)}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+        study_name=name, storage=study_storage(storage), direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     )
