@@ -75,20 +75,26 @@ def test_the_engine_serves_what_it_served_before(
     assert same(json.loads(json.dumps(got)), expected), "served differently from the pinned"
 
 
-def same(got: Any, expected: Any) -> bool:
-    """Equal, scores within 2e-6 plus 5e-6 of their size: scores are float32 sums, pinned
-    to 6 decimals, and the last digits move with the CPU's vector instructions (the order
-    of a float sum); the order of the offers may not."""
+def same(got: Any, expected: Any, relative: float = 5e-6) -> bool:
+    """Equal, scores within 2e-6 plus ``relative`` of their size: scores are float32 sums,
+    pinned to 6 decimals, and the last digits move with the CPU's vector instructions (the
+    order of a float sum); the order of the offers may not."""
     if isinstance(expected, float) and isinstance(got, float | int):
-        return abs(got - expected) <= 2e-6 + 5e-6 * abs(expected)
+        return abs(got - expected) <= 2e-6 + relative * abs(expected)
     if isinstance(expected, dict) and isinstance(got, dict):
-        return got.keys() == expected.keys() and all(same(got[k], expected[k]) for k in got)
+        return got.keys() == expected.keys() and all(same(got[k], expected[k], relative)
+                                                     for k in got)
     if isinstance(expected, list) and isinstance(got, list):
-        return len(got) == len(expected) and all(map(same, got, expected))
+        return len(got) == len(expected) and all(same(g, e, relative)
+                                                 for g, e in zip(got, expected, strict=True))
     return bool(got == expected)
 
 
 REAL_PINNED = Path(__file__).parent / "pinned" / "online_retail.json"
+# The blend is fitted here on all of Online Retail in float32 over many iterations, carrying the
+# CPU's rounding into its factors: on an AMD EPYC its scores were up to 0.06% off the pins
+# written on another machine, with every id, order and reason the same (deterministic on each).
+REAL_RELATIVE = 2e-3
 KEPT_AS_IS = {"lifecycle_stage", "fallback", "withheld", "block", "no_mail"}
 
 
@@ -132,4 +138,4 @@ def test_the_engine_serves_online_retail_as_it_served_before(
     expected = json.loads(REAL_PINNED.read_text())
     expected["letters"] = [without_nones(x) for x in expected["letters"]]
     got["letters"] = [without_nones(x) for x in got["letters"]]
-    assert same(got, expected), "served differently from the pinned"
+    assert same(got, expected, REAL_RELATIVE), "served differently from the pinned"
