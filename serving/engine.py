@@ -281,6 +281,10 @@ class Engine:
         prepared = self.prepare(request, now, consent, exposure=exposure)
         arbiter = prepared.arbiter
         allowed = prepared.allowed()
+        if request.among:
+            among = np.zeros(len(self.offers), dtype=bool)
+            among[self.indices(list(request.among), "among")] = True
+            allowed &= among
         now_ns = int(np.datetime64(now, "ns").astype(np.int64))
         weighed = arbiter.priorities(prepared.scores, allowed, request.channel, prepared.stage,
                                      now_ns)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+from datetime import datetime, time
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from features.columns import Stage
 
 Channel = Literal["web", "app", "email", "sms", "push", "post"]
+MessagingChannel = Literal["email", "sms", "push", "post"]
 Block = Literal["profile", "lifecycle", "last_visit", "regional"]
 StageName = Literal["prospect", "new", "active", "at_risk", "lapsed"]
 assert set(Stage.all) == set(StageName.__args__)  # type: ignore[attr-defined]
@@ -117,6 +119,87 @@ class Fallbacks(Strict):
                                            description="Fill an empty newsletter block.")
 
 
+def _zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (an IANA name such as "
+                         "'Europe/London')") from None
+    return name
+
+
+class QuietHours(Strict):
+    """No message is handed over from ``start`` to ``end`` in the customer's time zone (a
+    window past midnight, such as 21:00 to 08:00, is fine); a decision due meanwhile waits."""
+
+    start: time
+    end: time
+
+    @model_validator(mode="after")
+    def not_empty(self) -> QuietHours:
+        if self.start == self.end:
+            raise ValueError("quiet hours start and end at the same time")
+        return self
+
+    def holds(self, local: time) -> bool:
+        if self.start < self.end:
+            return self.start <= local < self.end
+        return local >= self.start or local < self.end
+
+
+class Contact(Strict):
+    """How often and when triggered messages may reach a customer, across channels."""
+
+    max_messages: int | None = Field(None, ge=1, description="At most this many triggered "
+                                     "messages per customer in `per_days`, all channels.")
+    per_days: float = Field(7.0, gt=0, le=365)
+    quiet_hours: QuietHours | None = None
+    time_zone: str = Field("UTC", description="Time zone of customers whose region has none.")
+    region_time_zones: dict[str, str] = Field(default_factory=dict,
+                                              description="Time zone per customer region.")
+
+    @model_validator(mode="after")
+    def known_zones(self) -> Contact:
+        for name in (self.time_zone, *self.region_time_zones.values()):
+            _zone(name)
+        return self
+
+
+TriggerKind = Literal["cart_abandoned", "category_views", "first_purchase", "stage"]
+
+
+class Trigger(Strict):
+    """A moment to contact a customer, found in live events or in time, and the messaging
+    channel and offers of the decision it produces."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+    when: TriggerKind = Field(description="cart_abandoned: a cart without a purchase of the "
+                            "product for `after_minutes`; category_views: `views` views of one "
+                            "category within `within_minutes`; first_purchase: a customer's "
+                            "first purchase; stage: a customer crossing into `stage`.")
+    channel: MessagingChannel
+    after_minutes: float = Field(0.0, ge=0, le=60 * 24 * 90,
+                                 description="Delay from the event (or crossing) to the "
+                                 "decision; for cart_abandoned, how long the cart is left.")
+    expire_minutes: float | None = Field(None, gt=0, description="A decision not handed over "
+                                         "this long after it was due (quiet hours) is dropped.")
+    views: int = Field(3, ge=2, le=1000)
+    within_minutes: float = Field(60.0, gt=0, le=60 * 24 * 30)
+    stage: Literal["at_risk", "lapsed"] | None = None
+    offers: list[str] = Field(default_factory=list, description="The decision's offers are "
+                              "chosen among these; empty: among all, by the engine.")
+    k: int = Field(1, ge=1, le=20, description="Offers per decision.")
+    once_per_days: float | None = Field(None, gt=0, le=3650, description="At most one "
+                                        "occasion of this trigger per customer in this time.")
+
+    @model_validator(mode="after")
+    def stage_only_for_stages(self) -> Trigger:
+        if (self.when == "stage") != (self.stage is not None):
+            raise ValueError(f"trigger {self.name!r}: 'stage' is given exactly for "
+                             "triggers on stage")
+        return self
+
+
 class OfferPolicy(Strict):
     version: str | None = Field(None, min_length=1, max_length=64,
                                 pattern=r"^[A-Za-z0-9._:-]+$")
@@ -131,11 +214,14 @@ class OfferPolicy(Strict):
     campaigns: list[Campaign] = Field(default_factory=list)
     budgets: list[Budget] = Field(default_factory=list)
     fallbacks: Fallbacks = Fallbacks()
+    contact: Contact = Contact()
+    triggers: list[Trigger] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def names_unique_and_known(self) -> OfferPolicy:
         for what, names in (("campaign", [c.name for c in self.campaigns]),
-                            ("budget", [b.name for b in self.budgets])):
+                            ("budget", [b.name for b in self.budgets]),
+                            ("trigger", [t.name for t in self.triggers])):
             twice = sorted({n for n in names if names.count(n) > 1})
             if twice:
                 raise ValueError(f"{what} names used twice: {twice}")
@@ -157,6 +243,8 @@ class OfferPolicy(Strict):
             named |= set(campaign.offers)
         for budget in self.budgets:
             named |= set(budget.offers)
+        for trigger in self.triggers:
+            named |= set(trigger.offers)
         return named
 
     def category_names(self) -> set[str]:

@@ -51,6 +51,7 @@ class Request:
     session: list[str] = field(default_factory=list)
     region: str | None = None
     explain: bool = False
+    among: tuple[str, ...] = ()  # choose among these offers only (a trigger's); empty: all
 
 
 @dataclass

@@ -160,6 +160,34 @@ budget_counts = Table(  # what each budget of the offer policy has used, per per
     Column("period", String(16), primary_key=True),
     Column("used", Integer, nullable=False),
 )
+decisions = Table(  # the triggers' occasions and what became of them: the triggers' feed
+    "trigger_decisions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("trigger", String(64), nullable=False),
+    Column("occasion", String(400), nullable=False),  # what it is about, once per trigger
+    Column("customer_id", String(128), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("subject", Text, nullable=False),  # JSON: the products or category it is about
+    Column("since", DateTime, nullable=False),  # the event or crossing it started with
+    Column("due_at", DateTime, nullable=False),
+    Column("status", String(16), nullable=False),  # pending, sent or dropped
+    Column("reason", String(200), nullable=True),  # why dropped
+    Column("offers", Text, nullable=True),  # JSON: the offers decided on
+    Column("decided_at", DateTime, nullable=True),
+    Column("cursor", Integer, nullable=True, unique=True),  # its place in the feed
+    Column("policy_version", String(64), nullable=True),
+    Column("model_version", String(32), nullable=True),
+    Index("trigger_occasion", "trigger", "occasion", unique=True),
+    Index("trigger_due", "status", "due_at"),
+    Index("trigger_customer", "customer_id", "status"),
+)
+leases = Table(  # work that one process at a time does for all, e.g. settling triggers
+    "leases", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("expires_at", DateTime, nullable=False),
+)
+PENDING, SENT, DROPPED = "pending", "sent", "dropped"
 
 MIN_KEY_LENGTH = 16
 KEY_CHECK, LEGACY_KEY = "erasure_key_check", "erasure_key"  # rows of store_settings
@@ -199,6 +227,23 @@ _RECENT = (select(events.c.customer_id, events.c.product_id, events.c.event_type
            .subquery())
 EVENT_ROWS = select(_RECENT).where(_RECENT.c.latest <= bindparam("limit"))
 ERASED = select(suppressed.c.token).where(suppressed.c.token == bindparam("token"))
+_BETWEEN: tuple[BindParameter[datetime], BindParameter[datetime]] = (
+    bindparam("start"), bindparam("end"))
+VIEW_ROWS = select(events.c.customer_id, events.c.product_id, events.c.timestamp).where(
+    events.c.customer_id.in_(_CUSTOMERS) & (events.c.event_type == "view")
+    & events.c.timestamp.between(*_BETWEEN))
+PURCHASES = select(events.c.customer_id, events.c.product_id, events.c.timestamp).where(
+    (events.c.event_type == "purchase") & events.c.timestamp.between(*_BETWEEN)).union_all(
+    select(feedback.c.customer_id, feedback.c.product_id, feedback.c.timestamp).where(
+        (feedback.c.action == "conversion") & feedback.c.timestamp.between(*_BETWEEN)))
+_OF_CUSTOMERS = PURCHASES.subquery()
+PURCHASE_ROWS = select(_OF_CUSTOMERS).where(_OF_CUSTOMERS.c.customer_id.in_(_CUSTOMERS))
+RECENT_OCCASIONS = select(decisions.c.customer_id).distinct().where(
+    decisions.c.customer_id.in_(_CUSTOMERS) & (decisions.c.trigger == bindparam("trigger"))
+    & (decisions.c.since >= bindparam("since")))
+SENT_COUNTS = select(decisions.c.customer_id, func.count().label("sent")).where(
+    decisions.c.customer_id.in_(_CUSTOMERS) & (decisions.c.status == "sent")
+    & (decisions.c.decided_at >= bindparam("since"))).group_by(decisions.c.customer_id)
 EVENT_COLUMNS = ("customer_id", "product_id", "event_type", "timestamp", "quantity", "rating",
                  "order_id", "channel")
 
@@ -553,6 +598,8 @@ class Store:
                     feedback.c.customer_id == customer_id)).rowcount,
                 "events": db.execute(delete(events).where(
                     events.c.customer_id == customer_id)).rowcount,
+                "trigger_decisions": db.execute(delete(decisions).where(
+                    decisions.c.customer_id == customer_id)).rowcount,
                 **held_elsewhere,
             }
             token = self.token(customer_id)
@@ -687,6 +734,127 @@ class Store:
             db.execute(update(budget_counts).where(
                 (column.budget == name) & (column.period == period))
                 .values(used=column.used + 1))
+
+    # --- triggers -----------------------------------------------------------------------
+
+    def claim_lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Hold ``name`` for ``seconds`` of wall-clock time unless another holder's lease
+        is still running; True where ``holder`` holds it now."""
+        return settled(lambda: self._claim(name, holder, seconds))
+
+    def _claim(self, name: str, holder: str, seconds: float) -> bool:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        until = now + pd.Timedelta(seconds=seconds).to_pytimedelta()
+        with self.engine.begin() as db:
+            db.execute(self._insert(leases).values(name=name, holder=holder, expires_at=now)
+                       .on_conflict_do_nothing())
+            moved = db.execute(update(leases).where(
+                (leases.c.name == name)
+                & ((leases.c.holder == holder) | (leases.c.expires_at <= now)))
+                .values(holder=holder, expires_at=until)).rowcount
+        return bool(moved)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self.engine.begin() as db:
+            db.execute(update(leases).where((leases.c.name == name) & (leases.c.holder == holder))
+                       .values(expires_at=datetime(1970, 1, 1)))
+
+    def events_after(self, after: int, limit: int) -> list[Row[Any]]:
+        """Up to ``limit`` stored events after sequence number ``after``, in their order,
+        with their ``seq``."""
+        with self.engine.connect() as db:
+            return list(db.execute(select(events).where(events.c.seq > after)
+                                   .order_by(events.c.seq).limit(limit)))
+
+    def views_between(self, customer_ids: Iterable[str], start: datetime, end: datetime
+                      ) -> list[Row[Any]]:
+        """The customers' view events from ``start`` to ``end``."""
+        return self._rows_for(VIEW_ROWS, customer_ids, start=start, end=end)
+
+    def purchases_between(self, customer_ids: Iterable[str], start: datetime, end: datetime
+                          ) -> list[Row[Any]]:
+        """The customers' purchases (purchase events and conversion feedback) from
+        ``start`` to ``end``: customer, product and moment."""
+        return self._rows_for(PURCHASE_ROWS, customer_ids, start=start, end=end)
+
+    def purchase_bounds(self, start: datetime, end: datetime) -> pd.DataFrame:
+        """Per customer, the first and last purchase (events and conversions) from
+        ``start`` to ``end``."""
+        union = PURCHASES.subquery()
+        with self.engine.connect() as db:
+            rows = db.execute(select(union.c.customer_id, func.min(union.c.timestamp),
+                                     func.max(union.c.timestamp)).group_by(union.c.customer_id),
+                              {"start": start, "end": end}).all()
+        return pd.DataFrame(rows, columns=["customer_id", "first", "last"])
+
+    def add_occasions(self, rows: list[dict[str, Any]]) -> int:
+        """New pending occasions of triggers; one already held (same trigger and occasion)
+        is not added again. How many were new."""
+        if not rows:
+            return 0
+
+        def add() -> int:
+            with self.engine.begin() as db:
+                return sum(len(db.execute(self._insert(decisions).values(status=PENDING, **row)
+                                          .on_conflict_do_nothing()
+                                          .returning(decisions.c.id)).all()) for row in rows)
+
+        return settled(add)
+
+    def recent_occasions(self, trigger: str, customer_ids: Iterable[str], since: datetime
+                         ) -> set[str]:
+        """The customers among ``customer_ids`` with an occasion of ``trigger`` since
+        ``since``."""
+        return {row.customer_id for row in self._rows_for(
+            RECENT_OCCASIONS, customer_ids, trigger=trigger, since=since)}
+
+    def due(self, now: datetime, limit: int) -> list[Row[Any]]:
+        """Pending occasions due at ``now``, the earliest first."""
+        with self.engine.connect() as db:
+            return list(db.execute(select(decisions).where(
+                (decisions.c.status == PENDING) & (decisions.c.due_at <= now))
+                .order_by(decisions.c.due_at, decisions.c.id).limit(limit)))
+
+    def messages_sent(self, customer_ids: Iterable[str], since: datetime) -> dict[str, int]:
+        """Triggered messages handed over per customer since ``since``, all channels."""
+        return {row.customer_id: int(row.sent) for row in self._rows_for(
+            SENT_COUNTS, customer_ids, since=since)}
+
+    def settle(self, outcomes: list[dict[str, Any]]) -> int:
+        """Write what became of due occasions in one transaction: each ``id`` either waits
+        (a later ``due_at``) or is sent or dropped, which gives it the feed's next cursor.
+        Only the holder of the triggers' lease settles, so cursors are handed out in
+        order. The last cursor given."""
+        return settled(lambda: self._settle(outcomes))
+
+    def _settle(self, outcomes: list[dict[str, Any]]) -> int:
+        with self.engine.begin() as db:
+            cursor = int(db.execute(select(func.coalesce(func.max(decisions.c.cursor), 0))
+                                    ).scalar_one())
+            for outcome in outcomes:
+                values = {k: v for k, v in outcome.items() if k != "id"}
+                pending = decisions.c.status == PENDING
+                if values.get("status", PENDING) != PENDING:
+                    values["cursor"] = cursor + 1
+                moved = db.execute(update(decisions).where(
+                    (decisions.c.id == outcome["id"]) & pending).values(**values)).rowcount
+                if moved and "cursor" in values:
+                    cursor += 1
+        return cursor
+
+    def feed(self, after: int, limit: int, dropped: bool = False) -> list[Row[Any]]:
+        """Decisions after ``after`` in the feed's order: sent ones, and dropped ones too
+        with ``dropped``."""
+        statuses = (SENT, DROPPED) if dropped else (SENT,)
+        with self.engine.connect() as db:
+            return list(db.execute(select(decisions).where(
+                (decisions.c.cursor > after) & decisions.c.status.in_(statuses))
+                .order_by(decisions.c.cursor).limit(limit)))
+
+    def last_cursor(self) -> int:
+        with self.engine.connect() as db:
+            return int(db.execute(select(func.coalesce(func.max(decisions.c.cursor), 0))
+                                  ).scalar_one())
 
     def bind_dataset(self, dataset: str) -> str:
         """The dataset this store serves: ``dataset`` if it serves none yet (recorded), else

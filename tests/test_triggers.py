@@ -1,0 +1,299 @@
+"""Timely triggers, tested with a clock: each pass is run at a moment the test gives, never
+after a sleep. A cart left, a streak of views, a first purchase and a crossing into lapsed
+become one decision each for a messaging channel, or none for a reason: bought meanwhile,
+no consent, quiet hours (it waits), the message cap."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from store_backends import ERASURE_KEY
+
+from features.snapshot import load_snapshot
+from serving.engine import Engine, PolicySettings
+from serving.offer_policy import PolicyError, parse
+from serving.state import NS_PER_DAY
+from serving.store import Store
+from serving.triggers import LEASE, Triggers, Webhook, feed_page, signature
+
+CART = "triggers: [{name: cart-reminder, when: cart_abandoned, channel: email, " \
+       "after_minutes: 60, k: 2}]\n"
+
+
+@pytest.fixture
+def engine(model_dir: Path, tmp_path: Path) -> Engine:
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}", ERASURE_KEY)
+    return Engine.load(model_dir, "1", store, PolicySettings())
+
+
+@pytest.fixture
+def now(snapshot_dir: Path) -> datetime:
+    """A moment after the snapshot, 10:00 UTC."""
+    moment: datetime = load_snapshot(snapshot_dir).now.to_pydatetime()
+    return moment.replace(hour=10, minute=0, second=0, microsecond=0) + timedelta(days=1)
+
+
+@pytest.fixture
+def customer(engine: Engine) -> str:
+    return str(engine.customers.names[3])
+
+
+def policy(engine: Engine, text: str) -> None:
+    engine.use_policy(parse(text))
+
+
+def post(engine: Engine, customer: str, product: str, kind: str, at: datetime) -> None:
+    key = f"{customer}|{product}|{kind}|{at.isoformat()}"
+    engine.store.append_events([{
+        "event_id": key, "customer_id": customer, "product_id": product, "event_type": kind,
+        "timestamp": at, "quantity": 1, "rating": None, "order_id": None, "channel": "web"}],
+        at)
+
+
+def mail_consent(engine: Engine, customer: str, at: datetime) -> None:
+    engine.store.set_consents(customer, {"email": (True, True)}, "test", at)
+
+
+def feed(engine: Engine, dropped: bool = False) -> list[dict[str, Any]]:
+    return feed_page(engine.store, 0, 1000, dropped)[0]
+
+
+def product(engine: Engine, i: int) -> str:
+    return str(engine.items.names[i])
+
+
+def test_a_cart_left_for_the_configured_time_yields_exactly_one_decision(
+        engine: Engine, now: datetime, customer: str) -> None:
+    policy(engine, CART)
+    mail_consent(engine, customer, now)
+    post(engine, customer, product(engine, 7), "cart", now)
+    triggers = Triggers(engine.store)
+    assert triggers.run(engine, now + timedelta(minutes=59)).found == 1
+    assert feed(engine, dropped=True) == []  # not due yet
+    assert triggers.run(engine, now + timedelta(minutes=61)).sent == 1
+    for later in (62, 120, 60 * 24):
+        triggers.run(engine, now + timedelta(minutes=later))
+    sent = feed(engine, dropped=True)
+    assert len(sent) == 1, sent
+    decision = sent[0]
+    assert (decision["customer_id"], decision["channel"], decision["trigger"],
+            decision["status"]) == (customer, "email", "cart-reminder", "sent")
+    assert decision["subject"] == [product(engine, 7)]
+    assert 1 <= len(decision["offers"]) <= 2 and decision["policy_version"]
+    assert decision["due_at"] == (now + timedelta(minutes=60)).isoformat()
+
+
+def test_no_decision_when_the_cart_was_bought_meanwhile(engine: Engine, now: datetime,
+                                                         customer: str) -> None:
+    policy(engine, CART)
+    mail_consent(engine, customer, now)
+    post(engine, customer, product(engine, 7), "cart", now)
+    post(engine, customer, product(engine, 7), "purchase", now + timedelta(minutes=30))
+    Triggers(engine.store).run(engine, now + timedelta(minutes=90))
+    assert feed(engine) == []
+    assert [d["reason"] for d in feed(engine, dropped=True)] == ["bought meanwhile"]
+
+
+def test_no_decision_without_the_channels_consent(engine: Engine, now: datetime,
+                                                  customer: str) -> None:
+    policy(engine, CART)
+    engine.store.set_consents(customer, {"email": (True, False)}, "test", now)  # no DOI
+    post(engine, customer, product(engine, 7), "cart", now)
+    Triggers(engine.store).run(engine, now + timedelta(minutes=90))
+    assert feed(engine) == []
+    assert [d["reason"] for d in feed(engine, dropped=True)] == [
+        "no e-mail consent with double opt-in"]
+
+
+def test_a_decision_due_in_quiet_hours_waits_for_their_end_in_the_customers_time_zone(
+        engine: Engine, now: datetime, customer: str) -> None:
+    region = engine.state.region_of(engine.state.row_of(customer))
+    assert region, "the test customer has a region"
+    policy(engine, CART + "contact: {quiet_hours: {start: '21:00', end: '08:00'}, "
+                          f"region_time_zones: {{{region}: Asia/Tokyo}}}}\n")  # UTC+9
+    mail_consent(engine, customer, now)
+    cart = now.replace(hour=11, minute=30)  # 20:30 in Tokyo: due at 21:30 there
+    post(engine, customer, product(engine, 7), "cart", cart)
+    triggers = Triggers(engine.store)
+    waited = triggers.run(engine, cart + timedelta(minutes=61))
+    assert (waited.sent, waited.waiting) == (0, 1)
+    triggers.run(engine, cart.replace(hour=22, minute=59))  # 07:59 in Tokyo
+    assert feed(engine, dropped=True) == []
+    assert triggers.run(engine, cart.replace(hour=23, minute=0)).sent == 1  # 08:00 there
+    assert [d["due_at"] for d in feed(engine)] == [cart.replace(hour=23, minute=0).isoformat()]
+
+
+def test_no_decision_past_the_message_cap(engine: Engine, now: datetime,
+                                          customer: str) -> None:
+    policy(engine, CART + "contact: {max_messages: 1, per_days: 7}\n")
+    mail_consent(engine, customer, now)
+    post(engine, customer, product(engine, 7), "cart", now)
+    post(engine, customer, product(engine, 8), "cart", now + timedelta(minutes=5))
+    triggers = Triggers(engine.store)
+    triggers.run(engine, now + timedelta(minutes=61))
+    triggers.run(engine, now + timedelta(minutes=70))
+    outcomes = [(d["status"], d["reason"]) for d in feed(engine, dropped=True)]
+    assert outcomes == [("sent", None), ("dropped", "message cap: 1 in 7 days reached")]
+    post(engine, customer, product(engine, 9), "cart", now + timedelta(days=8))
+    triggers.run(engine, now + timedelta(days=8, minutes=61))  # the week has passed
+    assert len(feed(engine)) == 2
+
+
+def test_a_customer_crossing_into_lapsed_gets_one_win_back_decision(
+        engine: Engine, now: datetime) -> None:
+    policy(engine, "triggers: [{name: win-back, when: stage, stage: lapsed, channel: email, "
+                   "offers: [winback15]}]\n")
+    state, now_ns = engine.state, int(np.datetime64(now, "ns").astype(np.int64))
+    days = (now_ns - state.last_ns) / NS_PER_DAY
+    bought = state.first_ns != np.iinfo(np.int64).min
+    row = int(np.flatnonzero(bought & (days > 120) & (days < 170))[0])
+    customer = str(state.customers.names[row])
+    mail_consent(engine, customer, now)
+    crossing = now + timedelta(days=181 - float(days[row]))  # lapsed after 180 days
+    triggers = Triggers(engine.store)
+    assert triggers.run(engine, now).found == 0  # the first pass only takes its moment
+    triggers.run(engine, crossing - timedelta(days=1))
+    assert [d for d in feed(engine) if d["customer_id"] == customer] == []
+    triggers.run(engine, crossing + timedelta(hours=1))
+    triggers.run(engine, crossing + timedelta(days=3))
+    mine = [d for d in feed(engine, dropped=True) if d["customer_id"] == customer]
+    assert len(mine) == 1 and mine[0]["status"] == "sent", mine
+    assert [o["product_id"] for o in mine[0]["offers"]] == ["winback15"]
+
+
+def test_a_first_purchase_starts_the_welcome_series_once(engine: Engine, now: datetime) -> None:
+    policy(engine, "triggers: [{name: welcome, when: first_purchase, channel: email, "
+                   "after_minutes: 10}]\n")
+    mail_consent(engine, "newcomer", now)
+    known = str(engine.customers.names[int(np.flatnonzero(
+        engine.state.first_ns != np.iinfo(np.int64).min)[0])])
+    mail_consent(engine, known, now)
+    post(engine, "newcomer", product(engine, 7), "purchase", now)
+    post(engine, known, product(engine, 7), "purchase", now)  # bought before the snapshot
+    triggers = Triggers(engine.store)
+    triggers.run(engine, now + timedelta(minutes=11))
+    post(engine, "newcomer", product(engine, 8), "purchase", now + timedelta(minutes=20))
+    triggers.run(engine, now + timedelta(hours=1))
+    assert [(d["customer_id"], d["subject"]) for d in feed(engine, dropped=True)] == [
+        ("newcomer", [product(engine, 7)])]
+
+
+def test_a_streak_of_views_of_one_category_yields_one_decision(engine: Engine, now: datetime,
+                                                               customer: str) -> None:
+    policy(engine, "triggers: [{name: browsing, when: category_views, channel: email, "
+                   "views: 3, within_minutes: 60}]\n")
+    mail_consent(engine, customer, now)
+    offers = engine.offers
+    same = np.flatnonzero(offers.category == offers.category[0])[:5]
+    other = np.flatnonzero(offers.category != offers.category[0])[0]
+    triggers = Triggers(engine.store)
+    for minute, item in ((0, same[0]), (10, other), (20, same[1])):  # two of one category
+        post(engine, customer, product(engine, int(item)), "view",
+             now + timedelta(minutes=minute))
+    triggers.run(engine, now + timedelta(minutes=25))
+    assert feed(engine, dropped=True) == []
+    for minute, item in ((30, same[2]), (40, same[3])):  # the third and a fourth
+        post(engine, customer, product(engine, int(item)), "view",
+             now + timedelta(minutes=minute))
+    triggers.run(engine, now + timedelta(minutes=45))
+    decided = feed(engine, dropped=True)
+    assert [(d["status"], d["subject"]) for d in decided] == [
+        ("sent", [str(offers.categories[offers.category[0]])])]
+
+
+def test_a_pass_leaves_the_work_to_the_holder_of_the_lease(engine: Engine, now: datetime,
+                                                          customer: str) -> None:
+    policy(engine, CART)
+    mail_consent(engine, customer, now)
+    post(engine, customer, product(engine, 7), "cart", now)
+    assert engine.store.claim_lease(LEASE, "another worker", 60)
+    assert not Triggers(engine.store).run(engine, now + timedelta(hours=2)).ran
+    engine.store.release_lease(LEASE, "another worker")
+    passes = []
+    workers = [threading.Thread(target=lambda: passes.append(
+        Triggers(engine.store).run(engine, now + timedelta(hours=2)))) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert sum(p.sent for p in passes) == 1 and len(feed(engine)) == 1
+
+
+def test_erasure_forgets_a_customers_trigger_decisions(engine: Engine, now: datetime,
+                                                       customer: str) -> None:
+    policy(engine, CART)
+    mail_consent(engine, customer, now)
+    post(engine, customer, product(engine, 7), "cart", now)
+    post(engine, customer, product(engine, 8), "cart", now + timedelta(hours=3))
+    triggers = Triggers(engine.store)
+    triggers.run(engine, now + timedelta(hours=2))
+    erasure = engine.store.erase(customer, "test", now + timedelta(hours=2), {})
+    assert erasure.removed["trigger_decisions"] == 2  # one sent, one pending
+    triggers.run(engine, now + timedelta(hours=5))
+    assert feed(engine, dropped=True) == []
+
+
+def test_trigger_settings_are_checked() -> None:
+    with pytest.raises(PolicyError, match="stage"):
+        parse("triggers: [{name: x, when: stage, channel: email}]")
+    with pytest.raises(PolicyError, match="channel"):
+        parse("triggers: [{name: x, when: cart_abandoned, channel: web}]")
+    with pytest.raises(PolicyError, match="unknown time zone"):
+        parse("contact: {time_zone: Mars/Olympus}")
+    with pytest.raises(PolicyError, match="trigger names used twice"):
+        parse("triggers: [{name: x, when: first_purchase, channel: sms}, "
+              "{name: x, when: first_purchase, channel: sms}]")
+
+
+class Receiver(BaseHTTPRequestHandler):
+    answers: list[int] = []
+    received: list[tuple[bytes, str]] = []
+
+    def do_POST(self) -> None:  # noqa: N802  (the standard library's name)
+        body = self.rfile.read(int(self.headers["content-length"]))
+        Receiver.received.append((body, self.headers["X-Nbo-Signature"]))
+        self.send_response(Receiver.answers.pop(0) if Receiver.answers else 200)
+        self.end_headers()
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    Receiver.answers, Receiver.received = [], []
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server.shutdown()
+
+
+def test_the_webhook_gets_signed_decisions_and_a_refused_post_is_repeated(
+        engine: Engine, now: datetime, customer: str, receiver: str) -> None:
+    policy(engine, CART)
+    mail_consent(engine, customer, now)
+    post(engine, customer, product(engine, 7), "cart", now)
+    Receiver.answers = [500]
+    triggers = Triggers(engine.store, Webhook(receiver, "s3cret-for-the-hook"))
+    assert triggers.run(engine, now + timedelta(minutes=61)).delivered == 0
+    assert triggers.run(engine, now + timedelta(minutes=62)).delivered == 1
+    assert triggers.run(engine, now + timedelta(minutes=63)).delivered == 0  # taken once
+    assert len(Receiver.received) == 2 and Receiver.received[0][0] == Receiver.received[1][0]
+    body, header = Receiver.received[1]
+    stamp = int(header.split(",")[0].removeprefix("t="))
+    assert header == signature("s3cret-for-the-hook", stamp, body)
+    expected = hmac.new(b"s3cret-for-the-hook", f"{stamp}.".encode() + body,
+                        hashlib.sha256).hexdigest()
+    assert header.endswith(f"v1={expected}")
+    assert [d["customer_id"] for d in json.loads(body)["decisions"]] == [customer]
