@@ -100,6 +100,19 @@ class Settings(BaseSettings):
         "replaces the store's policy when its text differs, and POST /admin/reload reads it "
         "again. None: the store's policy, else relevance alone."
     )
+    trigger_seconds: float = Field(
+        60.0, ge=0, description="How often the service runs a pass of the offer policy's "
+        "triggers (one process at a time does, under a lease in the store); 0 = never, "
+        "for a service that leaves them to POST /admin/triggers/run."
+    )
+    trigger_webhook_url: str | None = Field(
+        None, description="Where sent trigger decisions are posted, signed with "
+        "NBO_TRIGGER_WEBHOOK_SECRET; None: only the feed GET /triggers."
+    )
+    trigger_webhook_secret: str = Field(
+        "", description="Key of the webhook's HMAC-SHA256 signature (X-Nbo-Signature); at "
+        "least 16 characters where a webhook URL is set."
+    )
     gc_freeze: bool = Field(
         True, description="Move the loaded model and libraries out of the garbage collector's "
         "scans after start (avoids collection pauses of tens of ms on requests)."

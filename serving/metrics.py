@@ -75,6 +75,9 @@ class Metrics:
                                 registry=self.registry)
         self.events = Counter("nbo_live_events", "Events posted to /events and stored.",
                               registry=self.registry)
+        self.triggers = Counter("nbo_trigger_decisions",
+                                "Trigger decisions settled by this worker's passes, by status.",
+                                ["status"], registry=self.registry)
         self.reloads = Counter("nbo_model_loads", "Model loads, by outcome.", ["outcome"],
                                registry=self.registry)
 

@@ -7,6 +7,7 @@ Start with ``nbo serve`` (or ``bentoml serve serving.service:NboService``). Keys
 from __future__ import annotations
 
 import gc
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
@@ -48,6 +49,7 @@ from serving.schemas import (
     SimilarResponse,
 )
 from serving.store import Store, open_store
+from serving.triggers import MIN_SECRET_LENGTH, Triggers, Webhook, feed_page
 
 quiet_third_parties()
 T = TypeVar("T")
@@ -110,6 +112,17 @@ def count(ranking: Ranking, endpoint: str) -> None:
             METRICS.filtered.labels(rule=rule).inc(removed)
 
 
+def webhook(settings: Settings) -> Webhook | None:
+    """The trigger webhook of the settings; a URL without a long enough secret refuses the
+    start."""
+    if not settings.trigger_webhook_url:
+        return None
+    if len(settings.trigger_webhook_secret) < MIN_SECRET_LENGTH:
+        raise RuntimeError(f"NBO_TRIGGER_WEBHOOK_URL is set: NBO_TRIGGER_WEBHOOK_SECRET needs "
+                           f"at least {MIN_SECRET_LENGTH} characters to sign its posts")
+    return Webhook(settings.trigger_webhook_url, settings.trigger_webhook_secret)
+
+
 STARTUP = Settings()  # what must be known when the class is declared
 
 
@@ -145,6 +158,10 @@ class NboService:
             self.holder.sync_policy()
         self.holder.refresh()
         self.holder.watch(self.settings.reload_seconds)
+        self.triggers = Triggers(self.store, webhook(self.settings))
+        self._stop = threading.Event()
+        self.triggers.every(self.settings.trigger_seconds, lambda: self.holder.engine,
+                            self.settings.current_time, self._stop)
         if self.settings.gc_freeze:  # the model and libraries are long-lived: out of GC scans
             gc.collect()
             gc.freeze()
@@ -152,6 +169,7 @@ class NboService:
 
     @bentoml.on_shutdown
     def close(self) -> None:
+        self._stop.set()
         self.holder.stop()
         self.store.close()
 
@@ -336,6 +354,32 @@ class NboService:
         status = self.holder.status
         return {**said, "model": status.serving, "model_version": status.version,
                 "refused": status.refused, "policy_version": self.holder.policy.version}
+
+    @admin.get("/triggers")
+    async def trigger_feed(
+        self, since: Annotated[int, Query(ge=0, le=2**62)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100, dropped: bool = False,
+    ) -> dict[str, Any]:
+        """The triggers' decisions after cursor ``since``, in order, for the e-mail or push
+        tool: ask again from the answer's ``cursor`` once they are handed over (at least
+        once: a repeated cursor gives the same decisions). Sent decisions only; with
+        ``dropped`` also those dropped, with their reason."""
+        decisions, cursor = await anyio.to_thread.run_sync(
+            lambda: feed_page(self.store, since, limit, dropped))
+        return {"decisions": decisions, "cursor": cursor}
+
+    @admin.post("/admin/triggers/run")
+    async def run_triggers(self) -> Any:
+        """Run a pass of the triggers now (at NBO_NOW where pinned), instead of waiting for
+        the next one of NBO_TRIGGER_SECONDS; another process's pass running answers 409."""
+
+        def work() -> Any:
+            done = self.triggers.run(self._engine(), self.settings.current_time())
+            if not done.ran:
+                raise RequestError("another process is running a pass of the triggers", 409)
+            return asdict(done)
+
+        return await self._answer(work, in_thread=True)
 
     @admin.get("/admin/policy")
     async def policy(self) -> dict[str, Any]:

@@ -169,6 +169,7 @@ decisions = Table(  # the triggers' occasions and what became of them: the trigg
     Column("channel", String(16), nullable=False),
     Column("subject", Text, nullable=False),  # JSON: the products or category it is about
     Column("since", DateTime, nullable=False),  # the event or crossing it started with
+    Column("latest", DateTime, nullable=False),  # its newest event (a cart's last addition)
     Column("due_at", DateTime, nullable=False),
     Column("status", String(16), nullable=False),  # pending, sent or dropped
     Column("reason", String(200), nullable=True),  # why dropped
@@ -177,7 +178,7 @@ decisions = Table(  # the triggers' occasions and what became of them: the trigg
     Column("cursor", Integer, nullable=True, unique=True),  # its place in the feed
     Column("policy_version", String(64), nullable=True),
     Column("model_version", String(32), nullable=True),
-    Index("trigger_occasion", "trigger", "occasion", unique=True),
+    Index("trigger_occasion", "trigger", "customer_id", "occasion", unique=True),
     Index("trigger_due", "status", "due_at"),
     Index("trigger_customer", "customer_id", "status"),
 )
@@ -241,6 +242,9 @@ PURCHASE_ROWS = select(_OF_CUSTOMERS).where(_OF_CUSTOMERS.c.customer_id.in_(_CUS
 RECENT_OCCASIONS = select(decisions.c.customer_id).distinct().where(
     decisions.c.customer_id.in_(_CUSTOMERS) & (decisions.c.trigger == bindparam("trigger"))
     & (decisions.c.since >= bindparam("since")))
+PENDING_OCCASIONS = select(decisions).where(
+    decisions.c.customer_id.in_(_CUSTOMERS) & (decisions.c.trigger == bindparam("trigger"))
+    & (decisions.c.status == PENDING))
 SENT_COUNTS = select(decisions.c.customer_id, func.count().label("sent")).where(
     decisions.c.customer_id.in_(_CUSTOMERS) & (decisions.c.status == "sent")
     & (decisions.c.decided_at >= bindparam("since"))).group_by(decisions.c.customer_id)
@@ -807,6 +811,25 @@ class Store:
         ``since``."""
         return {row.customer_id for row in self._rows_for(
             RECENT_OCCASIONS, customer_ids, trigger=trigger, since=since)}
+
+    def pending_occasions(self, trigger: str, customer_ids: Iterable[str]) -> dict[str, Row[Any]]:
+        """The pending occasion of ``trigger`` of each customer among ``customer_ids`` that
+        has one (the newest where several are)."""
+        rows = self._rows_for(PENDING_OCCASIONS, customer_ids, trigger=trigger)
+        return {row.customer_id: row for row in sorted(rows, key=lambda r: r.id)}
+
+    def extend_occasions(self, changes: list[dict[str, Any]]) -> None:
+        """Give pending occasions (by ``id``) a new subject, newest event and due moment: a
+        cart that grew before it was due."""
+        if changes:
+            settled(lambda: self._update_pending(changes))
+
+    def _update_pending(self, changes: list[dict[str, Any]]) -> None:
+        with self.engine.begin() as db:
+            for change in changes:
+                db.execute(update(decisions).where(
+                    (decisions.c.id == change["id"]) & (decisions.c.status == PENDING))
+                    .values(**{k: v for k, v in change.items() if k != "id"}))
 
     def due(self, now: datetime, limit: int) -> list[Row[Any]]:
         """Pending occasions due at ``now``, the earliest first."""

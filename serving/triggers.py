@@ -27,9 +27,11 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -40,6 +42,7 @@ import pandas as pd
 
 from features.state import stage_from_days
 from serving.engine import Engine, Request
+from serving.metrics import METRICS
 from serving.offer_policy import Contact, OfferPolicy, Trigger
 from serving.state import NO_TIME, NS_PER_DAY
 from serving.store import DROPPED, NO_EXPOSURE, SENT, Store
@@ -52,6 +55,7 @@ EVENTS_PER_PASS = 10_000
 DUE_PER_PASS = 1_000
 WEBHOOK_BATCH = 100
 SIGNATURE_HEADER = "X-Nbo-Signature"
+MIN_SECRET_LENGTH = 16
 log = logging.getLogger(__name__)
 
 
@@ -99,7 +103,31 @@ class Triggers:
             delivered = self.deliver() if self.webhook else 0
         finally:
             self.store.release_lease(LEASE, self.holder)
+        METRICS.triggers.labels(status=SENT).inc(sent)
+        METRICS.triggers.labels(status=DROPPED).inc(dropped)
         return Pass(True, found, sent, dropped, waiting, delivered)
+
+    def every(self, seconds: float, engine: Callable[[], Engine | None],
+              clock: Callable[[], datetime], stop: threading.Event) -> None:
+        """Run a pass every ``seconds`` in a daemon thread until ``stop``, with the engine
+        serving then (none: skipped) at the clock's moment."""
+        if seconds <= 0:
+            return
+
+        def loop() -> None:
+            while not stop.wait(seconds):
+                serving = engine()
+                if serving is None:
+                    continue
+                try:
+                    done = self.run(serving, clock())
+                except Exception:  # the timer must outlive a broken store or pass; logged
+                    log.exception("a pass of the triggers failed; tried again in %gs", seconds)
+                    continue
+                if done.ran and (done.found or done.sent or done.dropped):
+                    log.info("triggers: %s", asdict(done))
+
+        threading.Thread(target=loop, name="nbo-triggers", daemon=True).start()
 
     # --- finding occasions --------------------------------------------------------------
 
@@ -119,7 +147,7 @@ class Triggers:
             elif events is None:
                 continue
             elif trigger.when == "cart_abandoned":
-                found = abandoned_carts(trigger, events)
+                found = self._grow_pending_carts(trigger, abandoned_carts(trigger, events))
             elif trigger.when == "first_purchase":
                 found = first_purchases(engine, store, trigger, events)
             else:
@@ -130,6 +158,24 @@ class Triggers:
             store.set_bookmark(EVENTS_BOOKMARK, int(rows[-1].seq))
         if _ns(now) > previous:
             store.set_bookmark(MOMENT_BOOKMARK, _ns(now))
+        return new
+
+    def _grow_pending_carts(self, trigger: Trigger, carts: list[dict[str, Any]]
+                            ) -> list[dict[str, Any]]:
+        """Add the carts of customers whose cart is still pending to it (its products, and
+        due ``after_minutes`` after the newest addition); the carts of the others."""
+        pending = self.store.pending_occasions(trigger.name, (c["customer_id"] for c in carts))
+        changes, new = [], []
+        for cart in carts:
+            held = pending.get(cart["customer_id"])
+            if held is None:
+                new.append(cart)
+                continue
+            latest = max(_naive(held.latest), cart["latest"])
+            products = list(dict.fromkeys(json.loads(held.subject) + json.loads(cart["subject"])))
+            changes.append({"id": held.id, "subject": json.dumps(products), "latest": latest,
+                            "due_at": latest + timedelta(minutes=trigger.after_minutes)})
+        self.store.extend_occasions(changes)
         return new
 
     def _not_too_often(self, trigger: Trigger, found: list[dict[str, Any]], now: datetime
@@ -176,10 +222,10 @@ class Triggers:
                 why = "the trigger is no longer in the offer policy"
             elif row.customer_id in erased:
                 why = "the customer was erased"
-            elif trigger.expire_minutes is not None and now > _naive(row.since) + timedelta(
+            elif trigger.expire_minutes is not None and now > _naive(row.latest) + timedelta(
                     minutes=trigger.after_minutes + trigger.expire_minutes):
                 why = "expired before it could be sent"
-            elif (row.customer_id, row.id) in bought:
+            elif row.id in bought and not bought[row.id]:
                 why = "bought meanwhile"
             elif not consent.allows_channel(row.channel):
                 why = ("no e-mail consent with double opt-in" if row.channel == "email"
@@ -203,8 +249,9 @@ class Triggers:
                 ranking = engine.rank(Request(row.customer_id, row.channel, trigger.k,
                                               among=tuple(trigger.offers)), now, consent)
                 if ranking.offers:
+                    left = {"subject": json.dumps(bought[row.id])} if row.id in bought else {}
                     outcomes.append({
-                        "id": row.id, "status": SENT, "decided_at": now,
+                        "id": row.id, "status": SENT, "decided_at": now, **left,
                         "offers": json.dumps([{"product_id": o.product_id, "title": o.title,
                                                "rank": o.rank, "reason": o.reason}
                                               for o in ranking.offers]),
@@ -266,20 +313,28 @@ def decision(row: Any) -> dict[str, Any]:
 # --- occasions, per kind of trigger ----------------------------------------------------
 
 def occasion(trigger: Trigger, customer_id: str, key: str, subject: list[str],
-             since: datetime) -> dict[str, Any]:
+             since: datetime, latest: datetime | None = None) -> dict[str, Any]:
+    """A pending occasion of ``customer_id``, once per trigger and ``key``, due
+    ``after_minutes`` after its ``latest`` event (``since`` by default)."""
+    latest = since if latest is None else latest
     return {"trigger": trigger.name, "occasion": key[:400], "customer_id": customer_id,
             "channel": trigger.channel, "subject": json.dumps(subject), "since": since,
-            "due_at": since + timedelta(minutes=trigger.after_minutes)}
+            "latest": latest, "due_at": latest + timedelta(minutes=trigger.after_minutes)}
 
 
 def abandoned_carts(trigger: Trigger, events: pd.DataFrame) -> list[dict[str, Any]]:
-    """Each cart event: due when the cart was left for ``after_minutes`` (a purchase of
-    the product meanwhile drops it when it is due)."""
+    """A customer's cart: the products they put in it, one occasion from the first until
+    it was left ``after_minutes`` after the newest addition (the products bought
+    meanwhile are taken out when it is due; all bought drops it)."""
     carts = events[events["event_type"] == "cart"]
-    return [occasion(trigger, str(e.customer_id),
-                     f"{e.product_id}|{_naive(e.timestamp).isoformat()}", [str(e.product_id)],
-                     _naive(e.timestamp))
-            for e in carts.itertuples(index=False)]
+    found = []
+    for customer, added in carts.groupby("customer_id", sort=False):
+        moments = [_naive(at) for at in added["timestamp"]]
+        first, latest = min(moments), max(moments)
+        products = list(dict.fromkeys(str(p) for p in added.sort_values("timestamp")["product_id"]))
+        found.append(occasion(trigger, str(customer), first.isoformat(), products, first,
+                              latest))
+    return found
 
 
 def first_purchases(engine: Engine, store: Store, trigger: Trigger, events: pd.DataFrame
@@ -373,18 +428,18 @@ def crossings(engine: Engine, store: Store, trigger: Trigger, previous_ns: int,
                      now) for row in crossed]
 
 
-def bought_since(store: Store, carts: list[Any], now: datetime) -> set[tuple[str, int]]:
-    """(customer, occasion id) of the carts whose product the customer bought (a purchase
-    or a conversion) after putting it in the cart."""
+def bought_since(store: Store, carts: list[Any], now: datetime) -> dict[int, list[str]]:
+    """For each cart (by occasion id), its products not bought (purchased or converted)
+    since it was started: empty where all were."""
     if not carts:
-        return set()
+        return {}
     start = min(_naive(row.since) for row in carts)
-    purchases = {(r.customer_id, r.product_id, _naive(r.timestamp)) for r in
-                 store.purchases_between((row.customer_id for row in carts), start, now)}
-    return {(row.customer_id, row.id) for row in carts
-            for customer, product, at in purchases
-            if customer == row.customer_id and product == json.loads(row.subject)[0]
-            and at >= _naive(row.since)}
+    bought = {(r.customer_id, r.product_id, _naive(r.timestamp)) for r in
+              store.purchases_between((row.customer_id for row in carts), start, now)}
+    return {row.id: [product for product in json.loads(row.subject)
+                     if not any(customer == row.customer_id and got == product
+                                and at >= _naive(row.since) for customer, got, at in bought)]
+            for row in carts}
 
 
 # --- the customer at the moment ---------------------------------------------------------

@@ -13,15 +13,19 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-from store_backends import ERASURE_KEY
+from service_client import ADMIN_AUTH, AUTH
+from starlette.testclient import TestClient
+from store_backends import BOTH_DATABASES, ERASURE_KEY
 
+from features.settings import Settings
 from features.snapshot import load_snapshot
 from serving.engine import Engine, PolicySettings
 from serving.offer_policy import PolicyError, parse
+from serving.service import webhook
 from serving.state import NS_PER_DAY
 from serving.store import Store
 from serving.triggers import LEASE, Triggers, Webhook, feed_page, signature
@@ -104,6 +108,25 @@ def test_no_decision_when_the_cart_was_bought_meanwhile(engine: Engine, now: dat
     assert [d["reason"] for d in feed(engine, dropped=True)] == ["bought meanwhile"]
 
 
+def test_a_cart_that_grows_is_one_decision_due_after_its_last_addition_without_what_was_bought(
+        engine: Engine, now: datetime, customer: str) -> None:
+    policy(engine, CART)
+    mail_consent(engine, customer, now)
+    first, second, third = (product(engine, i) for i in (7, 8, 9))
+    post(engine, customer, first, "cart", now)
+    post(engine, customer, second, "cart", now + timedelta(minutes=5))
+    triggers = Triggers(engine.store)
+    assert triggers.run(engine, now + timedelta(minutes=10)).found == 1
+    post(engine, customer, third, "cart", now + timedelta(minutes=40))
+    post(engine, customer, second, "purchase", now + timedelta(minutes=45))
+    assert triggers.run(engine, now + timedelta(minutes=70)).found == 0  # still the one cart
+    assert feed(engine, dropped=True) == []  # due an hour after the third was added
+    assert triggers.run(engine, now + timedelta(minutes=100)).sent == 1
+    [decision] = feed(engine, dropped=True)
+    assert decision["subject"] == [first, third]
+    assert decision["due_at"] == (now + timedelta(minutes=100)).isoformat()
+
+
 def test_no_decision_without_the_channels_consent(engine: Engine, now: datetime,
                                                   customer: str) -> None:
     policy(engine, CART)
@@ -138,10 +161,11 @@ def test_no_decision_past_the_message_cap(engine: Engine, now: datetime,
     policy(engine, CART + "contact: {max_messages: 1, per_days: 7}\n")
     mail_consent(engine, customer, now)
     post(engine, customer, product(engine, 7), "cart", now)
-    post(engine, customer, product(engine, 8), "cart", now + timedelta(minutes=5))
     triggers = Triggers(engine.store)
     triggers.run(engine, now + timedelta(minutes=61))
+    post(engine, customer, product(engine, 8), "cart", now + timedelta(minutes=65))
     triggers.run(engine, now + timedelta(minutes=70))
+    triggers.run(engine, now + timedelta(minutes=126))
     outcomes = [(d["status"], d["reason"]) for d in feed(engine, dropped=True)]
     assert outcomes == [("sent", None), ("dropped", "message cap: 1 in 7 days reached")]
     post(engine, customer, product(engine, 9), "cart", now + timedelta(days=8))
@@ -178,14 +202,16 @@ def test_a_first_purchase_starts_the_welcome_series_once(engine: Engine, now: da
     known = str(engine.customers.names[int(np.flatnonzero(
         engine.state.first_ns != np.iinfo(np.int64).min)[0])])
     mail_consent(engine, known, now)
+    mail_consent(engine, "another newcomer", now)
     post(engine, "newcomer", product(engine, 7), "purchase", now)
     post(engine, known, product(engine, 7), "purchase", now)  # bought before the snapshot
     triggers = Triggers(engine.store)
     triggers.run(engine, now + timedelta(minutes=11))
     post(engine, "newcomer", product(engine, 8), "purchase", now + timedelta(minutes=20))
+    post(engine, "another newcomer", product(engine, 9), "purchase", now + timedelta(minutes=20))
     triggers.run(engine, now + timedelta(hours=1))
     assert [(d["customer_id"], d["subject"]) for d in feed(engine, dropped=True)] == [
-        ("newcomer", [product(engine, 7)])]
+        ("newcomer", [product(engine, 7)]), ("another newcomer", [product(engine, 9)])]
 
 
 def test_a_streak_of_views_of_one_category_yields_one_decision(engine: Engine, now: datetime,
@@ -234,10 +260,11 @@ def test_erasure_forgets_a_customers_trigger_decisions(engine: Engine, now: date
     policy(engine, CART)
     mail_consent(engine, customer, now)
     post(engine, customer, product(engine, 7), "cart", now)
-    post(engine, customer, product(engine, 8), "cart", now + timedelta(hours=3))
     triggers = Triggers(engine.store)
     triggers.run(engine, now + timedelta(hours=2))
-    erasure = engine.store.erase(customer, "test", now + timedelta(hours=2), {})
+    post(engine, customer, product(engine, 8), "cart", now + timedelta(hours=3))
+    triggers.run(engine, now + timedelta(hours=3, minutes=10))
+    erasure = engine.store.erase(customer, "test", now + timedelta(hours=3), {})
     assert erasure.removed["trigger_decisions"] == 2  # one sent, one pending
     triggers.run(engine, now + timedelta(hours=5))
     assert feed(engine, dropped=True) == []
@@ -256,10 +283,10 @@ def test_trigger_settings_are_checked() -> None:
 
 
 class Receiver(BaseHTTPRequestHandler):
-    answers: list[int] = []
-    received: list[tuple[bytes, str]] = []
+    answers: ClassVar[list[int]] = []
+    received: ClassVar[list[tuple[bytes, str]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802  (the standard library's name)
+    def do_POST(self) -> None:  # the standard library's name
         body = self.rfile.read(int(self.headers["content-length"]))
         Receiver.received.append((body, self.headers["X-Nbo-Signature"]))
         self.send_response(Receiver.answers.pop(0) if Receiver.answers else 200)
@@ -297,3 +324,64 @@ def test_the_webhook_gets_signed_decisions_and_a_refused_post_is_repeated(
                         hashlib.sha256).hexdigest()
     assert header.endswith(f"v1={expected}")
     assert [d["customer_id"] for d in json.loads(body)["decisions"]] == [customer]
+
+
+def test_the_timer_runs_passes_until_stopped(engine: Engine, now: datetime,
+                                             customer: str) -> None:
+    policy(engine, CART.replace("after_minutes: 60", "after_minutes: 0"))
+    mail_consent(engine, customer, now)
+    post(engine, customer, product(engine, 7), "cart", now)
+    stop = threading.Event()
+    Triggers(engine.store).every(0.05, lambda: engine, lambda: now, stop)
+    for _ in range(200):  # bounded: at most 10 s
+        if feed(engine):
+            break
+        stop.wait(0.05)
+    stop.set()
+    assert len(feed(engine)) == 1
+
+
+@BOTH_DATABASES
+def test_the_feed_over_http_pages_by_cursor_and_repeats_from_an_old_one(
+        client: TestClient, people: dict, snapshot_dir: Path, consent_url: str) -> None:
+    at = load_snapshot(snapshot_dir).now
+    other = Store(consent_url, ERASURE_KEY)
+    customers = [people["buyer"], "walk-in 1", "walk-in 2"]
+    for walk_in in customers[1:]:
+        other.set_consents(walk_in, {"email": (True, True)}, "test", at.to_pydatetime())
+    put = client.put("/admin/policy", headers=ADMIN_AUTH, json={"triggers": [
+        {"name": "cart-now", "when": "cart_abandoned", "channel": "email", "after_minutes": 0,
+         "k": 2}]})
+    assert put.status_code == 200, put.text
+    products = [o["product_id"] for o in client.post(
+        "/rank", json={"customer_id": customers[0], "k": 3}, headers=AUTH).json()["offers"]]
+    carts = enumerate(zip(customers, products, strict=True))
+    events = [{"event_id": f"c{i}", "customer_id": c, "product_id": p, "event_type": "cart",
+               "timestamp": at.isoformat()} for i, (c, p) in carts]
+    assert client.post("/events", json={"events": events}, headers=AUTH).status_code == 200
+    assert client.post("/admin/triggers/run", headers=AUTH).status_code == 401
+    ran = client.post("/admin/triggers/run", headers=ADMIN_AUTH)
+    assert ran.status_code == 200 and ran.json()["sent"] == 3, ran.text
+    assert client.get("/triggers").status_code == 401
+    first = client.get("/triggers", params={"since": 0, "limit": 2}, headers=AUTH).json()
+    assert [d["subject"] for d in first["decisions"]] == [[p] for p in products[:2]]
+    rest = client.get("/triggers", params={"since": first["cursor"]}, headers=AUTH).json()
+    assert [d["subject"] for d in rest["decisions"]] == [[products[2]]]
+    done = client.get("/triggers", params={"since": rest["cursor"]}, headers=AUTH).json()
+    assert done == {"decisions": [], "cursor": rest["cursor"]}
+    again = client.get("/triggers", params={"since": 0, "limit": 2}, headers=AUTH).json()
+    assert again == first  # handed over at least once: an old cursor repeats
+    assert client.get("/triggers", params={"since": -1}, headers=AUTH).status_code == 400
+    assert other.claim_lease(LEASE, "another replica", 60)
+    assert client.post("/admin/triggers/run", headers=ADMIN_AUTH).status_code == 409
+    other.close()
+
+
+def test_a_webhook_without_a_long_enough_secret_refuses_the_start() -> None:
+    assert webhook(Settings(trigger_webhook_url=None)) is None
+    with pytest.raises(RuntimeError, match="NBO_TRIGGER_WEBHOOK_SECRET"):
+        webhook(Settings(trigger_webhook_url="http://mail.example/hook",
+                         trigger_webhook_secret="short"))
+    hook = webhook(Settings(trigger_webhook_url="http://mail.example/hook",
+                            trigger_webhook_secret="s" * 16))
+    assert hook is not None and hook.url == "http://mail.example/hook"
