@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -65,6 +66,7 @@ class Engine:
         ``calibration``: the model's propensity calibration (None: every offer's
         propensity is 1, so the policy's weights and values alone reorder)."""
         self.model, self.version, self.store, self.settings = model, version, store, settings
+        self.base_settings = settings  # the service's; the offer policy may override contact
         self.as_of, self.weights = as_of, weights or EventWeights()
         self.items = model.items
         self.product_ids = frozenset(model.items.names)  # for checking posted events
@@ -124,6 +126,10 @@ class Engine:
         or categories the catalogue lacks is refused (:class:`PolicyError`) and the one in
         use stays."""
         arbiter = Arbiter(versioned, self.offers, self.calibration)
+        contact, base = versioned.policy.contact, self.base_settings
+        self.settings = self.masks.settings = replace(
+            base, max_impressions=contact.max_impressions or base.max_impressions,
+            contact_window_days=contact.impression_window_days or base.contact_window_days)
         self.arbiter = arbiter
         return arbiter
 

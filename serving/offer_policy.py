@@ -148,8 +148,14 @@ class QuietHours(Strict):
 
 
 class Contact(Strict):
-    """How often and when triggered messages may reach a customer, across channels."""
+    """How often and when offers and triggered messages may reach a customer."""
 
+    max_impressions: int | None = Field(None, ge=1, le=1000, description="Impressions "
+                                        "without a click after which an offer rests for the "
+                                        "customer, instead of NBO_CONTACT_MAX_IMPRESSIONS.")
+    impression_window_days: float | None = Field(None, gt=0, le=365, description="Window of "
+                                                 "that count, instead of "
+                                                 "NBO_CONTACT_WINDOW_DAYS.")
     max_messages: int | None = Field(None, ge=1, description="At most this many triggered "
                                      "messages per customer in `per_days`, all channels.")
     per_days: float = Field(7.0, gt=0, le=365)
@@ -173,8 +179,9 @@ class Trigger(Strict):
     channel and offers of the decision it produces."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
-    when: TriggerKind = Field(description="cart_abandoned: a cart without a purchase of the "
-                            "product for `after_minutes`; category_views: `views` views of one "
+    when: TriggerKind = Field(description="cart_abandoned: a customer's cart left without a "
+                            "purchase for `after_minutes` after its last addition; "
+                            "category_views: `views` views of one "
                             "category within `within_minutes`; first_purchase: a customer's "
                             "first purchase; stage: a customer crossing into `stage`.")
     channel: MessagingChannel

@@ -29,6 +29,7 @@ REFUSALS = {
     "415": "The body is not JSON.",
 }
 OPEN = {"/healthz", "/livez", "/readyz", "/metrics"}
+BODILESS = {"/admin/reload", "/admin/triggers/run"}  # POST routes that take no body
 
 
 def amend(document: dict[str, Any], admin: bool) -> dict[str, Any]:
@@ -55,7 +56,12 @@ def amend(document: dict[str, Any], admin: bool) -> dict[str, Any]:
                                     "worker takes (NBO_MAX_IN_FLIGHT)."}
                 responses["503"] = {"description": "No model is loaded yet.",
                                     "content": error}
-            if method == "delete" or (method == "post" and path == "/admin/reload"):
+            if path == "/admin/triggers/run":
+                responses["409"] = {"description": "Another process is running a pass of "
+                                    "the triggers.", "content": error}
+                responses["503"] = {"description": "No model is loaded yet.",
+                                    "content": error}
+            if method == "delete" or (method == "post" and path in BODILESS):
                 for code in ("413", "415"):  # no body to refuse
                     del responses[code]
     if doc.get("openapi", "").startswith("3.0"):

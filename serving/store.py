@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 import pandas as pd
 from sqlalchemy import (
+    BigInteger,
     BindParameter,
     Boolean,
     Column,
@@ -175,7 +176,7 @@ decisions = Table(  # the triggers' occasions and what became of them: the trigg
     Column("reason", String(200), nullable=True),  # why dropped
     Column("offers", Text, nullable=True),  # JSON: the offers decided on
     Column("decided_at", DateTime, nullable=True),
-    Column("cursor", Integer, nullable=True, unique=True),  # its place in the feed
+    Column("cursor", BigInteger, nullable=True, unique=True),  # its place in the feed
     Column("policy_version", String(64), nullable=True),
     Column("model_version", String(32), nullable=True),
     Index("trigger_occasion", "trigger", "customer_id", "occasion", unique=True),

@@ -195,18 +195,21 @@ def test_the_policy_reference_names_every_setting_and_the_example_validates() ->
     from serving.offer_policy import (
         Campaign,
         CategoryRule,
+        Contact,
         ContextWeight,
         Exponents,
         Fallbacks,
         OfferPolicy,
         OfferRule,
+        QuietHours,
+        Trigger,
         load,
     )
 
     docs = Path(__file__).parents[1] / "docs"
     text = (docs / "offer-policy.md").read_text()
     for model in (OfferPolicy, Exponents, OfferRule, CategoryRule, ContextWeight, Campaign,
-                  Fallbacks):
+                  Fallbacks, Contact, QuietHours, Trigger):
         for name in model.model_fields:  # in code quotes, alone or in a dotted path
             assert re.search(rf"`[^`\s]*\b{name}\b[^`\s]*`", text), (model.__name__, name)
     assert load(docs.parent / "nbo" / "jobs" / "demo_policy.yaml").version == "example-1"
@@ -264,3 +267,19 @@ def test_a_lapsed_customer_gets_the_win_back_coupon_when_it_is_worth_more(engine
         assert first.product_id == "winback15", customer
         assert first.components == {"propensity": 0.08, "value": 12.0, "weight": 1.0,
                                     "context_weight": 3.0}
+
+
+def test_the_policys_contact_cap_overrides_the_services(engine: Engine, now) -> None:  # type: ignore[no-untyped-def]
+    customer = str(engine.customers.names[5])
+    top = ids(engine, customer, now)[0]
+    engine.store.append_feedback([{"customer_id": customer, "product_id": top,
+                                   "action": "impression", "timestamp": now - timedelta(days=3),
+                                   "request_id": f"r{n}"} for n in range(2)], now)
+    assert ids(engine, customer, now)[0] == top  # twice is under the service's 3
+    engine.use_policy(from_json({"contact": {"max_impressions": 2}}))
+    assert top not in ids(engine, customer, now)
+    engine.use_policy(from_json({"contact": {"max_impressions": 2,
+                                             "impression_window_days": 2}}))
+    assert ids(engine, customer, now)[0] == top  # both were shown before the window
+    engine.use_policy(from_json({}))
+    assert ids(engine, customer, now)[0] == top and engine.settings == PolicySettings()
