@@ -33,6 +33,7 @@ class Columns:
 
     signup_date = "signup_date"
     birth_year = "birth_year"
+    birth_date = "birth_date"
     gender = "gender"
     postcode = "postcode"
     country = "country"

@@ -20,8 +20,10 @@ from features.columns import EventType as E
 from features.config import FeatureConfig, from_flat, to_flat
 from features.history import until
 
-CUSTOMER_COLUMNS = [C.customer, C.region, C.birth_year, "first_purchase", "last_purchase",
-                    "usual_gap_days", "segment"]
+BIRTHDAY = "birthday"  # "MM-DD" of the birth date: serving needs the day, not the year
+
+CUSTOMER_COLUMNS = [C.customer, C.region, C.birth_year, BIRTHDAY, "first_purchase",
+                    "last_purchase", "usual_gap_days", "segment"]
 TABLES = ("offers", "customers", "bought", "returned", "last_visit", "consents")
 DATASET_FILE = "dataset.json"  # in a model's folder, beside its context: what it learnt from
 
@@ -42,6 +44,10 @@ def serving_context(
     birth = customers.set_index(C.customer)[C.birth_year] if C.birth_year in customers else None
     profile[C.birth_year] = (birth.reindex(profile[C.customer]).to_numpy(dtype=float)
                              if birth is not None else np.nan)
+    born = (pd.to_datetime(customers.set_index(C.customer)[C.birth_date])
+            if C.birth_date in customers else None)
+    profile[BIRTHDAY] = (born.dt.strftime("%m-%d").reindex(profile[C.customer]).to_numpy(
+        dtype=object) if born is not None else None)
     segment = customer_features.set_index(C.customer)["segment"]
     profile["segment"] = segment.reindex(profile[C.customer]).to_numpy()
     purchases = events[events[C.event_type] == E.purchase]

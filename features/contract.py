@@ -47,7 +47,7 @@ OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
         C.valid_to, C.stock, C.region, C.min_age, C.sensitive, C.repurchase_days,
     ),
     "customers": (
-        C.signup_date, C.birth_year, C.gender, C.region, C.postcode, C.country,
+        C.signup_date, C.birth_year, C.birth_date, C.gender, C.region, C.postcode, C.country,
         C.preferred_channel,
     ),
     "consents": (C.double_opt_in, C.updated_at, C.source),
@@ -393,6 +393,17 @@ def _numbers(frame: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series]:
     return values.astype(float), _given(raw) & values.isna()
 
 
+def _dates(values: pd.Series) -> pd.Series:
+    """Calendar dates (``YYYY-MM-DD``, or the date of a moment) as midnight; others
+    missing. Unlike moments they may lie before 1970."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        values = values.dt.tz_convert("UTC").dt.tz_localize(None)
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return values.dt.normalize()
+    text = values.astype("str").str.strip().str[:10]
+    return pd.to_datetime(text, format="%Y-%m-%d", errors="coerce")
+
+
 def _given(values: pd.Series) -> pd.Series:
     """Entries that hold something (not NA, not blank)."""
     if not (pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)):
@@ -558,12 +569,18 @@ def _customer_reasons(frame: pd.DataFrame, now: pd.Timestamp) -> tuple[pd.DataFr
     out[C.customer] = as_id(frame[C.customer])
     signup = parse_timestamps(_optional(frame, C.signup_date))
     birth_year, birth_bad = _numbers(frame, C.birth_year)
+    born = _dates(_optional(frame, C.birth_date))
+    born = born.where((born >= pd.Timestamp("1900-01-01")) & (born <= now))
     reasons.add(out[C.customer].isna(), "missing customer_id")
     reasons.add(out[C.customer].duplicated(), "duplicate customer_id")
     reasons.add(_given(_optional(frame, C.signup_date)) & signup.isna(), "bad signup_date")
     reasons.add(birth_bad | (birth_year < 1900) | (birth_year > now.year), "bad birth_year")
+    reasons.add(_given(_optional(frame, C.birth_date)) & born.isna(), "bad birth_date")
+    reasons.add(birth_year.notna() & born.notna() & (birth_year != born.dt.year),
+                "birth_date and birth_year disagree")
     out[C.signup_date] = signup
-    out[C.birth_year] = birth_year
+    out[C.birth_year] = birth_year.fillna(born.dt.year.astype(float))
+    out[C.birth_date] = born
     for column in (C.gender, C.region, C.postcode, C.country, C.preferred_channel):
         out[column] = as_text(_optional(frame, column))
     return out, reasons.series()

@@ -273,10 +273,14 @@ def _customers(spec: ShopSpec, first: int, size: int, rng: np.random.Generator) 
     birth_year[rng.random(size) < 0.1] = np.nan
     region = np.array(REGIONS)[rng.choice(len(REGIONS), size, p=REGION_WEIGHTS)]
     ids = np.arange(first, first + size)
+    day_of_year = np.random.default_rng([spec.seed, first, 366]).integers(0, 365, size)
+    born = (pd.to_datetime(pd.Series(birth_year).astype("Int64").astype("string") + "-01-01",
+                           errors="coerce") + pd.to_timedelta(day_of_year, unit="D"))
     return pd.DataFrame({
         C.customer: [f"c{i:07d}" for i in ids],
         C.signup_date: signup.floor("s"),
         C.birth_year: nullable_ints(birth_year, ~np.isnan(birth_year)),
+        C.birth_date: born.dt.strftime("%Y-%m-%d").to_numpy(dtype=object),
         C.gender: np.array(["f", "m", "d", ""])[rng.choice(4, size, p=[0.48, 0.44, 0.02, 0.06])],
         C.region: region,
         C.postcode: [f"{r[0].upper()}{n:04d}" for r, n in

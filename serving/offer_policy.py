@@ -164,6 +164,10 @@ class Contact(Strict):
     region_time_zones: dict[str, str] = Field(default_factory=dict,
                                               description="Time zone per customer region.")
 
+    def zone_of(self, region: str | None) -> str:
+        """The time zone of a customer of ``region``."""
+        return self.region_time_zones.get(region or "", self.time_zone)
+
     @model_validator(mode="after")
     def known_zones(self) -> Contact:
         for name in (self.time_zone, *self.region_time_zones.values()):
@@ -171,7 +175,7 @@ class Contact(Strict):
         return self
 
 
-TriggerKind = Literal["cart_abandoned", "category_views", "first_purchase", "stage"]
+TriggerKind = Literal["cart_abandoned", "category_views", "first_purchase", "stage", "birthday"]
 
 
 class Trigger(Strict):
@@ -183,7 +187,9 @@ class Trigger(Strict):
                             "purchase for `after_minutes` after its last addition; "
                             "category_views: `views` views of one "
                             "category within `within_minutes`; first_purchase: a customer's "
-                            "first purchase; stage: a customer crossing into `stage`.")
+                            "first purchase; stage: a customer crossing into `stage`; "
+                            "birthday: a customer's birthday began in their time zone "
+                            "(`after_minutes` counts from midnight there).")
     channel: MessagingChannel
     after_minutes: float = Field(0.0, ge=0, le=60 * 24 * 90,
                                  description="Delay from the event (or crossing) to the "

@@ -15,6 +15,7 @@ from scipy import sparse
 from features.columns import Columns as C
 from features.columns import Stage
 from features.config import LifecycleConfig
+from features.context import BIRTHDAY
 from features.ids import MISSING, IdMap
 from features.side import CUSTOMER_FEATURES
 from features.state import age_band, stage_from_days
@@ -47,6 +48,7 @@ class CustomerState:
         self.birth_year = pd.to_numeric(profile[C.birth_year], errors="coerce").to_numpy(
             float, copy=True)
         self.segment = _objects(profile["segment"])
+        self.birthday = birthdays(profile)
         bought = tables["bought"]
         self.bought = self._matrix(bought, nanoseconds(bought["last_purchase"])
                                    .astype(np.float64) / NS_PER_DAY)
@@ -152,8 +154,20 @@ class CustomerState:
             setattr(self, name, matrix.tocsr())
         self.first_ns[row] = self.last_ns[row] = NO_TIME
         self.usual_gap[row], self.birth_year[row] = np.nan, np.nan
+        self.birthday[row] = 0
         self.region[row] = self.segment[row] = None
         return 1
+
+
+def birthdays(profile: pd.DataFrame) -> np.ndarray:
+    """Each customer's birthday as month * 100 + day, 0 where unknown (or the model was
+    made before birth dates were kept)."""
+    if BIRTHDAY not in profile:
+        return np.zeros(len(profile), np.int16)
+    text = profile[BIRTHDAY].astype("string")
+    month = pd.to_numeric(text.str[:2], errors="coerce")
+    day = pd.to_numeric(text.str[3:5], errors="coerce")
+    return (month * 100 + day).fillna(0).to_numpy(np.int16)
 
 
 def nanoseconds(values: pd.Series) -> np.ndarray:

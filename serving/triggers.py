@@ -141,9 +141,12 @@ class Triggers:
         previous = store.bookmark(MOMENT_BOOKMARK)
         occasions: list[dict[str, Any]] = []
         for trigger in policy.triggers:
-            if trigger.when == "stage":
+            if trigger.when in ("stage", "birthday"):  # in time: since the last pass
+                if not 0 < previous < _ns(now):
+                    continue
                 found = (crossings(engine, store, trigger, previous, now)
-                         if 0 < previous < _ns(now) else [])
+                         if trigger.when == "stage"
+                         else birthdays(engine, trigger, policy.contact, previous, now))
             elif events is None:
                 continue
             elif trigger.when == "cart_abandoned":
@@ -233,6 +236,8 @@ class Triggers:
             elif trigger.when == "stage" and stage_now(engine, row.customer_id, now) \
                     != trigger.stage:
                 why = f"no longer {trigger.stage}"
+            elif trigger.when == "birthday" and not consent.personalization:
+                why = "no personalisation consent"
             if why is None:
                 assert trigger is not None
                 waits_until = quiet_until(contact, engine, row.customer_id, now)
@@ -428,6 +433,39 @@ def crossings(engine: Engine, store: Store, trigger: Trigger, previous_ns: int,
                      now) for row in crossed]
 
 
+def birthdays(engine: Engine, trigger: Trigger, contact: Contact, previous_ns: int,
+              now: datetime) -> list[dict[str, Any]]:
+    """Customers of the served model whose birthday began (midnight in their time zone)
+    after the last pass's moment and by ``now``; once a year. 29 February falls on the
+    28th in other years."""
+    state = engine.state
+    known = np.flatnonzero(state.birthday > 0)
+    if not len(known):
+        return []
+    zones = np.array([contact.zone_of(state.region[row]) for row in known], dtype=object)
+    start = pd.Timestamp(previous_ns)
+    found = []
+    for zone in np.unique(zones):
+        rows = known[zones == zone]
+        month, day = state.birthday[rows] // 100, state.birthday[rows] % 100
+        years = [moment.tz_localize("UTC").tz_convert(zone).year
+                 for moment in (start, pd.Timestamp(now))]
+        for year in range(years[0], years[1] + 1):
+            days = day
+            if not pd.Timestamp(year=year, month=1, day=1).is_leap_year:
+                days = np.where((month == 2) & (day == 29), 28, day)
+            midnight = pd.to_datetime(pd.DataFrame({"year": year, "month": month, "day": days}))
+            moments = (pd.DatetimeIndex(midnight).tz_localize(zone, ambiguous="NaT",
+                                                              nonexistent="shift_forward")
+                       .tz_convert("UTC").tz_localize(None))
+            began = (moments > start) & (moments <= pd.Timestamp(now))
+            for row, at, on in zip(rows[began], moments[began], days[began], strict=True):
+                found.append(occasion(trigger, str(state.customers.names[row]), str(year),
+                                      [f"{year}-{state.birthday[row] // 100:02d}-{on:02d}"],
+                                      at.to_pydatetime()))
+    return found
+
+
 def bought_since(store: Store, carts: list[Any], now: datetime) -> dict[int, list[str]]:
     """For each cart (by occasion id), its products not bought (purchased or converted)
     since it was started: empty where all were."""
@@ -455,8 +493,7 @@ def quiet_until(contact: Contact, engine: Engine, customer_id: str, now: datetim
     quiet = contact.quiet_hours
     if quiet is None:
         return None
-    region = engine.state.region_of(engine.state.row_of(customer_id))
-    zone = ZoneInfo(contact.region_time_zones.get(region or "", contact.time_zone))
+    zone = ZoneInfo(contact.zone_of(engine.state.region_of(engine.state.row_of(customer_id))))
     local = now.replace(tzinfo=UTC).astimezone(zone)
     if not quiet.holds(local.time()):
         return None

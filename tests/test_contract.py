@@ -228,3 +228,21 @@ def test_the_contract_page_names_every_column_and_reason() -> None:
     columns = {c for table in (*contract.REQUIRED_COLUMNS.values(),
                                *contract.OPTIONAL_COLUMNS.values()) for c in table}
     assert not sorted(c for c in columns if f"`{c}`" not in page)
+
+
+def test_birth_dates_are_checked_against_the_calendar_and_the_birth_year() -> None:
+    customers = pd.DataFrame({
+        "customer_id": ["leap", "no-year", "disagree", "old", "future", "garbled", "none"],
+        "birth_year": ["1980", "", "1981", "", "", "", "1990"],
+        "birth_date": ["1980-02-29", "1975-07-14", "1980-01-01", "1899-12-31", "2999-01-01",
+                       "14/07/1975", ""]})
+    data = validate_tables({"events": events(), "products": products(), "customers": customers},
+                           now=pd.Timestamp("2026-01-01"))
+    quarantined = data.quarantine["customers"].set_index("customer_id")["reason"].to_dict()
+    assert quarantined == {"disagree": "birth_date and birth_year disagree",
+                           "old": "bad birth_date", "future": "bad birth_date",
+                           "garbled": "bad birth_date"}
+    kept = data.customers.set_index("customer_id")
+    assert kept.loc["no-year", "birth_year"] == 1975  # the year is read from the date
+    assert str(kept.loc["leap", "birth_date"].date()) == "1980-02-29"
+    assert pd.isna(kept.loc["none", "birth_date"]) and kept.loc["none", "birth_year"] == 1990

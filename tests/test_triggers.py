@@ -10,7 +10,7 @@ import hmac
 import json
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,11 +24,11 @@ from store_backends import BOTH_DATABASES, ERASURE_KEY
 from features.settings import Settings
 from features.snapshot import load_snapshot
 from serving.engine import Engine, PolicySettings
-from serving.offer_policy import PolicyError, parse
+from serving.offer_policy import Contact, PolicyError, parse
 from serving.service import webhook
 from serving.state import NS_PER_DAY
 from serving.store import Store
-from serving.triggers import LEASE, Triggers, Webhook, feed_page, signature
+from serving.triggers import LEASE, Triggers, Webhook, birthdays, feed_page, signature
 
 CART = "triggers: [{name: cart-reminder, when: cart_abandoned, channel: email, " \
        "after_minutes: 60, k: 2}]\n"
@@ -385,3 +385,42 @@ def test_a_webhook_without_a_long_enough_secret_refuses_the_start() -> None:
     hook = webhook(Settings(trigger_webhook_url="http://mail.example/hook",
                             trigger_webhook_secret="s" * 16))
     assert hook is not None and hook.url == "http://mail.example/hook"
+
+
+def test_a_birthday_is_one_decision_from_midnight_in_the_customers_time_zone(
+        engine: Engine, now: datetime) -> None:
+    policy(engine, "triggers: [{name: birthday, when: birthday, channel: email, "
+                   "after_minutes: 540}]\ncontact: {time_zone: Asia/Tokyo}\n")  # UTC+9
+    known = engine.state.birthday[(engine.state.birthday > 0) & (engine.state.birthday != 229)]
+    codes, shared = np.unique(known, return_counts=True)
+    code = int(codes[shared.argmax()])  # a day two customers were born on
+    same_day = np.flatnonzero(engine.state.birthday == code)
+    assert len(same_day) >= 2
+    mine, other = (str(engine.customers.names[row]) for row in same_day[:2])
+    for customer in (mine, other):
+        mail_consent(engine, customer, now)
+    engine.store.set_consents(other, {"personalization": (False, False)}, "test", now)
+    day = date(now.year + 1, code // 100, code % 100)
+    midnight = datetime.combine(day, datetime.min.time()) - timedelta(hours=9)  # in UTC
+    triggers = Triggers(engine.store)
+    triggers.run(engine, midnight - timedelta(minutes=1))  # the first pass notes its moment
+    assert triggers.run(engine, midnight + timedelta(minutes=1)).found == len(same_day)
+    triggers.run(engine, midnight + timedelta(minutes=539))
+    assert not [d for d in feed(engine, dropped=True) if d["customer_id"] in (mine, other)]
+    triggers.run(engine, midnight + timedelta(minutes=540))
+    triggers.run(engine, midnight + timedelta(days=2))
+    outcomes = {d["customer_id"]: (d["status"], d["reason"], d["subject"])
+                for d in feed(engine, dropped=True) if d["customer_id"] in (mine, other)}
+    assert outcomes == {mine: ("sent", None, [day.isoformat()]),
+                        other: ("dropped", "no personalisation consent", [day.isoformat()])}
+
+
+def test_a_birthday_on_the_29th_of_february_falls_on_the_28th_in_other_years(
+        engine: Engine) -> None:
+    engine.state.birthday[:] = 0
+    engine.state.birthday[4] = 229
+    trigger = parse("triggers: [{name: b, when: birthday, channel: email}]\n").policy.triggers[0]
+    found = birthdays(engine, trigger, Contact(), int(np.datetime64("2027-02-27", "ns")
+                                                      .astype(np.int64)), datetime(2027, 3, 1))
+    assert [(o["customer_id"], json.loads(o["subject"]), o["due_at"]) for o in found] == [
+        (str(engine.customers.names[4]), ["2027-02-28"], datetime(2027, 2, 28))]
