@@ -436,14 +436,22 @@ def crossings(engine: Engine, store: Store, trigger: Trigger, previous_ns: int,
 def birthdays(engine: Engine, trigger: Trigger, contact: Contact, previous_ns: int,
               now: datetime) -> list[dict[str, Any]]:
     """Customers of the served model whose birthday began (midnight in their time zone)
-    after the last pass's moment and by ``now``; once a year. 29 February falls on the
-    28th in other years."""
+    after the last pass's moment and by ``now``, at most a day ago (a birthday a stopped
+    service missed by more is past); once a year. 29 February falls on the 28th in other
+    years."""
     state = engine.state
+    start = max(pd.Timestamp(previous_ns), pd.Timestamp(now) - pd.Timedelta(days=1))
     known = np.flatnonzero(state.birthday > 0)
+    days_near = pd.date_range((start - pd.Timedelta(days=1)).normalize(),
+                              pd.Timestamp(now) + pd.Timedelta(days=1), freq="D")
+    if len(days_near) < 366:  # only customers born on a day near the pass (in any zone)
+        codes = set(days_near.month * 100 + days_near.day)
+        codes |= {229} if 228 in codes else set()
+        known = known[np.isin(state.birthday[known], list(codes))]
     if not len(known):
         return []
-    zones = np.array([contact.zone_of(state.region[row]) for row in known], dtype=object)
-    start = pd.Timestamp(previous_ns)
+    zones = (pd.Series(state.region[known], dtype=object).map(contact.region_time_zones)
+             .fillna(contact.time_zone).to_numpy(dtype=object))
     found = []
     for zone in np.unique(zones):
         rows = known[zones == zone]

@@ -421,6 +421,16 @@ def test_a_birthday_on_the_29th_of_february_falls_on_the_28th_in_other_years(
     engine.state.birthday[4] = 229
     trigger = parse("triggers: [{name: b, when: birthday, channel: email}]\n").policy.triggers[0]
     found = birthdays(engine, trigger, Contact(), int(np.datetime64("2027-02-27", "ns")
-                                                      .astype(np.int64)), datetime(2027, 3, 1))
+                                                      .astype(np.int64)), datetime(2027, 2, 28, 12))
     assert [(o["customer_id"], json.loads(o["subject"]), o["due_at"]) for o in found] == [
         (str(engine.customers.names[4]), ["2027-02-28"], datetime(2027, 2, 28))]
+
+
+def test_a_birthday_a_stopped_service_missed_by_more_than_a_day_is_skipped(
+        engine: Engine) -> None:
+    engine.state.birthday[:] = 0
+    engine.state.birthday[[4, 5]] = [301, 303]
+    trigger = parse("triggers: [{name: b, when: birthday, channel: email}]\n").policy.triggers[0]
+    found = birthdays(engine, trigger, Contact(), int(np.datetime64("2027-02-01", "ns")
+                                                      .astype(np.int64)), datetime(2027, 3, 3, 12))
+    assert [o["customer_id"] for o in found] == [str(engine.customers.names[5])]
