@@ -126,6 +126,8 @@ class Engine:
         or categories the catalogue lacks is refused (:class:`PolicyError`) and the one in
         use stays."""
         arbiter = Arbiter(versioned, self.offers, self.calibration)
+        self.store.give_back()  # impressions held for the old limits
+        self._budgets = None
         contact, base = versioned.policy.contact, self.base_settings
         self.settings = self.masks.settings = replace(
             base, max_impressions=contact.max_impressions or base.max_impressions,
@@ -252,7 +254,7 @@ class Engine:
         cached = self._budgets
         if cached is not None and cached[0] == keys and time.monotonic() < cached[1]:
             return cached[2]
-        used = self.store.budget_used(keys)
+        used = self.store.budget_used(keys, own_reserve_free=True)
         self._budgets = (keys, time.monotonic() + BUDGET_READ_SECONDS, used)
         return used
 

@@ -63,7 +63,8 @@ class Newsletter:
         batch = engine.scorer.batch(customer_ids)
         with_records = store.with_consent_records(customer_ids)
         arbiter = engine.arbiter  # one policy for the call
-        used = store.budget_used(arbiter.budget_keys(now)) if arbiter.budgets else None
+        used = (store.budget_used(arbiter.budget_keys(now), own_reserve_free=True)
+                if arbiter.budgets else None)
         return [self.letter(customer_id, blocks, now, consents[customer_id], batch,
                             exposures.get(customer_id, NO_EXPOSURE), live.get(customer_id, []),
                             customer_id in erased, customer_id in with_records, arbiter, used)

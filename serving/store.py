@@ -12,8 +12,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import string
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -155,6 +158,8 @@ policies = Table(  # the offer policy every worker and replica ranks with: the n
     Column("source", String(64), nullable=False),
     Column("created_at", DateTime, nullable=False),
 )
+log = logging.getLogger(__name__)
+RESERVE_BLOCK = 20  # impressions a process takes from a budget at once, fewer near its limit
 budget_counts = Table(  # what each budget of the offer policy has used, per period
     "budget_counts", metadata,
     Column("budget", String(64), primary_key=True),
@@ -334,8 +339,16 @@ class Store:
         settled(lambda: FEEDBACK_ONCE.create(self.engine, checkfirst=True))
         self._key = key_bytes(erasure_key)
         settled(self._check_key)
+        # impressions this process took from budgets and has not served yet
+        self._reserved: Counter[tuple[str, str]] = Counter()
+        self._reserve_lock = threading.Lock()
 
     def close(self) -> None:
+        try:
+            self.give_back()
+        except (OperationalError, ProgrammingError) as failed:  # the database went first
+            log.warning("budget impressions held in reserve were not given back (%s)",
+                        type(failed).__name__)
         self.engine.dispose()
         self.counts.dispose()
 
@@ -678,54 +691,90 @@ class Store:
 
     # --- budgets ----------------------------------------------------------------------
 
-    def budget_used(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        """What each (budget, period) has used so far (absent: nothing)."""
+    def budget_used(self, keys: list[tuple[str, str]], own_reserve_free: bool = False
+                    ) -> dict[tuple[str, str], int]:
+        """What each (budget, period) has used so far (absent: nothing): impressions served
+        and those processes hold in reserve. ``own_reserve_free``: less what this process
+        holds, which it may still serve."""
         if not keys:
             return {}
         names = sorted({name for name, _ in keys})
         with self.engine.connect() as db:
             rows = db.execute(select(budget_counts).where(budget_counts.c.budget.in_(names)))
             found = {(row.budget, row.period): int(row.used) for row in rows}
-        return {key: found.get(key, 0) for key in keys}
+        with self._reserve_lock:
+            held = dict(self._reserved) if own_reserve_free else {}
+        return {key: found.get(key, 0) - held.get(key, 0) for key in keys}
 
     def spend(self, wanted: list[list[tuple[str, str, int]]]) -> list[bool]:
-        """Per offer, take one from each of its budgets, given as (budget, period, limit):
-        all of them or none (an offer whose budget is used up gets False). One transaction;
-        each count moves only while it is under its limit, so no number of workers or
-        replicas spends past a limit."""
+        """Per offer, take one impression from each of its budgets, given as (budget,
+        period, limit): all of them or none (an offer whose budget is used up gets False).
+
+        Impressions come from what this process holds in reserve. Where it holds too few,
+        it takes a block from the store's counts in one transaction: ``RESERVE_BLOCK``, or
+        a sixteenth of what is left where that is less, and at least what the answer needs.
+        Each count moves only while it stays within its limit, so no number of workers or
+        replicas spends past a limit, and most answers write nothing."""
         if not any(wanted):
             return [True] * len(wanted)
-        return settled(lambda: self._spend(wanted))
+        with self._reserve_lock:
+            needed = Counter(key for offer in wanted for key in {(n, p) for n, p, _ in offer})
+            limits = {(name, period): limit for offer in wanted for name, period, limit in offer}
+            short = {key: (limits[key], count - self._reserved[key])
+                     for key, count in needed.items() if count > self._reserved[key]}
+            if short:
+                self._reserved.update(settled(lambda: self._reserve(short)))
+            taken = []
+            for offer in wanted:
+                keys = [(name, period) for name, period, _ in offer]
+                ok = all(self._reserved[key] >= 1 for key in keys)
+                if ok:
+                    self._reserved.subtract(keys)
+                taken.append(ok)
+            return taken
 
-    def _spend(self, wanted: list[list[tuple[str, str, int]]]) -> list[bool]:
+    def give_back(self) -> None:
+        """Return the impressions this process holds in reserve to their budgets: at a
+        change of the offer policy (a limit may have changed) and when the process stops."""
+        with self._reserve_lock:
+            held = {key: n for key, n in self._reserved.items() if n > 0}
+            self._reserved.clear()
+        if held:
+            settled(lambda: self._give_back(held))
+
+    def _reserve(self, short: dict[tuple[str, str], tuple[int, int]]
+                 ) -> dict[tuple[str, str], int]:
         with self.counts.begin() as db:
-            return self._take(db, wanted)
+            return {key: self._block(db, *key, limit, need)
+                    for key, (limit, need) in short.items()}
 
-    def _take(self, db: Any, wanted: list[list[tuple[str, str, int]]]) -> list[bool]:
+    def _block(self, db: Any, name: str, period: str, limit: int, need: int) -> int:
+        """Take a block from one budget's count; how many it took (0: used up)."""
         column = budget_counts.c
-        taken = []
-        for offer in wanted:
-            done = []
-            for name, period, limit in offer:
-                moved = db.execute(update(budget_counts).where(
-                    (column.budget == name) & (column.period == period)
-                    & (column.used < limit)).values(used=column.used + 1)).rowcount
-                if not moved:  # the period's first, or used up: a new row counts one
-                    moved = len(db.execute(self._insert(budget_counts).values(
-                        budget=name, period=period, used=1).on_conflict_do_nothing()
-                        .returning(budget_counts.c.used)).all())
-                if moved != 1:
-                    break
-                done.append((name, period))
-            else:
-                taken.append(True)
-                continue
-            for name, period in done:  # all or none: give back what this offer took
+        row = (column.budget == name) & (column.period == period)
+        for _ in range(3):  # another process may move the count between the read and here
+            used = db.execute(select(column.used).where(row)).scalar_one_or_none()
+            left = limit - (used or 0)
+            if left <= 0:
+                return 0
+            block = min(left, max(need, min(RESERVE_BLOCK, left // 16)))
+            if used is None:
+                if db.execute(self._insert(budget_counts).values(
+                        budget=name, period=period, used=block).on_conflict_do_nothing()
+                        .returning(column.used)).all():
+                    return block
+            elif db.execute(update(budget_counts).where(row & (column.used + block <= limit))
+                            .values(used=column.used + block)).rowcount:
+                return block
+        return 0
+
+    def _give_back(self, held: dict[tuple[str, str], int]) -> None:
+        column = budget_counts.c
+        with self.counts.begin() as db:
+            for (name, period), n in held.items():
                 db.execute(update(budget_counts).where(
                     (column.budget == name) & (column.period == period))
-                    .values(used=column.used - 1))
-            taken.append(False)
-        return taken
+                    .values(used=case((column.used > n, column.used - n), else_=0)))
 
     def _count(self, db: Any, keys: list[tuple[str, str]]) -> None:
         """Count one per key (conversions: they happen whatever the limit says)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sqlalchemy import event as sqlalchemy_event
 from store_backends import ERASURE_KEY
 
 from features.snapshot import load_snapshot
@@ -244,8 +245,41 @@ def test_a_budget_is_never_overspent_by_concurrent_stores(tmp_path: Path) -> Non
     with ThreadPoolExecutor(8) as pool:
         taken = list(pool.map(take, range(120)))
     assert sum(taken) == 25
+    for store in stores:
+        store.give_back()  # what each holds in reserve of "other"
     assert stores[0].budget_used([("cap", "total"), ("other", "total")]) == {
         ("cap", "total"): 25, ("other", "total"): 25}  # all or none per offer
+
+
+def test_workers_take_budget_impressions_in_blocks_and_give_back_what_they_hold(
+        tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = f"sqlite:///{tmp_path / 'budgets.db'}"
+    stores = [Store(url, ERASURE_KEY) for _ in range(2)]
+    wanted = [[("daily", "2026-12-06", 500)]]
+    assert stores[0].spend(wanted) == [True]
+    assert stores[0].budget_used([("daily", "2026-12-06")]) == {("daily", "2026-12-06"): 20}
+    assert stores[0].budget_used([("daily", "2026-12-06")], own_reserve_free=True) == {
+        ("daily", "2026-12-06"): 1}  # served one, holds 19 it may serve
+    writes = []
+    sqlalchemy_event.listen(stores[1].counts, "before_cursor_execute",
+                            lambda *args: writes.append(args[2].split()[0]))
+    assert all(stores[1].spend(wanted) for _ in range(40))
+    assert writes.count("UPDATE") + writes.count("INSERT") <= 2  # two blocks for 40
+
+    def take(n: int) -> bool:
+        return stores[n % 2].spend(wanted)[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        taken = 41 + sum(pool.map(take, range(1000)))  # as many calls per store as the limit
+    assert taken == 500  # a block shrinks to what is needed as the limit nears
+    for store in stores:
+        store.give_back()
+    assert stores[1].budget_used([("daily", "2026-12-06")]) == {("daily", "2026-12-06"): 500}
+    stores[0].spend([[("weekly", "2026-W49", 1000)]] * 3)
+    stores[0].close()  # a stopping worker gives back what it holds
+    assert stores[1].budget_used([("weekly", "2026-W49")]) == {("weekly", "2026-W49"): 3}
 
 
 def test_a_lapsed_customer_gets_the_win_back_coupon_when_it_is_worth_more(engine: Engine,
@@ -283,3 +317,21 @@ def test_the_policys_contact_cap_overrides_the_services(engine: Engine, now) -> 
     assert ids(engine, customer, now)[0] == top  # both were shown before the window
     engine.use_policy(from_json({}))
     assert ids(engine, customer, now)[0] == top and engine.settings == PolicySettings()
+
+
+def test_a_worker_serves_what_it_holds_after_the_store_counts_the_budget_used_up(
+        engine: Engine, now, model_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    customers = [str(c) for c in engine.customers.names[:60]]
+    firsts = [ids(engine, c, now)[0] for c in customers]
+    top = max(set(firsts), key=firsts.count)
+    buyer = customers[firsts.index(top)]
+    capped = from_json({"budgets": [{"name": "top", "offers": [top], "limit": 400}]})
+    engine.use_policy(capped)
+    assert ids(engine, buyer, now)[0] == top  # took a block of 20, served one
+    other = Engine.load(model_dir, "1", Store(f"sqlite:///{tmp_path / 'store.db'}",
+                                              ERASURE_KEY), PolicySettings())
+    other.use_policy(capped)
+    assert other.store.spend([[("top", "total", 400)]] * 380) == [True] * 380  # the rest
+    engine.budgets_changed()
+    assert top not in ids(other, buyer, now)  # used up as far as the store can tell
+    assert ids(engine, buyer, now)[0] == top  # the 19 this worker holds are its to serve
