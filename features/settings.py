@@ -100,6 +100,10 @@ class Settings(BaseSettings):
         "replaces the store's policy when its text differs, and POST /admin/reload reads it "
         "again. None: the store's policy, else relevance alone."
     )
+    decision_log_days: float = Field(
+        90.0, ge=0, description="Days the decision log keeps each served list (0: nothing "
+        "is logged)."
+    )
     trigger_seconds: float = Field(
         60.0, ge=0, description="How often the service runs a pass of the offer policy's "
         "triggers (one process at a time does, under a lease in the store); 0 = never, "

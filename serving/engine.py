@@ -318,9 +318,10 @@ class Engine:
                               request.explain) for rank, i in enumerate(picked)]
         offers += [self._offer(i, len(offers) + n, prepared.scores, FEATURED, weighed,
                                request.explain) for n, i in enumerate(filling)]
+        priorities = [float(weighed.priority[i]) for i in np.concatenate([picked, filling])]
         return Ranking(request_id, self.version, request.customer_id, prepared.stage,
                        prepared.fallback, offers, removed=removed, removed_offers=removed_offers,
-                       policy_version=arbiter.version)
+                       policy_version=arbiter.version, priorities=priorities)
 
     def _offer(self, item: int, rank: int, scores: np.ndarray, reason: str,
                weighed: Priorities, explain: bool) -> Offer:

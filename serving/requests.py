@@ -77,6 +77,7 @@ class Ranking:
     removed: dict[str, int] = field(default_factory=dict)  # per rule, of the unfiltered top k
     removed_offers: list[tuple[str, str]] = field(default_factory=list)  # (product, rule)
     policy_version: str = ""
+    priorities: list[float] = field(default_factory=list)  # of the offers, in their order
 
 
 class Resolved(NamedTuple):

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse
 
 from features.settings import Settings, quiet_third_parties
 from serving import models
+from serving.decision_log import DecisionLog, letter_rows, ranking_row
 from serving.engine import Engine, PolicySettings, Ranking, RequestError
 from serving.engine import Request as RankRequest
 from serving.http import ApiKeys, quiet_logs
@@ -91,13 +92,15 @@ def ranking_body(ranking: Ranking) -> RankResponse:
         offers=[OfferOut(**vars(offer)) for offer in ranking.offers])
 
 
-def rank_response(engine: Engine, store: Store, request: RankRequest, now: datetime
-                  ) -> RankResponse:
+def rank_response(engine: Engine, store: Store, request: RankRequest, now: datetime,
+                  log: DecisionLog | None = None) -> RankResponse:
     """One /rank answered: the customer's consent from the store, the policed ranking, its
-    counters, the response body."""
+    counters and decision log row, the response body."""
     consent = store.consent(request.customer_id, engine.settings.personalization_default)
     ranking = engine.rank(request, now, consent)
     count(ranking, "rank")
+    if log is not None and ranking.offers:
+        log.record([ranking_row(ranking, request.channel, "rank", now)])
     return ranking_body(ranking)
 
 
@@ -158,7 +161,9 @@ class NboService:
             self.holder.sync_policy()
         self.holder.refresh()
         self.holder.watch(self.settings.reload_seconds)
-        self.triggers = Triggers(self.store, webhook(self.settings))
+        self.decisions = DecisionLog(self.store, self.settings.decision_log_days,
+                                     self.settings.current_time)
+        self.triggers = Triggers(self.store, webhook(self.settings), self.decisions)
         self._stop = threading.Event()
         self.triggers.every(self.settings.trigger_seconds, lambda: self.holder.engine,
                             self.settings.current_time, self._stop)
@@ -171,6 +176,7 @@ class NboService:
     def close(self) -> None:
         self._stop.set()
         self.holder.stop()
+        self.decisions.close()
         self.store.close()
 
     def __is_ready__(self) -> bool:
@@ -210,7 +216,7 @@ class NboService:
             now = moment(self.settings, given.now)
             request = RankRequest(customer_id, channel, k, now, given.product_id, given.cart,
                                   given.session, given.region, explain)
-            return rank_response(self._engine(), self.store, request, now)
+            return rank_response(self._engine(), self.store, request, now, self.decisions)
 
         return await self._answer(work)  # type: ignore[return-value]
 
@@ -232,6 +238,8 @@ class NboService:
                        if customer_id else None)
             ranking = engine.similar(product_id, k, channel, at, consent, customer_id)
             count(ranking, "similar")
+            if ranking.offers:
+                self.decisions.record([ranking_row(ranking, channel, "similar", at)])
             return SimilarResponse(request_id=ranking.request_id,
                                    model_version=ranking.model_version,
                                    policy_version=ranking.policy_version, product_id=product_id,
@@ -249,13 +257,15 @@ class NboService:
         """Distinct offers per customer for the newsletter blocks, or why there is no mail."""
 
         def work() -> NewsletterResponse:
-            engine = self._engine()
-            version = engine.arbiter.version
-            letters = [Letter.model_validate(asdict(x)) for x in
-                       engine.newsletter(customers, tuple(blocks), moment(self.settings, now))]
+            engine, at = self._engine(), moment(self.settings, now)
+            version, request_id = engine.arbiter.version, uuid.uuid4().hex
+            written = engine.newsletter(customers, tuple(blocks), at)
+            self.decisions.record(letter_rows(written, request_id, engine.version, version,
+                                              "newsletter", at))
+            letters = [Letter.model_validate(asdict(x)) for x in written]
             for letter in letters:
                 METRICS.served.labels(endpoint="newsletter").inc(len(letter.blocks))
-            return NewsletterResponse(request_id=uuid.uuid4().hex, model_version=engine.version,
+            return NewsletterResponse(request_id=request_id, model_version=engine.version,
                                       policy_version=version, letters=letters)
 
         return await self._answer(work, in_thread=True)  # type: ignore[return-value]

@@ -159,6 +159,23 @@ policies = Table(  # the offer policy every worker and replica ranks with: the n
     Column("created_at", DateTime, nullable=False),
 )
 log = logging.getLogger(__name__)
+decision_log = Table(  # every list served: what attribution and lift reports read
+    "decision_log", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("request_id", String(64), nullable=False),
+    Column("token", String(64), nullable=True),  # keyed hash of the customer, none for nobody
+    Column("channel", String(16), nullable=False),
+    Column("endpoint", String(16), nullable=False),
+    Column("experiment", String(64), nullable=True),
+    Column("arm", String(64), nullable=True),
+    Column("model_version", String(32), nullable=False),
+    Column("policy_version", String(64), nullable=False),
+    Column("decided_at", DateTime, nullable=False),
+    Column("offers", Text, nullable=False),  # JSON: product, position, score, priority, ...
+    Index("decision_token", "token", "decided_at"),
+    Index("decision_moment", "decided_at"),
+)
 RESERVE_BLOCK = 20  # impressions a process takes from a budget at once, fewer near its limit
 budget_counts = Table(  # what each budget of the offer policy has used, per period
     "budget_counts", metadata,
@@ -618,6 +635,8 @@ class Store:
                     events.c.customer_id == customer_id)).rowcount,
                 "trigger_decisions": db.execute(delete(decisions).where(
                     decisions.c.customer_id == customer_id)).rowcount,
+                "decision_log": db.execute(delete(decision_log).where(
+                    decision_log.c.token == self.token(customer_id))).rowcount,
                 **held_elsewhere,
             }
             token = self.token(customer_id)
@@ -630,6 +649,41 @@ class Store:
             erasure_id = int(result.inserted_primary_key[0]) if result.inserted_primary_key \
                 else -1
         return Erasure(erasure_id, removed)
+
+    def log_decisions(self, rows: list[dict[str, Any]]) -> int:
+        """Store decision log rows (with ``customer_id``, which is kept as its token only)
+        in one transaction, leaving out those of customers erased meanwhile; how many."""
+        erased = self.erased_among((r["customer_id"] for r in rows if r["customer_id"]),
+                                   returned_too=False)
+        kept = [{**{k: v for k, v in row.items() if k not in ("customer_id", "offers")},
+                 "token": self.token(row["customer_id"]) if row["customer_id"] else None,
+                 "experiment": row.get("experiment"), "arm": row.get("arm"),
+                 "offers": json.dumps(row["offers"])}
+                for row in rows if row["customer_id"] not in erased]
+        if kept:
+            settled(lambda: self._insert_rows(decision_log, kept))
+        return len(kept)
+
+    def _insert_rows(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        with self.engine.begin() as db:
+            db.execute(insert(table), rows)
+
+    def sweep_decisions(self, before: datetime) -> int:
+        """Delete decision log rows older than ``before`` and those of erased customers (who
+        have not given consent again); how many."""
+        erased = select(suppressed.c.token).outerjoin(
+            returned, returned.c.token == suppressed.c.token).where(returned.c.token.is_(None))
+        with self.engine.begin() as db:
+            return int(db.execute(delete(decision_log).where(
+                (decision_log.c.decided_at < before) | decision_log.c.token.in_(erased)))
+                .rowcount)
+
+    def decisions_of(self, customer_id: str) -> list[dict[str, Any]]:
+        """The decision log's rows of one customer, oldest first."""
+        with self.engine.connect() as db:
+            rows = db.execute(select(decision_log).where(
+                decision_log.c.token == self.token(customer_id)).order_by(decision_log.c.id))
+            return [{**row._asdict(), "offers": json.loads(row.offers)} for row in rows]
 
     def erased_tokens(self) -> set[str]:
         with self.engine.connect() as db:

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from features.state import stage_from_days
+from serving.decision_log import DecisionLog, ranking_row
 from serving.engine import Engine, Request
 from serving.metrics import METRICS
 from serving.offer_policy import Contact, OfferPolicy, Trigger
@@ -88,8 +89,9 @@ def signature(secret: str, stamp: int, body: bytes) -> str:
 class Triggers:
     """Finds and settles the offer policy's triggers against one store."""
 
-    def __init__(self, store: Store, webhook: Webhook | None = None) -> None:
-        self.store, self.webhook = store, webhook
+    def __init__(self, store: Store, webhook: Webhook | None = None,
+                 log: DecisionLog | None = None) -> None:
+        self.store, self.webhook, self.log = store, webhook, log
         self.holder = uuid.uuid4().hex
 
     def run(self, engine: Engine, now: datetime) -> Pass:
@@ -263,6 +265,8 @@ class Triggers:
                         "model_version": ranking.model_version,
                         "policy_version": ranking.policy_version})
                     sent_before[row.customer_id] = sent_before.get(row.customer_id, 0) + 1
+                    if self.log is not None:
+                        self.log.record([ranking_row(ranking, row.channel, "trigger", now)])
                     counts[SENT] += 1
                     continue
                 why = f"no offer passes the rules ({ranking.withheld or 'none left'})"

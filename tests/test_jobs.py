@@ -10,6 +10,7 @@ from store_backends import ERASURE_KEY
 from features.snapshot import load_snapshot
 from nbo.jobs.demo import stop_demo_service
 from nbo.jobs.newsletter import COLUMNS, customer_ids, letters_table
+from serving.decision_log import DecisionLog
 from serving.engine import Engine, PolicySettings
 from serving.store import Store
 
@@ -29,8 +30,13 @@ def test_the_letters_table_holds_every_block_of_every_letter_in_parts(
     for customer in ids[:10]:
         engine.store.set_consents(customer, {"email": (True, True)}, "test", now)
     done: list[int] = []
-    table = letters_table(engine, ids, ("profile", "regional"), now, done.append)
+    log = DecisionLog(engine.store, 90, lambda: now, flush_seconds=3600)
+    table = letters_table(engine, ids, ("profile", "regional"), now, done.append, log)
     assert done == [7, 7, 7] and list(table.columns) == COLUMNS
+    mailed = table.loc[table["no_mail"].isna(), "customer_id"].unique()
+    assert log.flush() == len(mailed) > 0  # a decision log row per letter
+    assert engine.store.decisions_of(mailed[0])[0]["endpoint"] == "batch"
+    log.close()
     letters = engine.newsletter(ids, ("profile", "regional"), now)
     blocks = sum(len(letter.blocks) for letter in letters)
     assert table["block"].notna().sum() == blocks > 0

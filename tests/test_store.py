@@ -86,7 +86,8 @@ def test_erasure_keeps_counts_and_a_keyed_hash_only(store: Store, consent_url: s
                             "timestamp": NOW}], NOW)
     erasure = store.erase("gone", "request by mail", NOW, {"model_rows": 1})
     assert erasure.removed == {"consents": 1, "consent_changes": 1, "feedback": 1,
-                               "events": 0, "trigger_decisions": 0, "model_rows": 1}
+                               "events": 0, "trigger_decisions": 0, "decision_log": 0,
+                               "model_rows": 1}
     assert store.consent_trail("gone").empty and store.feedback_frame().empty
     log = store.erasure_log()
     assert "gone" not in log.to_string()

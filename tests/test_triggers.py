@@ -23,6 +23,7 @@ from store_backends import BOTH_DATABASES, ERASURE_KEY
 
 from features.settings import Settings
 from features.snapshot import load_snapshot
+from serving.decision_log import DecisionLog
 from serving.engine import Engine, PolicySettings
 from serving.offer_policy import Contact, PolicyError, parse
 from serving.service import webhook
@@ -81,7 +82,8 @@ def test_a_cart_left_for_the_configured_time_yields_exactly_one_decision(
     policy(engine, CART)
     mail_consent(engine, customer, now)
     post(engine, customer, product(engine, 7), "cart", now)
-    triggers = Triggers(engine.store)
+    log = DecisionLog(engine.store, 90, lambda: now, flush_seconds=3600)
+    triggers = Triggers(engine.store, log=log)
     assert triggers.run(engine, now + timedelta(minutes=59)).found == 1
     assert feed(engine, dropped=True) == []  # not due yet
     assert triggers.run(engine, now + timedelta(minutes=61)).sent == 1
@@ -95,6 +97,12 @@ def test_a_cart_left_for_the_configured_time_yields_exactly_one_decision(
     assert decision["subject"] == [product(engine, 7)]
     assert 1 <= len(decision["offers"]) <= 2 and decision["policy_version"]
     assert decision["due_at"] == (now + timedelta(minutes=60)).isoformat()
+    assert log.flush() == 1
+    [logged] = engine.store.decisions_of(customer)
+    assert (logged["endpoint"], logged["channel"]) == ("trigger", "email")
+    assert [o["product_id"] for o in logged["offers"]] == [
+        o["product_id"] for o in decision["offers"]]
+    log.close()
 
 
 def test_no_decision_when_the_cart_was_bought_meanwhile(engine: Engine, now: datetime,

@@ -223,6 +223,7 @@ def newsletter(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from nbo.jobs.newsletter import NoServedModel, customer_ids, letters_table, served_engine
+    from serving.decision_log import DecisionLog
     from serving.newsletter import BLOCKS
 
     if not customers.exists():
@@ -240,6 +241,7 @@ def newsletter(
         raise fail(f"unknown block(s) {unknown}; choose from {', '.join(BLOCKS)}", 2)
     current = settings()
     store = store_of(current)
+    decisions = DecisionLog(store, current.decision_log_days, current.current_time)
     try:
         try:
             engine = served_engine(current, store)
@@ -250,8 +252,9 @@ def newsletter(
                       TimeElapsedColumn(), console=console) as progress:
             task = progress.add_task("customers", total=len(ids))
             table = letters_table(engine, ids, chosen, now or current.current_time(),
-                                  lambda done: progress.advance(task, done))
+                                  lambda done: progress.advance(task, done), decisions)
     finally:
+        decisions.close()
         store.close()
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out, index=False) if out.suffix == ".parquet" else table.to_csv(out,

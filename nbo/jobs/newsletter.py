@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
@@ -12,6 +13,7 @@ import pandas as pd
 
 if TYPE_CHECKING:
     from features.settings import Settings
+    from serving.decision_log import DecisionLog
     from serving.engine import Engine
     from serving.store import Store
 
@@ -46,12 +48,20 @@ def served_engine(settings: Settings, store: Store) -> Engine:
 
 
 def letters_table(engine: Engine, ids: list[str], blocks: tuple[str, ...], moment: datetime,
-                  advance: Callable[[int], None] | None = None) -> pd.DataFrame:
+                  advance: Callable[[int], None] | None = None,
+                  log: DecisionLog | None = None) -> pd.DataFrame:
     """Every customer's blocks as rows (one row with the reason where there is no mail),
-    ``AT_ONCE`` customers at a time; ``advance`` hears how many are done after each part."""
+    ``AT_ONCE`` customers at a time, each letter in the decision ``log`` where one is given;
+    ``advance`` hears how many are done after each part."""
+    from serving.decision_log import letter_rows
+
     rows: list[dict[str, object]] = []
+    request_id = uuid.uuid4().hex  # the batch's
     for start in range(0, len(ids), AT_ONCE):
         letters = engine.newsletter(ids[start:start + AT_ONCE], blocks, moment)
+        if log is not None:
+            log.record(letter_rows(letters, request_id, engine.version,
+                                   engine.arbiter.version, "batch", moment))
         for letter in letters:
             if not letter.blocks:
                 rows.append({"customer_id": letter.customer_id, "no_mail": letter.no_mail})
