@@ -7,6 +7,7 @@ import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field
@@ -99,6 +100,19 @@ class Settings(BaseSettings):
         None, description="The offer policy (policy.yaml) the service starts with; it "
         "replaces the store's policy when its text differs, and POST /admin/reload reads it "
         "again. None: the store's policy, else relevance alone."
+    )
+    control_share: float = Field(
+        0.0, ge=0, le=0.5, description="Share of customers in the universal control group: "
+        "the non-personalised baseline on the storefront and no personalised messages."
+    )
+    control_salt: str = Field("nbo-control", min_length=1, description="Salt of the control "
+                              "group's hash; another salt draws another group.")
+    control_period: Literal["month", "quarter", "year", "never"] = Field(
+        "quarter", description="How often the control group is drawn anew."
+    )
+    control_mail: Literal["holdout", "baseline"] = Field(
+        "holdout", description="What the control group gets by e-mail and the other "
+        "messaging channels: nothing (holdout) or non-personalised offers (baseline)."
     )
     decision_log_days: float = Field(
         90.0, ge=0, description="Days the decision log keeps each served list (0: nothing "

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from serving.assignment import CONTROL_GROUP
 from serving.newsletter import Letter
 from serving.requests import Ranking
 from serving.store import Store
@@ -42,6 +43,7 @@ def ranking_row(ranking: Ranking, channel: str, endpoint: str, at: datetime
     return {"request_id": ranking.request_id, "customer_id": ranking.customer_id or None,
             "channel": channel, "endpoint": endpoint, "model_version": ranking.model_version,
             "policy_version": ranking.policy_version, "decided_at": at,
+            "experiment": CONTROL_GROUP if ranking.arm else None, "arm": ranking.arm,
             "offers": [{"product_id": o.product_id, "position": o.rank, "score": o.score,
                         "priority": ranking.priorities[n] if ranking.priorities else None,
                         "probability": 1.0} for n, o in enumerate(ranking.offers)]}
@@ -54,6 +56,7 @@ def letter_rows(letters: Iterable[Letter], request_id: str, model_version: str,
     return [{"request_id": request_id, "customer_id": letter.customer_id, "channel": "email",
              "endpoint": endpoint, "model_version": model_version,
              "policy_version": policy_version, "decided_at": at,
+             "experiment": CONTROL_GROUP if letter.arm else None, "arm": letter.arm,
              "offers": [{"product_id": b.product_id, "position": n + 1, "score": b.score,
                          "block": b.block, "priority": None, "probability": 1.0}
                         for n, b in enumerate(letter.blocks)]}

@@ -24,6 +24,7 @@ from features.context import read_context
 from features.ids import MISSING, IdMap
 from serving import ranker
 from serving.arbitration import Arbiter, Priorities, neutral
+from serving.assignment import CONTROL
 from serving.live import Activity, activity
 from serving.masks import Masks
 from serving.newsletter import BLOCKS, Letter, LetterBlock, Newsletter
@@ -279,13 +280,16 @@ class Engine:
         if not 1 <= request.k <= 100:
             raise RequestError(f"k must be between 1 and 100, got {request.k}")
         request_id = uuid.uuid4().hex
+        arm = self.settings.control.arm(request.customer_id, now)
+        if arm == CONTROL:  # the baseline, through every rule
+            consent = replace(consent, personalization=False)
         if not consent.allows_channel(request.channel):
             why = ("no e-mail consent with double opt-in" if request.channel == "email"
                    else f"no {request.channel} consent")
             # nothing is offered: the stage from the events alone, no feedback log read
             _, _, stage = self.staged(request, now, NO_EXPOSURE)
             return Ranking(request_id, self.version, request.customer_id, stage, None, [],
-                           withheld=why)
+                           withheld=why, arm=arm)
         prepared = self.prepare(request, now, consent, exposure=exposure)
         arbiter = prepared.arbiter
         allowed = prepared.allowed()
@@ -321,7 +325,7 @@ class Engine:
         priorities = [float(weighed.priority[i]) for i in np.concatenate([picked, filling])]
         return Ranking(request_id, self.version, request.customer_id, prepared.stage,
                        prepared.fallback, offers, removed=removed, removed_offers=removed_offers,
-                       policy_version=arbiter.version, priorities=priorities)
+                       policy_version=arbiter.version, priorities=priorities, arm=arm)
 
     def _offer(self, item: int, rank: int, scores: np.ndarray, reason: str,
                weighed: Priorities, explain: bool) -> Offer:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from serving import ranker
 from serving.arbitration import Arbiter
+from serving.assignment import CONTROL
 from serving.policy import Consent
 from serving.reasons import FEATURED
 from serving.requests import Prepared, Request, RequestError
@@ -40,6 +41,7 @@ class Letter:
     lifecycle_stage: str | None = None
     fallback: str | None = None
     no_mail: str | None = None  # why the customer gets no personalised mail
+    arm: str | None = None  # of the universal control group, where there is one
 
 
 class Newsletter:
@@ -82,6 +84,12 @@ class Newsletter:
             return Letter(customer_id, no_mail="unknown customer")
         if not consent.allows_channel("email"):
             return Letter(customer_id, no_mail="no e-mail consent with double opt-in")
+        control = engine.settings.control
+        arm = control.arm(customer_id, now)
+        if arm == CONTROL:
+            if control.mail == "holdout":
+                return Letter(customer_id, no_mail="control group", arm=arm)
+            consent = replace(consent, personalization=False)
         prepared = engine.prepare(Request(customer_id, "email"), now, consent, batch,
                                   exposure, events, not_erased=True, arbiter=arbiter, used=used)
         allowed = prepared.allowed()
@@ -115,7 +123,7 @@ class Newsletter:
             LetterBlock(block, str(offers.ids[i]), str(offers.titles[i]), round(score, 6),
                         FEATURED if i in featured else BLOCK_REASONS.get(block, reason))
             for (block, i, score), reason in zip(placed, reasons, strict=True)
-        ], prepared.stage, prepared.fallback)
+        ], prepared.stage, prepared.fallback, arm=arm)
 
     def block(self, block: str, row: int, prepared: Prepared, candidates: np.ndarray,
               taken: np.ndarray, priority: np.ndarray) -> tuple[int, float] | None:

@@ -10,6 +10,7 @@ import numpy as np
 
 from features.settings import Settings
 from serving.arbitration import Arbiter
+from serving.assignment import NO_CONTROL_GROUP, ControlGroup
 from serving.live import NOTHING, Activity
 from serving.reasons import NO_ANCHORS, Anchors
 from serving.scorer import CustomerScores
@@ -31,13 +32,16 @@ class PolicySettings:
     max_per_category: int = 3
     dismiss_rest_days: float = 30.0
     live_events: int = 200  # per customer: the latest ones since the snapshot count
+    control: ControlGroup = NO_CONTROL_GROUP
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PolicySettings:
         return cls(settings.personalization_default == "granted",
                    settings.contact_max_impressions, settings.contact_window_days,
                    settings.max_per_category, settings.dismiss_rest_days,
-                   settings.live_events_per_customer)
+                   settings.live_events_per_customer,
+                   ControlGroup(settings.control_share, settings.control_salt,
+                                settings.control_period, settings.control_mail))
 
 
 @dataclass
@@ -78,6 +82,7 @@ class Ranking:
     removed_offers: list[tuple[str, str]] = field(default_factory=list)  # (product, rule)
     policy_version: str = ""
     priorities: list[float] = field(default_factory=list)  # of the offers, in their order
+    arm: str | None = None  # of the universal control group, where there is one
 
 
 class Resolved(NamedTuple):

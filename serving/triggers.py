@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from features.state import stage_from_days
+from serving.assignment import CONTROL
 from serving.decision_log import DecisionLog, ranking_row
 from serving.engine import Engine, Request
 from serving.metrics import METRICS
@@ -212,7 +213,7 @@ class Triggers:
         customers = [row.customer_id for row in due]
         consents = store.consents_of(customers, engine.settings.personalization_default)
         erased = store.erased_among(customers, returned_too=False)
-        contact = policy.contact
+        contact, control = policy.contact, engine.settings.control
         sent_before = (store.messages_sent(customers, now - timedelta(days=contact.per_days))
                        if contact.max_messages else {})
         bought = bought_since(store, [row for row in due if row.trigger in triggers
@@ -240,6 +241,11 @@ class Triggers:
                 why = f"no longer {trigger.stage}"
             elif trigger.when == "birthday" and not consent.personalization:
                 why = "no personalisation consent"
+            elif control.arm(row.customer_id, now) == CONTROL:
+                if control.mail == "holdout":
+                    why = "control group"
+                else:
+                    consent = replace(consent, personalization=False)
             if why is None:
                 assert trigger is not None
                 waits_until = quiet_until(contact, engine, row.customer_id, now)
