@@ -121,13 +121,19 @@ class DecisionLog:
         return self.store.sweep_decisions(self.clock() - timedelta(days=self.retention_days))
 
     def close(self) -> None:
-        """Stop the thread and write what waits."""
+        """Stop the thread and write what waits; rows the store does not take then are
+        lost, and the error log says how many."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        if self.enabled:
+        if not self.enabled:
+            return
+        try:
             self.flush()
+        except Exception as failed:  # stopping: nothing is left to try again
+            log.error("the decision log lost %d rows at shutdown: %s", len(self._waiting),
+                      type(failed).__name__)
 
     def _run(self, flush_seconds: float) -> None:
         next_sweep = time.monotonic() + SWEEP_SECONDS
