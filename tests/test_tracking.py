@@ -270,3 +270,58 @@ def test_workers_opening_a_new_sqlite_study_at_once_all_get_it(tmp_path: Path) -
             worker.join(60)
         failed += [round_ for worker in workers if worker.exitcode != 0]
     assert not failed, f"a worker failed to open the new storage in rounds {failed}"
+
+
+def _claim_at_the_barrier(url: str, barrier: Any, won: Any) -> None:
+    from training.tune import claim_registration
+
+    barrier.wait()
+    if claim_registration(url, "shared", 3):
+        with won.get_lock():
+            won.value += 1
+
+
+def test_of_workers_finishing_at_once_one_registers_the_best_trial(tmp_path: Path) -> None:
+    """Regression: two tuning workers that finished together both saw no trial running and
+    none registered, and both registered a challenger (CI). Forked pairs claim at one
+    barrier; exactly one wins each time, and a trial is claimed once ever."""
+    import multiprocessing
+
+    from training.tune import claim_registration
+
+    context = multiprocessing.get_context("fork")
+    winners = []
+    for round_ in range(8):
+        url = f"sqlite:///{tmp_path / f'claims{round_}.db'}"
+        barrier, won = context.Barrier(2), context.Value("i", 0)
+        workers = [context.Process(target=_claim_at_the_barrier, args=(url, barrier, won))
+                   for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        winners.append(won.value)
+    assert winners == [1] * 8
+    url = f"sqlite:///{tmp_path / 'claims0.db'}"
+    assert not claim_registration(url, "shared", 3)  # registered already
+    assert claim_registration(url, "shared", 4)  # a better trial of a later run
+
+
+def test_only_the_last_worker_to_leave_a_study_is_told_it_is_last(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker between two trials has no trial running: the study's workers say who is
+    still sampling. One killed (unseen for STALE_SECONDS) does not keep the others waiting."""
+    import training.tune as tune
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    early, late, killed = (tune.StudyWorkers(url, "shared") for _ in range(3))
+    for worker in (early, late, killed):
+        worker.join()
+    late.seen()
+    assert early.leave() is False  # late (and killed) still sampling
+    monkeypatch.setattr(tune.time, "time", lambda: 10**10)  # far later: all unseen since
+    late.seen()
+    assert late.leave() is True
+    again = tune.StudyWorkers(url, "shared")
+    again.join()
+    assert again.leave() is True  # the study can be tuned again

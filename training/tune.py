@@ -6,14 +6,16 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 import numpy as np
 import optuna
 import pandas as pd
+import sqlalchemy
 import sqlalchemy.exc
 from optuna.trial import TrialState
+from sqlalchemy.dialects import postgresql, sqlite
 
 from features.settings import redacted
 from training.evaluate import evaluate
@@ -24,9 +26,28 @@ from training.tracking import flat_metrics
 
 OBJECTIVE = ("all.ndcg", "novel.ndcg")  # maximised: their mean
 REGISTERED_TRIAL = "nbo.registered_trial"  # study attribute: the trial registered last
+COORDINATION = sqlalchemy.MetaData()  # nbo's tables in the study's database
+CLAIMS = sqlalchemy.Table(  # which worker registers which trial
+    "nbo_registered_trials", COORDINATION,
+    sqlalchemy.Column("study", sqlalchemy.String(512), primary_key=True),
+    sqlalchemy.Column("trial", sqlalchemy.Integer, primary_key=True),
+)
+STUDIES = sqlalchemy.Table(  # a row per study, locked while a worker leaves it
+    "nbo_tuning_studies", COORDINATION,
+    sqlalchemy.Column("study", sqlalchemy.String(512), primary_key=True),
+    sqlalchemy.Column("touched", sqlalchemy.Float, nullable=False),
+)
+WORKERS = sqlalchemy.Table(  # the workers of a study still sampling, seen at each trial
+    "nbo_tuning_workers", COORDINATION,
+    sqlalchemy.Column("study", sqlalchemy.String(512), primary_key=True),
+    sqlalchemy.Column("worker", sqlalchemy.String(32), primary_key=True),
+    sqlalchemy.Column("seen", sqlalchemy.Float, nullable=False),
+)
+STALE_SECONDS = 6 * 3600  # a worker unseen this long is taken for killed
 FIRST_LOOK = 0.25  # share of test customers a trial is judged on before it may be pruned
 SQLITE_WAIT_SECONDS = 60  # how long a worker waits for another's write lock on a SQLite study
 OPENING_TRIES = 5
+T = TypeVar("T")
 
 
 def study_storage(url: str) -> optuna.storages.RDBStorage:
@@ -37,14 +58,84 @@ def study_storage(url: str) -> optuna.storages.RDBStorage:
     already exists" or a unique constraint on the version row (seen in CI). The loser's error
     is final only once the tables should be there; a SQLite worker also waits for the other's
     write lock rather than giving up after SQLite's default five seconds."""
-    engine_kwargs = ({"connect_args": {"timeout": SQLITE_WAIT_SECONDS}}
-                     if url.startswith("sqlite") else {})
+    return opened(lambda: optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url)))
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    return {"connect_args": {"timeout": SQLITE_WAIT_SECONDS}} if url.startswith("sqlite") else {}
+
+
+def opened(open_: Callable[[], T]) -> T:
+    """``open_()``, tried again while another worker is making the same tables."""
     for attempt in range(1, OPENING_TRIES):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            return open_()
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
             time.sleep(0.2 * attempt)
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    return open_()
+
+
+class StudyWorkers:
+    """The workers sampling one study, kept in the study's database so that the last to
+    finish knows it is the last: a worker between two trials has no trial running, so
+    Optuna's running trials alone let an early finisher register while another worker was
+    still to find a better trial (seen in CI)."""
+
+    def __init__(self, url: str, study: str) -> None:
+        self.study, self.worker = study, secrets.token_hex(8)
+        self.engine = sqlalchemy.create_engine(url, **_engine_kwargs(url))
+        opened(lambda: COORDINATION.create_all(self.engine))
+
+    def join(self) -> None:
+        inserts: dict[str, Callable[[sqlalchemy.Table], sqlite.Insert | postgresql.Insert]] = {
+            "sqlite": sqlite.insert, "postgresql": postgresql.insert}
+        if self.engine.dialect.name not in inserts:
+            raise ValueError(f"tuning workers coordinate on SQLite or PostgreSQL, not "
+                             f"{self.engine.dialect.name}")
+        with self.engine.begin() as db:
+            db.execute(inserts[self.engine.dialect.name](STUDIES).values(
+                study=self.study, touched=time.time()).on_conflict_do_nothing())
+            db.execute(WORKERS.insert().values(study=self.study, worker=self.worker,
+                                               seen=time.time()))
+
+    def seen(self) -> None:
+        with self.engine.begin() as db:
+            db.execute(WORKERS.update().where(
+                (WORKERS.c.study == self.study) & (WORKERS.c.worker == self.worker))
+                .values(seen=time.time()))
+
+    def leave(self) -> bool:
+        """Leave the study; whether no other worker is still sampling it (one seen within
+        ``STALE_SECONDS``). Leaving workers go one at a time: each first locks the study's
+        row."""
+        now = time.time()
+        try:
+            with self.engine.begin() as db:
+                db.execute(STUDIES.update().where(STUDIES.c.study == self.study)
+                           .values(touched=now))
+                db.execute(WORKERS.delete().where(
+                    (WORKERS.c.study == self.study) & (WORKERS.c.worker == self.worker)))
+                return not db.execute(sqlalchemy.select(WORKERS.c.worker).where(
+                    (WORKERS.c.study == self.study)
+                    & (WORKERS.c.seen > now - STALE_SECONDS))).first()
+        finally:
+            self.engine.dispose()
+
+
+def claim_registration(url: str, study: str, trial: int) -> bool:
+    """Whether this worker registers ``trial`` of ``study``: the first to insert the pair
+    into the study's database does; a worker finishing at the same moment is refused (both
+    had seen no trial running and no trial registered)."""
+    engine = sqlalchemy.create_engine(url, **_engine_kwargs(url))
+    try:
+        opened(lambda: COORDINATION.create_all(engine))
+        with engine.begin() as db:
+            db.execute(CLAIMS.insert().values(study=study, trial=trial))
+        return True
+    except sqlalchemy.exc.IntegrityError:
+        return False
+    finally:
+        engine.dispose()
 
 
 def suggest(trial: optuna.Trial, space: dict[str, Param]) -> dict[str, Any]:
@@ -86,9 +177,9 @@ def tune(
     all data, logged under the study's run and registered as challenger.
 
     Several workers may share one study (one ``storage``): each samples with its own seed
-    (``seed``, else a fresh one; both logged), and only the worker that finishes last, with
-    no trial of the study running, registers the study's best, unless that trial is
-    registered already: one challenger per study.
+    (``seed``, else a fresh one; both logged), and only the worker that finishes last (no
+    other worker still sampling, no trial of the study running) registers the study's best,
+    unless that trial is registered already: one challenger per study.
     """
     seed = secrets.randbits(31) if seed is None else seed
     folds = validation or [experiment]
@@ -101,6 +192,8 @@ def tune(
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     )
+    workers = StudyWorkers(storage, name)
+    workers.join()
     defaults = model_class().params()
     study.enqueue_trial({key: defaults[key] for key in space}, skip_if_exists=True)
     rng = np.random.default_rng(seed)
@@ -115,6 +208,7 @@ def tune(
                            **experiment.params()})
 
         def objective(trial: optuna.Trial) -> float:
+            workers.seen()
             params = suggest(trial, space)
             with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
                 mlflow.log_params({"trial": trial.number,
@@ -141,16 +235,20 @@ def tune(
                 mlflow.set_tag("nbo.trial", "complete")
                 return value
 
-        study.optimize(objective, n_trials=trials)
+        try:
+            study.optimize(objective, n_trials=trials)
+        finally:
+            last = workers.leave()
         best = study.best_trial
         mlflow.log_metric("best_objective", study.best_value)
         mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        registered = study.user_attrs.get(REGISTERED_TRIAL)
-        if running or registered == best.number:
-            mlflow.set_tag("nbo.challenger", f"trial {registered} registered already"
-                           if not running else f"left to the worker of {len(running)} "
-                           "running trial(s)")
+        left = ("left to the workers still sampling" if not last
+                else f"left to the worker of {len(running)} running trial(s)" if running
+                else None if claim_registration(storage, name, best.number)
+                else f"trial {best.number} registered by another worker")
+        if left:
+            mlflow.set_tag("nbo.challenger", left)
             return Tuned(study, best.params, study.best_value, None, parent.info.run_id, seed)
         if report:
             report(f"refitting the best trial ({best.number})")
