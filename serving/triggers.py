@@ -451,13 +451,12 @@ def birthdays(engine: Engine, trigger: Trigger, contact: Contact, previous_ns: i
     years."""
     state = engine.state
     start = max(pd.Timestamp(previous_ns), pd.Timestamp(now) - pd.Timedelta(days=1))
-    known = np.flatnonzero(state.birthday > 0)
+    # only customers born on a day near the pass, in any time zone (a day either side)
     days_near = pd.date_range((start - pd.Timedelta(days=1)).normalize(),
                               pd.Timestamp(now) + pd.Timedelta(days=1), freq="D")
-    if len(days_near) < 366:  # only customers born on a day near the pass (in any zone)
-        codes = set(days_near.month * 100 + days_near.day)
-        codes |= {229} if 228 in codes else set()
-        known = known[np.isin(state.birthday[known], list(codes))]
+    codes = set(days_near.month * 100 + days_near.day)
+    codes |= {229} if 228 in codes else set()
+    known = np.flatnonzero(np.isin(state.birthday, list(codes)))
     if not len(known):
         return []
     zones = (pd.Series(state.region[known], dtype=object).map(contact.region_time_zones)
