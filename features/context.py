@@ -20,7 +20,7 @@ from features.columns import EventType as E
 from features.config import FeatureConfig, from_flat, to_flat
 from features.history import until
 
-BIRTHDAY = "birthday"  # "MM-DD" of the birth date: serving needs the day, not the year
+BIRTHDAY = "birthday"  # month * 100 + day of the birth date: serving needs no year
 
 CUSTOMER_COLUMNS = [C.customer, C.region, C.birth_year, BIRTHDAY, "first_purchase",
                     "last_purchase", "usual_gap_days", "segment"]
@@ -46,8 +46,8 @@ def serving_context(
                              if birth is not None else np.nan)
     born = (pd.to_datetime(customers.set_index(C.customer)[C.birth_date])
             if C.birth_date in customers else None)
-    profile[BIRTHDAY] = (born.dt.strftime("%m-%d").reindex(profile[C.customer]).to_numpy(
-        dtype=object) if born is not None else None)
+    profile[BIRTHDAY] = ((born.dt.month * 100 + born.dt.day).reindex(profile[C.customer])
+                         .to_numpy(dtype=float) if born is not None else np.nan)
     segment = customer_features.set_index(C.customer)["segment"]
     profile["segment"] = segment.reindex(profile[C.customer]).to_numpy()
     purchases = events[events[C.event_type] == E.purchase]

@@ -164,10 +164,7 @@ def birthdays(profile: pd.DataFrame) -> np.ndarray:
     made before birth dates were kept)."""
     if BIRTHDAY not in profile:
         return np.zeros(len(profile), np.int16)
-    text = profile[BIRTHDAY].astype("string")
-    month = pd.to_numeric(text.str[:2], errors="coerce")
-    day = pd.to_numeric(text.str[3:5], errors="coerce")
-    return (month * 100 + day).fillna(0).to_numpy(np.int16)
+    return profile[BIRTHDAY].fillna(0).to_numpy(np.int16)
 
 
 def nanoseconds(values: pd.Series) -> np.ndarray:
