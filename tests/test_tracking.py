@@ -273,10 +273,11 @@ def test_workers_opening_a_new_sqlite_study_at_once_all_get_it(tmp_path: Path) -
 
 
 def _claim_at_the_barrier(url: str, barrier: Any, won: Any) -> None:
-    from training.tune import claim_registration
+    from training.tune import StudyWorkers
 
+    workers = StudyWorkers(url, "shared")
     barrier.wait()
-    if claim_registration(url, "shared", 3):
+    if workers.claim_registration(3):
         with won.get_lock():
             won.value += 1
 
@@ -287,7 +288,7 @@ def test_of_workers_finishing_at_once_one_registers_the_best_trial(tmp_path: Pat
     barrier; exactly one wins each time, and a trial is claimed once ever."""
     import multiprocessing
 
-    from training.tune import claim_registration
+    from training.tune import StudyWorkers
 
     context = multiprocessing.get_context("fork")
     winners = []
@@ -302,9 +303,9 @@ def test_of_workers_finishing_at_once_one_registers_the_best_trial(tmp_path: Pat
             worker.join(60)
         winners.append(won.value)
     assert winners == [1] * 8
-    url = f"sqlite:///{tmp_path / 'claims0.db'}"
-    assert not claim_registration(url, "shared", 3)  # registered already
-    assert claim_registration(url, "shared", 4)  # a better trial of a later run
+    workers = StudyWorkers(f"sqlite:///{tmp_path / 'claims0.db'}", "shared")
+    assert not workers.claim_registration(3)  # registered already
+    assert workers.claim_registration(4)  # a better trial of a later run
 
 
 def test_only_the_last_worker_to_leave_a_study_is_told_it_is_last(

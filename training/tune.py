@@ -15,7 +15,6 @@ import pandas as pd
 import sqlalchemy
 import sqlalchemy.exc
 from optuna.trial import TrialState
-from sqlalchemy.dialects import postgresql, sqlite
 
 from features.settings import redacted
 from training.evaluate import evaluate
@@ -87,14 +86,8 @@ class StudyWorkers:
         opened(lambda: COORDINATION.create_all(self.engine))
 
     def join(self) -> None:
-        inserts: dict[str, Callable[[sqlalchemy.Table], sqlite.Insert | postgresql.Insert]] = {
-            "sqlite": sqlite.insert, "postgresql": postgresql.insert}
-        if self.engine.dialect.name not in inserts:
-            raise ValueError(f"tuning workers coordinate on SQLite or PostgreSQL, not "
-                             f"{self.engine.dialect.name}")
+        self.claim(STUDIES, touched=time.time())  # False: another worker made the row first
         with self.engine.begin() as db:
-            db.execute(inserts[self.engine.dialect.name](STUDIES).values(
-                study=self.study, touched=time.time()).on_conflict_do_nothing())
             db.execute(WORKERS.insert().values(study=self.study, worker=self.worker,
                                                seen=time.time()))
 
@@ -109,33 +102,32 @@ class StudyWorkers:
         ``STALE_SECONDS``). Leaving workers go one at a time: each first locks the study's
         row."""
         now = time.time()
+        with self.engine.begin() as db:
+            db.execute(STUDIES.update().where(STUDIES.c.study == self.study)
+                       .values(touched=now))
+            db.execute(WORKERS.delete().where(
+                (WORKERS.c.study == self.study) & (WORKERS.c.worker == self.worker)))
+            return not db.execute(sqlalchemy.select(WORKERS.c.worker).where(
+                (WORKERS.c.study == self.study)
+                & (WORKERS.c.seen > now - STALE_SECONDS))).first()
+
+    def claim_registration(self, trial: int) -> bool:
+        """Whether this worker registers ``trial`` of the study: the first to insert the
+        pair does; a worker finishing at the same moment is refused (both had seen no
+        trial running and no trial registered)."""
+        return self.claim(CLAIMS, trial=trial)
+
+    def claim(self, table: sqlalchemy.Table, **values: Any) -> bool:
+        """Insert the study's row into ``table``; False where another worker has."""
         try:
             with self.engine.begin() as db:
-                db.execute(STUDIES.update().where(STUDIES.c.study == self.study)
-                           .values(touched=now))
-                db.execute(WORKERS.delete().where(
-                    (WORKERS.c.study == self.study) & (WORKERS.c.worker == self.worker)))
-                return not db.execute(sqlalchemy.select(WORKERS.c.worker).where(
-                    (WORKERS.c.study == self.study)
-                    & (WORKERS.c.seen > now - STALE_SECONDS))).first()
-        finally:
-            self.engine.dispose()
+                db.execute(table.insert().values(study=self.study, **values))
+            return True
+        except sqlalchemy.exc.IntegrityError:
+            return False
 
-
-def claim_registration(url: str, study: str, trial: int) -> bool:
-    """Whether this worker registers ``trial`` of ``study``: the first to insert the pair
-    into the study's database does; a worker finishing at the same moment is refused (both
-    had seen no trial running and no trial registered)."""
-    engine = sqlalchemy.create_engine(url, **_engine_kwargs(url))
-    try:
-        opened(lambda: COORDINATION.create_all(engine))
-        with engine.begin() as db:
-            db.execute(CLAIMS.insert().values(study=study, trial=trial))
-        return True
-    except sqlalchemy.exc.IntegrityError:
-        return False
-    finally:
-        engine.dispose()
+    def close(self) -> None:
+        self.engine.dispose()
 
 
 def suggest(trial: optuna.Trial, space: dict[str, Param]) -> dict[str, Any]:
@@ -240,13 +232,14 @@ def tune(
         finally:
             last = workers.leave()
         best = study.best_trial
-        mlflow.log_metric("best_objective", study.best_value)
-        mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         left = ("left to the workers still sampling" if not last
                 else f"left to the worker of {len(running)} running trial(s)" if running
-                else None if claim_registration(storage, name, best.number)
+                else None if workers.claim_registration(best.number)
                 else f"trial {best.number} registered by another worker")
+        workers.close()
+        mlflow.log_metric("best_objective", study.best_value)
+        mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
         if left:
             mlflow.set_tag("nbo.challenger", left)
             return Tuned(study, best.params, study.best_value, None, parent.info.run_id, seed)
