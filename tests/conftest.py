@@ -8,12 +8,16 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from free_ports import free_port
 from store_backends import ERASURE_KEY
 
 from features.settings import quiet_third_parties
+
+if TYPE_CHECKING:
+    from serving.store import Store
 
 quiet_third_parties()
 pytest_plugins = ["service_client"]  # the in-process service's fixtures
@@ -147,6 +151,16 @@ def consent_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         db.execute(text(f"CREATE DATABASE {name}"))
     admin.dispose()
     return server.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+def store(consent_url: str) -> Iterator[Store]:
+    """The service's store on ``consent_url``, closed after the test."""
+    from serving.store import Store
+
+    opened = Store(consent_url, ERASURE_KEY)
+    yield opened
+    opened.close()
 
 
 def _user_exists(name: str) -> bool:

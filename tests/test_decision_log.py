@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,13 +18,6 @@ from serving.decision_log import DecisionLog
 from serving.store import Store, decision_log
 
 NOW = datetime(2026, 12, 6, 10, 0)
-
-
-@pytest.fixture
-def store(consent_url: str) -> Iterator[Store]:
-    opened = Store(consent_url, ERASURE_KEY)
-    yield opened
-    opened.close()
 
 
 def row(customer: str | None, at: datetime = NOW, endpoint: str = "rank") -> dict[str, Any]:

@@ -3,7 +3,6 @@ the audit trail, and concurrent writers that do not lose or break anything."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
@@ -16,13 +15,6 @@ from serving.store import Store, Window
 pytestmark = BOTH_DATABASES
 
 NOW = datetime(2026, 3, 1, 12, 0)
-
-
-@pytest.fixture
-def store(consent_url: str) -> Iterator[Store]:
-    opened = Store(consent_url, ERASURE_KEY)
-    yield opened
-    opened.close()
 
 
 def dataset_consents() -> pd.DataFrame:
