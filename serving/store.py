@@ -60,6 +60,7 @@ from features.columns import Columns as C
 from serving.policy import Consent
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Exposure(NamedTuple):
@@ -158,7 +159,6 @@ policies = Table(  # the offer policy every worker and replica ranks with: the n
     Column("source", String(64), nullable=False),
     Column("created_at", DateTime, nullable=False),
 )
-log = logging.getLogger(__name__)
 decision_log = Table(  # every list served: what attribution and lift reports read
     "decision_log", metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
