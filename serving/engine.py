@@ -128,7 +128,7 @@ class Engine:
         use stays."""
         arbiter = Arbiter(versioned, self.offers, self.calibration)
         self.store.give_back()  # impressions held for the old limits
-        self._budgets = None
+        self.budgets_changed()
         contact, base = versioned.policy.contact, self.base_settings
         self.settings = self.masks.settings = replace(
             base, max_impressions=contact.max_impressions or base.max_impressions,
@@ -260,8 +260,8 @@ class Engine:
         return used
 
     def budgets_changed(self) -> None:
-        """This worker counted in a budget (a conversion): read the store on the next
-        request."""
+        """This worker counted in a budget (a conversion) or gave back its reserve: read the
+        store on the next request."""
         self._budgets = None
 
     def spend(self, arbiter: Arbiter, items: np.ndarray, now: datetime) -> np.ndarray:
