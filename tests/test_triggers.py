@@ -25,6 +25,7 @@ from features.settings import Settings
 from features.snapshot import load_snapshot
 from serving.decision_log import DecisionLog
 from serving.engine import Engine, PolicySettings
+from serving.metrics import METRICS
 from serving.offer_policy import Contact, PolicyError, parse
 from serving.service import webhook
 from serving.state import NS_PER_DAY
@@ -86,7 +87,10 @@ def test_a_cart_left_for_the_configured_time_yields_exactly_one_decision(
     triggers = Triggers(engine.store, log=log)
     assert triggers.run(engine, now + timedelta(minutes=59)).found == 1
     assert feed(engine, dropped=True) == []  # not due yet
+    counted = METRICS.registry.get_sample_value("nbo_trigger_decisions_total", {"status": "sent"})
     assert triggers.run(engine, now + timedelta(minutes=61)).sent == 1
+    assert METRICS.registry.get_sample_value(
+        "nbo_trigger_decisions_total", {"status": "sent"}) == (counted or 0) + 1
     for later in (62, 120, 60 * 24):
         triggers.run(engine, now + timedelta(minutes=later))
     sent = feed(engine, dropped=True)
