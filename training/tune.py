@@ -178,14 +178,14 @@ def tune(
     model_class = MODELS[kind]
     space = model_class.search_space
     name = study_name or f"nbo-{kind}-{experiment.key}-folds{len(folds)}"
+    workers = StudyWorkers(storage, name)  # sampling from now on, before Optuna's opening
+    workers.join()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=name, storage=study_storage(storage), direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     )
-    workers = StudyWorkers(storage, name)
-    workers.join()
     defaults = model_class().params()
     study.enqueue_trial({key: defaults[key] for key in space}, skip_if_exists=True)
     rng = np.random.default_rng(seed)
