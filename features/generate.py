@@ -119,6 +119,57 @@ def generate_shop(
     return counts
 
 
+@dataclass(frozen=True)
+class Tastes:
+    """What a generated shop's customers like, which its files do not show: for a response
+    simulator. Per customer (``customers``) a weight per category and a preferred style per
+    category; per product (``products``) its category (-1 for coupons, services and
+    content) and style."""
+
+    customers: np.ndarray
+    taste: np.ndarray  # customers x categories, rows sum to 1
+    style_pref: np.ndarray  # customers x categories
+    products: np.ndarray
+    category: np.ndarray
+    style: np.ndarray
+
+    def affinity(self, rows: np.ndarray, products: np.ndarray) -> np.ndarray:
+        """How much customer ``rows[i]`` likes product ``products[i]``, 0 to 1: the taste
+        for its category (relative to the customer's favourite) times the closeness of its
+        style to the one they prefer there; 0 for products of no category."""
+        category = self.category[products]
+        known = category >= 0
+        cat = np.where(known, category, 0)
+        share = self.taste[rows, cat] / self.taste[rows].max(axis=1)
+        close = np.exp(-np.abs(self.style[products] - self.style_pref[rows, cat]) / STYLE_WIDTH)
+        return np.where(known, share * close, 0.0)
+
+
+def hidden_tastes(shop: Path) -> Tastes:
+    """The hidden tastes of a shop this generator wrote to ``shop``, drawn again from the
+    spec in its ``shop.json`` (the same seed gives the same customers and catalogue)."""
+    meta_file = shop / "shop.json"
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{shop}: no shop.json; only a shop 'nbo generate' wrote has "
+                                "hidden tastes")
+    meta = json.loads(meta_file.read_text())
+    fields = {k: meta[k] for k in ("customers", "seed", "days", "products",
+                                   "chunk_customers", "file_format")}
+    spec = ShopSpec(**fields, end=datetime.fromisoformat(meta["end"]))
+    catalogue = _catalogue(spec, np.random.default_rng(spec.seed))
+    parts = [_customers(spec, start, min(spec.chunk_customers, spec.customers - start),
+                        np.random.default_rng([spec.seed, start]))
+             for start in range(0, spec.customers, spec.chunk_customers)]
+    people = pd.concat(parts, ignore_index=True)
+    n = len(catalogue.category)
+    specials = len(catalogue.frame) - n
+    return Tastes(people[C.customer].to_numpy(dtype=str), np.vstack(list(people["taste"])),
+                  np.vstack(list(people["style_pref"])),
+                  catalogue.frame[C.product].to_numpy(dtype=str),
+                  np.concatenate([catalogue.category, np.full(specials, -1)]),
+                  np.concatenate([catalogue.style, np.zeros(specials)]))
+
+
 def nullable_ints(values: np.ndarray, valid: np.ndarray) -> pd.arrays.IntegerArray:
     """Integers with a missing value wherever ``valid`` is False."""
     return pd.arrays.IntegerArray(np.where(valid, values, 0).astype(np.int64), ~valid)

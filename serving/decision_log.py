@@ -21,11 +21,11 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from serving.assignment import CONTROL_GROUP
+from serving.assignment import CONTROL, CONTROL_GROUP
 from serving.newsletter import Letter
 from serving.requests import Ranking
 from serving.store import Store
@@ -37,26 +37,45 @@ SWEEP_SECONDS = 3600.0
 log = logging.getLogger(__name__)
 
 
-def ranking_row(ranking: Ranking, channel: str, endpoint: str, at: datetime
-                ) -> dict[str, Any]:
+Assigned = tuple[str, str]  # an experiment and the customer's arm in it
+
+
+def labels(control_arm: str | None, assigned: Assigned | None) -> dict[str, str | None]:
+    """The experiment and arm a list is logged under: the universal control group for its
+    members (who stay out of every experiment), else the running experiment's arm, else the
+    personalised side of the control group where there is one."""
+    if control_arm == CONTROL or (control_arm and assigned is None):
+        return {"experiment": CONTROL_GROUP, "arm": control_arm}
+    experiment, arm = assigned or (None, None)
+    return {"experiment": experiment, "arm": arm}
+
+
+def ranking_row(ranking: Ranking, channel: str, endpoint: str, at: datetime,
+                assigned: Assigned | None = None) -> dict[str, Any]:
     """The log's row of a ranking (``/rank``, ``/similar``, a trigger decision)."""
     return {"request_id": ranking.request_id, "customer_id": ranking.customer_id or None,
             "channel": channel, "endpoint": endpoint, "model_version": ranking.model_version,
             "policy_version": ranking.policy_version, "decided_at": at,
-            "experiment": CONTROL_GROUP if ranking.arm else None, "arm": ranking.arm,
+            "stage": ranking.lifecycle_stage or None, **labels(ranking.arm, assigned),
             "offers": [{"product_id": o.product_id, "position": o.rank, "score": o.score,
                         "priority": ranking.priorities[n] if ranking.priorities else None,
                         "probability": 1.0} for n, o in enumerate(ranking.offers)]}
 
 
 def letter_rows(letters: Iterable[Letter], request_id: str, model_version: str,
-                policy_version: str, endpoint: str, at: datetime) -> list[dict[str, Any]]:
+                policy_version: str, endpoint: str, at: datetime,
+                assigned: Mapping[str, Assigned] | None = None,
+                versions: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """The log's rows of a newsletter: one per letter with offers, positions counted
-    through its blocks."""
+    through its blocks. ``assigned`` and ``versions``: each customer's experiment arm and
+    the model version that wrote their letter, where an experiment runs."""
+    assigned, versions = assigned or {}, versions or {}
     return [{"request_id": request_id, "customer_id": letter.customer_id, "channel": "email",
-             "endpoint": endpoint, "model_version": model_version,
+             "endpoint": endpoint,
+             "model_version": versions.get(letter.customer_id, model_version),
              "policy_version": policy_version, "decided_at": at,
-             "experiment": CONTROL_GROUP if letter.arm else None, "arm": letter.arm,
+             "stage": letter.lifecycle_stage,
+             **labels(letter.arm, assigned.get(letter.customer_id)),
              "offers": [{"product_id": b.product_id, "position": n + 1, "score": b.score,
                          "block": b.block, "priority": None, "probability": 1.0}
                         for n, b in enumerate(letter.blocks)]}

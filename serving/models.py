@@ -23,7 +23,10 @@ from bentoml._internal.configuration.containers import BentoMLContainer
 
 from features.context import DATASET_FILE, read_into
 from serving.arbitration import Arbiter
+from serving.assignment import CONTROL
+from serving.decision_log import Assigned
 from serving.engine import Engine, PolicySettings
+from serving.experiments import Experiment
 from serving.metrics import METRICS
 from serving.offer_policy import NEUTRAL, PolicyError, Versioned
 from serving.offer_policy import load as load_policy
@@ -36,15 +39,16 @@ CURRENT: ModelHolder | None = None  # the holder of this worker's service, for /
 log = logging.getLogger("nbo.serving")
 
 
-def import_model(folder: Path, version: str) -> str:
-    """Copy a saved model folder into the BentoML model store; returns the new tag."""
+def import_model(folder: Path, version: str, name: str = MODEL_NAME) -> str:
+    """Copy a saved model folder into the BentoML model store (as the champion, or under
+    another ``name``: an experiment's arm); returns the new tag."""
     if not (folder / "model.json").exists():
         raise FileNotFoundError(f"{folder}: not a saved nbo model (no model.json)")
     labels = {"mlflow_version": version}
     # BentoML copies the entry into its store in place: the digests, in the entry's own
     # model.yaml, let the service refuse an entry whose copy was cut short
     metadata = {"imported_at": datetime.now(UTC).isoformat(), FILES: digests(folder)}
-    with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as entry:
+    with bentoml.models.create(name, labels=labels, metadata=metadata) as entry:
         shutil.copytree(folder, entry.path, dirs_exist_ok=True)
     return str(entry.tag)
 
@@ -132,6 +136,18 @@ class Status:
     refused: dict[str, str] = field(default_factory=dict)  # tag -> why
     passed_over: list[str] = field(default_factory=list)  # newer entries refused
     checked_seconds: float | None = None  # the health check of every customer
+    experiment: str | None = None  # the running experiment served here
+    experiment_refused: dict[str, str] = field(default_factory=dict)  # name -> why not
+
+
+@dataclass(frozen=True)
+class Running:
+    """The running experiment and the engine of each arm (the champion's where an arm
+    serves the champion's version)."""
+
+    experiment: Experiment
+    engines: dict[str, Engine]
+    champion: str | None  # the champion's tag the engines were chosen with
 
 
 class ModelHolder:
@@ -147,8 +163,73 @@ class ModelHolder:
         self.policy: Versioned = NEUTRAL  # the offer policy every engine ranks with
         self._policy_id = 0  # the store's row of it (0: none)
         self._erasures = -1  # erasures the engine in use has forgotten
+        self.running: Running | None = None
+        self._arm_engines: dict[str, Engine] = {}  # by store tag, kept while an arm serves it
         self._lock = threading.Lock()
         self._stop = threading.Event()
+
+    def route(self, customer_id: str, now: datetime) -> tuple[Engine | None, Assigned | None]:
+        """The engine that answers the customer and their experiment arm: the champion and
+        none for the universal control group and while no experiment runs."""
+        engine, running = self.engine, self.running
+        if running is None or engine is None:
+            return engine, None
+        if engine.settings.control.arm(customer_id, now) == CONTROL:
+            return engine, None
+        arm = running.experiment.arm_of(customer_id)
+        return running.engines[arm.name], (running.experiment.name, arm.name)
+
+    def engines(self) -> list[Engine]:
+        """Every engine serving here: the champion's and the running experiment's arms'."""
+        held = [self.engine] if self.engine is not None else []
+        running = self.running
+        if running is not None:
+            held += [e for e in running.engines.values() if all(e is not h for h in held)]
+        return held
+
+    def sync_experiment(self) -> str | None:
+        """Serve the store's running experiment (none: stop serving one), loading the arms'
+        models that are not the champion's. An arm that cannot be served keeps the whole
+        experiment from serving here (every customer gets the champion, logged under no
+        experiment) and is said in the status. Returns the experiment served."""
+        experiment = self.store.running_experiment()
+        with self._lock:
+            running = self.running
+            if experiment is None or self.engine is None:
+                self.running, self._arm_engines = None, {}
+                self.status.experiment = None
+                return None
+            if (running is not None and running.experiment == experiment
+                    and running.champion == self.status.serving):
+                return experiment.name
+            if experiment.name in self.status.experiment_refused:
+                return None
+            try:
+                engines = {arm.name: (self.engine if arm.model_version == self.status.version
+                                      else self._arm_engine(arm.model, arm.model_version))
+                           for arm in experiment.arms}
+            except Exception as error:  # the experiment waits; the champion keeps serving
+                why = f"{type(error).__name__}: {error}"
+                self.status.experiment_refused[experiment.name] = why
+                log.error("experiment %s is not served: %s", experiment.name, why)
+                self.running = None
+                return None
+            in_use = {arm.model for arm in experiment.arms}
+            self._arm_engines = {t: e for t, e in self._arm_engines.items() if t in in_use}
+            self.running = Running(experiment, engines, self.status.serving)
+            self.status.experiment = experiment.name
+            log.info("serving experiment %s: %s", experiment.name, ", ".join(
+                f"{a.name} {a.share:g}% version {a.model_version}" for a in experiment.arms))
+            return experiment.name
+
+    def _arm_engine(self, tag: str, version: str) -> Engine:
+        if tag not in self._arm_engines:
+            entry = bentoml.models.get(tag)
+            verify(entry)
+            engine = Engine.load(Path(entry.path), version, self.store, self.settings)
+            engine.use_policy(self.policy)
+            self._arm_engines[tag] = engine
+        return self._arm_engines[tag]
 
     def refresh(self) -> str:
         """Load the newest model that loads and passes its check, unless the one in use is
@@ -221,8 +302,8 @@ class ModelHolder:
             self._policy_id = self.store.put_policy(versioned.version, versioned.text, source,
                                                     at)
             self.policy = versioned
-            if engine is not None:
-                engine.use_policy(versioned)
+            for serving in self.engines():
+                serving.use_policy(versioned)
             log.info("offer policy %s in use (from %s)", versioned.version, source)
             return versioned
 
@@ -244,8 +325,8 @@ class ModelHolder:
         with self._lock:
             try:
                 versioned = parse_policy(held.text, f"stored policy {held.version}")
-                if self.engine is not None:
-                    self.engine.use_policy(versioned)
+                for serving in self.engines():
+                    serving.use_policy(versioned)
             except PolicyError as error:  # stays on the policy in use; said on every poll
                 log.error("the store's offer policy %s cannot be used: %s", held.version,
                           error)
@@ -279,9 +360,9 @@ class ModelHolder:
         request); this frees what the engine still holds of them. Returns how many
         erasures the store has recorded."""
         count = self.store.erasure_count()
-        engine = self.engine
-        if engine is not None and count != self._erasures:
-            engine.forget_erased()
+        if count != self._erasures:
+            for engine in self.engines():
+                engine.forget_erased()
             self._erasures = count
         return count
 
@@ -295,6 +376,7 @@ class ModelHolder:
                 try:
                     self.sync_policy()
                     self.refresh()
+                    self.sync_experiment()
                     self.sweep_erasures()
                 except Exception:  # the watcher must outlive a broken store; logged
                     log.exception("looking for a newer model failed")

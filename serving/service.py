@@ -16,6 +16,8 @@ from typing import Annotated, Any, TypeVar, get_args
 
 import anyio.to_thread
 import bentoml
+import numpy as np
+import pandas as pd
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field
@@ -24,14 +26,18 @@ from starlette.responses import JSONResponse
 
 from features.settings import Settings, quiet_third_parties
 from serving import models
-from serving.decision_log import DecisionLog, letter_rows, ranking_row
+from serving.assignment import CONTROL_GROUP
+from serving.attribution import WINDOW_DAYS, Prices
+from serving.decision_log import Assigned, DecisionLog, letter_rows, ranking_row
 from serving.engine import Engine, PolicySettings, Ranking, RequestError
 from serving.engine import Request as RankRequest
+from serving.experiments import NAME, ExperimentError
 from serving.http import ApiKeys, quiet_logs
 from serving.ingest import BadEvents, event_rows
 from serving.metrics import METRICS
 from serving.models import ModelHolder
 from serving.offer_policy import PolicyError, from_json
+from serving.report import experiment_report
 from serving.schemas import (
     Block,
     Channel,
@@ -93,15 +99,50 @@ def ranking_body(ranking: Ranking) -> RankResponse:
 
 
 def rank_response(engine: Engine, store: Store, request: RankRequest, now: datetime,
-                  log: DecisionLog | None = None) -> RankResponse:
+                  log: DecisionLog | None = None, assigned: Assigned | None = None
+                  ) -> RankResponse:
     """One /rank answered: the customer's consent from the store, the policed ranking, its
-    counters and decision log row, the response body."""
+    counters and decision log row (under the customer's experiment arm where ``assigned``),
+    the response body."""
     consent = store.consent(request.customer_id, engine.settings.personalization_default)
     ranking = engine.rank(request, now, consent)
     count(ranking, "rank")
     if log is not None and ranking.offers:
-        log.record([ranking_row(ranking, request.channel, "rank", now)])
+        log.record([ranking_row(ranking, request.channel, "rank", now, assigned)])
     return ranking_body(ranking)
+
+
+def engine_prices(engine: Engine) -> Prices:
+    offers = engine.offers
+    return Prices(pd.Series(offers.price, index=offers.ids).fillna(0.0),
+                  pd.Series(offers.margin, index=offers.ids).fillna(0.0))
+
+
+def engine_segments(engine: Engine, store: Store) -> pd.Series:
+    """Each customer's segment by their token, as the engine knows it."""
+    ids = np.asarray(engine.customers.ids, dtype=str)
+    return pd.Series(engine.state.segment[:len(ids)], index=store.tokens(ids))
+
+
+def routed_letters(holder: ModelHolder, customers: list[str], blocks: tuple[str, ...],
+                   at: datetime) -> tuple[list[Any], dict[str, Assigned], dict[str, str]]:
+    """Letters of customers, each written by the engine of their experiment arm, in the
+    order asked; with each customer's arm and the model version that wrote their letter."""
+    groups: dict[int, tuple[Engine, list[str]]] = {}
+    assigned: dict[str, Assigned] = {}
+    for customer_id in customers:
+        engine, arm = holder.route(customer_id, at)
+        if engine is None:
+            raise RequestError("no model is loaded yet; promote one with 'nbo promote'", 503)
+        groups.setdefault(id(engine), (engine, []))[1].append(customer_id)
+        if arm is not None:
+            assigned[customer_id] = arm
+    letters, versions = {}, {}
+    for engine, group in groups.values():
+        for letter in engine.newsletter(group, blocks, at):
+            letters[letter.customer_id] = letter
+            versions[letter.customer_id] = engine.version
+    return [letters[c] for c in dict.fromkeys(customers)], assigned, versions
 
 
 def count(ranking: Ranking, endpoint: str) -> None:
@@ -160,6 +201,7 @@ class NboService:
         else:
             self.holder.sync_policy()
         self.holder.refresh()
+        self.holder.sync_experiment()
         self.holder.watch(self.settings.reload_seconds)
         self.decisions = DecisionLog(self.store, self.settings.decision_log_days,
                                      self.settings.current_time)
@@ -191,6 +233,12 @@ class NboService:
             raise RequestError("no model is loaded yet; promote one with 'nbo promote'", 503)
         return engine
 
+    def _route(self, customer_id: str, now: datetime) -> tuple[Engine, Assigned | None]:
+        engine, assigned = self.holder.route(customer_id, now)
+        if engine is None:
+            raise RequestError("no model is loaded yet; promote one with 'nbo promote'", 503)
+        return engine, assigned
+
     async def _answer(self, work: Callable[[], T], in_thread: bool = False) -> T | JSONResponse:
         try:
             return await anyio.to_thread.run_sync(work) if in_thread else work()
@@ -216,7 +264,8 @@ class NboService:
             now = moment(self.settings, given.now)
             request = RankRequest(customer_id, channel, k, now, given.product_id, given.cart,
                                   given.session, given.region, explain)
-            return rank_response(self._engine(), self.store, request, now, self.decisions)
+            engine, assigned = self._route(customer_id, now)
+            return rank_response(engine, self.store, request, now, self.decisions, assigned)
 
         return await self._answer(work)  # type: ignore[return-value]
 
@@ -232,14 +281,15 @@ class NboService:
         """Offers similar to a product, for a product page or a cart."""
 
         def work() -> SimilarResponse:
-            engine = self._engine()
             at = moment(self.settings, now)
+            engine, assigned = (self._route(customer_id, at) if customer_id
+                                else (self._engine(), None))
             consent = (self.store.consent(customer_id, engine.settings.personalization_default)
                        if customer_id else None)
             ranking = engine.similar(product_id, k, channel, at, consent, customer_id)
             count(ranking, "similar")
             if ranking.offers:
-                self.decisions.record([ranking_row(ranking, channel, "similar", at)])
+                self.decisions.record([ranking_row(ranking, channel, "similar", at, assigned)])
             return SimilarResponse(request_id=ranking.request_id,
                                    model_version=ranking.model_version,
                                    policy_version=ranking.policy_version, product_id=product_id,
@@ -259,9 +309,10 @@ class NboService:
         def work() -> NewsletterResponse:
             engine, at = self._engine(), moment(self.settings, now)
             version, request_id = engine.arbiter.version, uuid.uuid4().hex
-            written = engine.newsletter(customers, tuple(blocks), at)
+            written, assigned, versions = routed_letters(self.holder, customers,
+                                                         tuple(blocks), at)
             self.decisions.record(letter_rows(written, request_id, engine.version, version,
-                                              "newsletter", at))
+                                              "newsletter", at, assigned, versions))
             letters = [Letter.model_validate(asdict(x)) for x in written]
             for letter in letters:
                 METRICS.served.labels(endpoint="newsletter").inc(len(letter.blocks))
@@ -336,8 +387,10 @@ class NboService:
         """Erase a customer from consents, feedback, state and the model."""
 
         def work() -> dict[str, Any]:
-            engine = self.holder.engine
-            held = engine.forget(customer_id) if engine is not None else {}
+            held: dict[str, int] = {}
+            for engine in self.holder.engines():
+                for kind, removed in engine.forget(customer_id).items():
+                    held[kind] = held.get(kind, 0) + removed
             erasure = self.store.erase(customer_id, source, datetime.now(UTC).replace(
                 tzinfo=None), held)
             return {"request_id": uuid.uuid4().hex, "erasure_id": erasure.erasure_id,
@@ -355,7 +408,9 @@ class NboService:
                 self.holder.offer_policy_file(self.settings.policy_file)
             else:
                 self.holder.sync_policy()
-            return {"message": self.holder.refresh()}
+            said = self.holder.refresh()
+            self.holder.sync_experiment()
+            return {"message": said}
 
         try:
             said = await anyio.to_thread.run_sync(work)
@@ -363,6 +418,7 @@ class NboService:
             return error(str(bad), 400)
         status = self.holder.status
         return {**said, "model": status.serving, "model_version": status.version,
+                "experiment": status.experiment,
                 "refused": status.refused, "policy_version": self.holder.policy.version}
 
     @admin.get("/triggers")
@@ -390,6 +446,42 @@ class NboService:
             return asdict(done)
 
         return await self._answer(work, in_thread=True)
+
+    @admin.get("/admin/experiments")
+    async def experiments(self) -> Any:
+        """Every experiment, newest first, and the one served here."""
+        held = await anyio.to_thread.run_sync(self.store.experiments)
+        status = self.holder.status
+        return {"serving": status.experiment, "refused": status.experiment_refused,
+                "experiments": [e.summary() for e in held]}
+
+    @admin.get("/admin/experiments/{name}")
+    async def experiment(
+        self, name: Annotated[str, Path(pattern=NAME.pattern)],
+        control: Annotated[str | None, Query(max_length=64)] = None,
+        window_days: Annotated[float, Query(gt=0, le=90)] = WINDOW_DAYS,
+    ) -> Any:
+        """An experiment and its report (as 'nbo report experiment NAME --json' gives it);
+        ``universal-control`` reports the universal control group. It counts every list
+        this process served; other processes' last half second may still be on its way."""
+
+        def work() -> dict[str, Any]:
+            engine = self._engine()
+            self.decisions.flush()
+            summary = ({"name": name} if name == CONTROL_GROUP
+                       else self.store.experiment(name).summary())
+            made = experiment_report(self.store, name, engine_prices(engine), control,
+                                     self.settings.control_share, window_days,
+                                     engine_segments(engine, self.store))
+            return {**summary, "served_here": self.holder.status.experiment == name,
+                    "report": made.as_json()}
+
+        try:
+            return await self._answer(work, in_thread=True)
+        except ExperimentError as unknown:
+            return error(str(unknown), 404)
+        except ValueError as bad:
+            return error(str(bad), 400)
 
     @admin.get("/admin/policy")
     async def policy(self) -> dict[str, Any]:

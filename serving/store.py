@@ -57,6 +57,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from features.columns import MESSAGING_CHANNELS, PURPOSES
 from features.columns import Columns as C
+from serving.experiments import Experiment, ExperimentError, Status
 from serving.policy import Consent
 
 T = TypeVar("T")
@@ -173,8 +174,22 @@ decision_log = Table(  # every list served: what attribution and lift reports re
     Column("policy_version", String(64), nullable=False),
     Column("decided_at", DateTime, nullable=False),
     Column("offers", Text, nullable=False),  # JSON: product, position, score, priority, ...
+    Column("stage", String(16), nullable=True),  # the customer's lifecycle stage then
     Index("decision_token", "token", "decided_at"),
     Index("decision_moment", "decided_at"),
+    Index("decision_experiment", "experiment", "decided_at"),
+)
+ADDED_COLUMNS = {"decision_log": [decision_log.c.stage]}  # added to stores made before them
+experiments = Table(  # experiments and their arms; at most one running
+    "experiments", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("spec", Text, nullable=False),  # JSON: arms, salt, minimum sample
+    Column("status", String(16), nullable=False),
+    # 1 while running, else NULL: unique, so a second running experiment is refused atomically
+    Column("running", Integer, nullable=True, unique=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("started_at", DateTime, nullable=True),
+    Column("stopped_at", DateTime, nullable=True),
 )
 RESERVE_BLOCK = 20  # impressions a process takes from a budget at once, fewer near its limit
 budget_counts = Table(  # what each budget of the offer policy has used, per period
@@ -352,8 +367,9 @@ class Store:
             self.counts = create_engine(url, future=True)
             event.listen(self.counts, "connect", _sqlite_count_pragmas)
         settled(lambda: metadata.create_all(self.engine))
-        # a store made before the index existed gets it too
+        # a store made before the index or a column existed gets it too
         settled(lambda: FEEDBACK_ONCE.create(self.engine, checkfirst=True))
+        settled(self._add_columns)
         self._key = key_bytes(erasure_key)
         settled(self._check_key)
         # impressions this process took from budgets and has not served yet
@@ -994,6 +1010,88 @@ class Store:
                        .on_conflict_do_nothing())
             return str(db.execute(select(settings_table.c.value).where(
                 settings_table.c.key == DATASET_KEY)).scalar_one())
+
+    def _add_columns(self) -> None:
+        with self.engine.begin() as db:
+            for table, columns in ADDED_COLUMNS.items():
+                held = {column["name"] for column in inspect(db).get_columns(table)}
+                for column in columns:
+                    if column.name not in held:
+                        kind = column.type.compile(dialect=self.engine.dialect)
+                        db.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column.name} {kind}")
+
+    # --- experiments --------------------------------------------------------------------
+
+    def add_experiment(self, experiment: Experiment) -> None:
+        """Store a new experiment (a draft); an existing name is refused."""
+        try:
+            with self.engine.begin() as db:
+                db.execute(insert(experiments), [{
+                    "name": experiment.name, "spec": experiment.spec(), "status": "draft",
+                    "running": None, "created_at": experiment.created_at}])
+        except IntegrityError:
+            raise ExperimentError(f"an experiment {experiment.name!r} exists already") from None
+
+    def experiments(self) -> list[Experiment]:
+        """Every experiment, the newest first."""
+        with self.engine.connect() as db:
+            rows = db.execute(select(experiments).order_by(experiments.c.created_at.desc(),
+                                                           experiments.c.name))
+            return [Experiment.from_row(row) for row in rows]
+
+    def experiment(self, name: str) -> Experiment:
+        with self.engine.connect() as db:
+            row = db.execute(select(experiments).where(experiments.c.name == name)).first()
+        if row is None:
+            raise ExperimentError(f"no experiment {name!r}; 'nbo experiment list' shows them")
+        return Experiment.from_row(row)
+
+    def running_experiment(self) -> Experiment | None:
+        with self.engine.connect() as db:
+            row = db.execute(select(experiments).where(experiments.c.running == 1)).first()
+        return None if row is None else Experiment.from_row(row)
+
+    def move_experiment(self, name: str, status: Status, at: datetime) -> Experiment:
+        """Start (``running``) or stop (``stopped``) an experiment; a second running one is
+        refused (:class:`ExperimentError`)."""
+        moved = self.experiment(name).moved(status, at)
+        try:
+            with self.engine.begin() as db:
+                changed = db.execute(update(experiments).where(
+                    (experiments.c.name == name) & (experiments.c.status != status)).values(
+                    status=status, running=1 if status == "running" else None,
+                    started_at=moved.started_at, stopped_at=moved.stopped_at)).rowcount
+        except IntegrityError:
+            running = self.running_experiment()
+            raise ExperimentError(f"experiment {running.name if running else '?'!r} is "
+                                  "running; stop it first: one experiment runs at a time"
+                                  ) from None
+        if not changed:
+            raise ExperimentError(f"experiment {name!r} was moved meanwhile; look again")
+        return moved
+
+    def decisions_frame(self, experiment: str | None, start: datetime | None = None,
+                        end: datetime | None = None) -> pd.DataFrame:
+        """The decision log's rows of an experiment (None: of every experiment, the
+        universal control group's included), ``start`` to ``end`` where given, one row per
+        offer shown: token, request id, channel, endpoint, experiment, arm, stage, moment,
+        model version, product, position and the probability it was chosen with."""
+        column = decision_log.c.experiment
+        statement = select(decision_log).where(
+            column.is_not(None) if experiment is None else column == experiment)
+        if start is not None:
+            statement = statement.where(decision_log.c.decided_at >= start)
+        if end is not None:
+            statement = statement.where(decision_log.c.decided_at <= end)
+        with self.engine.connect() as db:
+            rows = db.execute(statement.order_by(decision_log.c.id)).all()
+        shown = [(row.token, row.request_id, row.channel, row.endpoint, row.experiment,
+                  row.arm, row.stage, _naive(row.decided_at), row.model_version,
+                  offer["product_id"], offer["position"], offer.get("probability", 1.0))
+                 for row in rows for offer in json.loads(row.offers)]
+        return pd.DataFrame(shown, columns=[
+            "token", "request_id", "channel", "endpoint", "experiment", "arm", "stage",
+            "decided_at", "model_version", C.product, "position", "probability"])
 
     def _check_key(self) -> None:
         """Record the key's check value, or refuse a key other than the recorded one. A

@@ -282,12 +282,24 @@ def list_versions(client: MlflowClient) -> pd.DataFrame:
 
 def registered_folder(client: MlflowClient, alias: str = CHAMPION,
                       into: Path | None = None) -> tuple[Path, str]:
-    """The saved model folder behind an alias (with its serving context) and its version."""
-    version = version_by_alias(client, alias)
-    if version is None:
-        raise LookupError(f"{MODEL_NAME} has no '{alias}' version yet; train and promote first")
-    folder = mlflow.artifacts.download_artifacts(
-        f"models:/{MODEL_NAME}@{alias}", dst_path=None if into is None else str(into))
+    """The saved model folder behind an alias, or a version number (``7`` or ``v7``), with
+    its serving context, and its version."""
+    number = alias.removeprefix("v")
+    if number.isdigit():
+        try:
+            version = client.get_model_version(MODEL_NAME, number)
+        except MlflowException:
+            raise LookupError(f"{MODEL_NAME} has no version {number}") from None
+        uri = f"models:/{MODEL_NAME}/{number}"
+    else:
+        found = version_by_alias(client, alias)
+        if found is None:
+            raise LookupError(f"{MODEL_NAME} has no '{alias}' version yet; train and promote "
+                              "first")
+        version = found
+        uri = f"models:/{MODEL_NAME}@{alias}"
+    folder = mlflow.artifacts.download_artifacts(uri, dst_path=None if into is None else
+                                                 str(into))
     return next(Path(folder).rglob("model.json")).parent, str(version.version)
 
 

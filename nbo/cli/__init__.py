@@ -8,7 +8,7 @@ policy is invalid.
 
 from __future__ import annotations
 
-from nbo.cli import data, policy, service, training  # noqa: F401  (each registers its commands)
+from nbo.cli import data, experiments, policy, service, training  # noqa: F401  (each registers its commands)
 from nbo.cli.common import (
     EXIT_DATA,
     EXIT_MISSING,

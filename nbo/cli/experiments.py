@@ -1,0 +1,171 @@
+"""``nbo experiment`` and ``nbo report experiment``: live experiments between registered model
+versions, and what they changed."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+
+from nbo.cli.common import EXIT_MISSING, app, console, fail, print_frame, settings, store_of
+
+experiment_app = typer.Typer(help="Experiments: registered model versions served side by side "
+                             "to customers assigned by a hash; at most one runs at a time.",
+                             no_args_is_help=True)
+report_app = typer.Typer(help="Reports of what nbo's decisions changed.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+app.add_typer(report_app, name="report")
+
+NameArgument = Annotated[str, typer.Argument(help="The experiment's name.")]
+
+
+def _store() -> Any:
+    return store_of(settings())
+
+
+def _now() -> datetime:
+    return settings().current_time()  # type: ignore[no-any-return]
+
+
+@experiment_app.command("create")
+def create(
+    name: NameArgument,
+    arms: Annotated[str, typer.Option(
+        help="Arms as ALIAS:SHARE, comma-separated, shares adding up to 100: each a registered "
+        "model alias (champion, challenger) or version (7 or v7).")] = "champion:50,challenger:50",
+    salt: Annotated[str, typer.Option(help="Salt of the assignment hash; default: the "
+                                           "name.")] = "",
+    min_customers: Annotated[int, typer.Option(
+        help="Customers per arm under which the report warns.")] = 1000,
+) -> None:
+    """Create an experiment as a draft: its arms' models are copied where the service finds
+    them; 'nbo experiment start' serves it."""
+    from nbo.jobs.experiments import arms_of
+    from serving.experiments import Experiment, ExperimentError, check_name, parse_arms
+    from training.tracking import use_tracking
+
+    try:
+        check_name(name, "experiment")
+        pairs = parse_arms(arms)
+        served = arms_of(use_tracking(settings().tracking_uri()), pairs)
+        experiment = Experiment(name, tuple(served), salt, min_customers, created_at=_now())
+        store = _store()
+        try:
+            store.add_experiment(experiment)
+        finally:
+            store.close()
+    except ExperimentError as error:
+        raise fail(str(error), 2) from None
+    except LookupError as error:
+        raise fail(str(error), EXIT_MISSING) from None
+    for arm in experiment.arms:
+        console.print(f"arm {arm.name}: {arm.share:g}% of customers, model version "
+                      f"{arm.model_version} ({arm.model})")
+    console.print(f"created experiment {name} (a draft); start it with 'nbo experiment start "
+                  f"{name}'")
+
+
+def _move(name: str, status: str) -> Any:
+    from serving.experiments import ExperimentError
+
+    store = _store()
+    try:
+        return store.move_experiment(name, status, _now())
+    except ExperimentError as error:
+        raise fail(str(error), 2) from None
+    finally:
+        store.close()
+
+
+@experiment_app.command("start")
+def start(name: NameArgument) -> None:
+    """Start serving an experiment: every worker and replica takes it up within
+    NBO_RELOAD_SECONDS (at once through POST /admin/reload)."""
+    moved = _move(name, "running")
+    console.print(f"experiment {name} runs from {moved.started_at:%Y-%m-%d %H:%M:%S}")
+
+
+@experiment_app.command("stop")
+def stop(name: NameArgument) -> None:
+    """Stop an experiment: every customer gets the champion again; the report stays."""
+    moved = _move(name, "stopped")
+    console.print(f"experiment {name} stopped at {moved.stopped_at:%Y-%m-%d %H:%M:%S}; "
+                  f"'nbo report experiment {name}' measures it")
+
+
+@experiment_app.command("list")
+def list_experiments() -> None:
+    """Every experiment, newest first, with its arms and status."""
+    import pandas as pd
+
+    store = _store()
+    try:
+        held = store.experiments()
+    finally:
+        store.close()
+    if not held:
+        console.print("no experiments yet; 'nbo experiment create NAME' makes one")
+        return
+    print_frame(pd.DataFrame([{
+        "name": e.name, "status": e.status,
+        "arms": ", ".join(f"{a.name} {a.share:g}% (v{a.model_version})" for a in e.arms),
+        "started": f"{e.started_at:%Y-%m-%d %H:%M}" if e.started_at else "",
+        "stopped": f"{e.stopped_at:%Y-%m-%d %H:%M}" if e.stopped_at else ""} for e in held]),
+        "experiments")
+
+
+@report_app.command("experiment")
+def report_experiment(
+    name: Annotated[str, typer.Argument(help="The experiment's name, or universal-control "
+                                             "for the universal control group.")],
+    control: Annotated[str | None, typer.Option(
+        help="The arm the others are compared with; default: the first arm.")] = None,
+    window_days: Annotated[float, typer.Option(
+        help="Days after a list in which a purchase of a shown offer is credited to it.")
+    ] = 7.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    mlflow: Annotated[bool, typer.Option(help="Log the report to MLflow as a run of the "
+                                              "experiment nbo-experiments.")] = True,
+) -> None:
+    """Exposures, click and conversion rates, revenue and margin per customer, and each arm's
+    lift against the control arm with 95% intervals; warns of a sample-ratio mismatch and
+    of arms under the minimum sample."""
+    import pandas as pd
+
+    from nbo.jobs.experiments import log_report, served_catalogue
+    from nbo.jobs.newsletter import NoServedModel
+    from serving.experiments import ExperimentError
+    from serving.report import experiment_report
+
+    current = settings()
+    store = store_of(current)
+    try:
+        prices, segments = served_catalogue(current, store)
+        made = experiment_report(store, name, prices, control, current.control_share,
+                                 window_days, segments).as_json()
+    except NoServedModel as error:
+        raise fail(str(error), EXIT_MISSING) from None
+    except (ExperimentError, ValueError) as error:
+        raise fail(str(error), 2) from None
+    finally:
+        store.close()
+    if mlflow:
+        from training.tracking import use_tracking
+
+        use_tracking(current.tracking_uri())
+        made["mlflow_run"] = log_report(made)
+    if as_json:
+        console.print_json(json.dumps(made))
+        return
+    print_frame(pd.DataFrame(made["arms"]), f"experiment {name}: arms")
+    lift = pd.DataFrame(made["lift"])
+    if len(lift):
+        print_frame(lift[["arm", "metric", "treated", "control", "difference", "low", "high",
+                          "p_value", "relative"]], f"lift against {made['control']} (95%)")
+    srm = made["srm"]
+    console.print(f"sample ratio: {srm['observed']} for shares {srm['expected_shares']}, "
+                  f"p = {srm['p_value']}")
+    for warning in made["warnings"]:
+        console.print(f"[bold yellow]warning:[/] {warning}")
