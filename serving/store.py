@@ -1024,13 +1024,17 @@ class Store:
 
     def add_experiment(self, experiment: Experiment) -> None:
         """Store a new experiment (a draft); an existing name is refused."""
+        created = experiment.created_at or datetime.now(UTC).replace(tzinfo=None)
         try:
             with self.engine.begin() as db:
                 db.execute(insert(experiments), [{
                     "name": experiment.name, "spec": experiment.spec(), "status": "draft",
-                    "running": None, "created_at": experiment.created_at}])
+                    "running": None, "created_at": created}])
         except IntegrityError:
-            raise ExperimentError(f"an experiment {experiment.name!r} exists already") from None
+            if any(held.name == experiment.name for held in self.experiments()):
+                raise ExperimentError(f"an experiment {experiment.name!r} exists already"
+                                      ) from None
+            raise
 
     def experiments(self) -> list[Experiment]:
         """Every experiment, the newest first."""

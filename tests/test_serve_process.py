@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -243,3 +244,52 @@ def _event_ids(store: Store) -> list[str]:
 
     with store.engine.connect() as db:
         return [row.event_id for row in db.execute(select(events.c.event_id))]
+
+
+def test_two_workers_serve_an_experiment_started_while_running_to_the_simulator(
+        model_dir: Path, saved_model: Any, snapshot_dir: Path, shop: Path,
+        tmp_path: Path) -> None:
+    """An experiment started in the store is taken up by both workers within
+    NBO_RELOAD_SECONDS; 'nbo simulate' drives them over HTTP; every customer's lists carry
+    one arm and that arm's model version, whichever worker answered."""
+    import time
+    from datetime import timedelta
+
+    from typer.testing import CliRunner
+
+    from nbo.cli import app
+    from serving.experiments import ARM_MODEL_NAME, Arm, Experiment
+    from serving.models import import_model
+
+    champion = import_model(model_dir, "7")
+    popular = import_model(saved_model("popularity", {}), "8", ARM_MODEL_NAME)
+    env = service_env(snapshot_dir, tmp_path, NBO_WORKERS="2", NBO_RELOAD_SECONDS="1")
+    now = load_snapshot(snapshot_dir).now.to_pydatetime()
+    store = Store(env["NBO_CONSENT_DB_URL"], ERASURE_KEY)
+    try:
+        with serving(env, tmp_path / "serve.log") as url:
+            assert len(process.ready_workers(url, 2)) == 2
+            store.add_experiment(Experiment("live", (Arm("pop", 50, popular, "8"),
+                                                     Arm("als", 50, champion, "7"))))
+            store.move_experiment("live", "running", now)
+            time.sleep(3)  # both workers' watchers take it up
+            simulated = CliRunner().invoke(app, [
+                "simulate", "--customers", "80", "--days", "2", "--url", url, "--shop",
+                str(shop), "--key", "k", "--start", (now + timedelta(hours=1)).isoformat()])
+            assert simulated.exit_code == 0, simulated.output
+            assert "160 rankings" in simulated.output
+            time.sleep(1.5)  # the workers' decision logs write every half second
+            made = httpx.get(f"{url}/admin/experiments/live", headers={"X-API-Key": "a"},
+                             timeout=30)
+            assert made.status_code == 200, made.text
+        shown = store.decisions_frame("live")
+        assert shown["request_id"].nunique() >= 160
+        experiment = store.experiment("live")
+        versions = {"pop": "8", "als": "7"}
+        for _, lists in shown.groupby("token"):
+            assert lists["arm"].nunique() == 1
+            assert set(lists["model_version"]) == {versions[lists["arm"].iloc[0]]}
+        assert sum(row["customers"] for row in made.json()["report"]["arms"]) == 80
+        assert {arm.name for arm in experiment.arms} == set(shown["arm"])
+    finally:
+        store.close()

@@ -169,3 +169,64 @@ def report_experiment(
                   f"p = {srm['p_value']}")
     for warning in made["warnings"]:
         console.print(f"[bold yellow]warning:[/] {warning}")
+
+
+@app.command()
+def simulate(
+    customers: Annotated[int, typer.Option(min=1, help="Customers of the shop to simulate.")
+                         ] = 500,
+    days: Annotated[int, typer.Option(min=1, help="Days to simulate: a visit per customer "
+                                                  "a day.")] = 7,
+    url: Annotated[str, typer.Option(help="The running service.")] = "http://127.0.0.1:3000",
+    shop: Annotated[str | None, typer.Option(
+        help="The generated shop the service learnt from (its hidden tastes); default: the "
+        "demo's shop.")] = None,
+    key: Annotated[str | None, typer.Option(
+        help="A ranking API key; default: the first of NBO_API_KEYS.")] = None,
+    start: Annotated[datetime | None, typer.Option(
+        help="The first simulated day; default: now (or NBO_NOW).")] = None,
+    mail_every: Annotated[int, typer.Option(min=0, help="Days between newsletters (0: "
+                                                         "none).")] = 7,
+    k: Annotated[int, typer.Option(min=1, max=100, help="Offers per ranking.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the customers' draws.")] = 0,
+) -> None:
+    """Drive a running service with simulated customers of a generated shop: they visit,
+    get rankings and mails, click and buy as their hidden tastes make likely, and post the
+    feedback and purchases. 'nbo report experiment' then measures what a running experiment
+    changed."""
+    from pathlib import Path
+
+    import httpx
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from features.generate import hidden_tastes
+    from nbo.jobs.simulate import Simulator
+
+    current = settings()
+    folder = Path(shop) if shop else current.home / "demo" / "shop"
+    api_key = key or next((k.strip() for k in current.api_keys.split(",") if k.strip()), None)
+    if api_key is None:
+        raise fail("no API key: pass --key or set NBO_API_KEYS ('nbo demo' prints its key)", 2)
+    try:
+        tastes = hidden_tastes(folder)
+    except FileNotFoundError as error:
+        raise fail(str(error), EXIT_MISSING) from None
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"},
+                      timeout=60) as http:
+        try:
+            http.get("/readyz").raise_for_status()
+        except httpx.HTTPError as error:
+            raise fail(f"the service at {url} is not ready: {error}", 2) from None
+        with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(),
+                      console=console) as progress:
+            task = progress.add_task("days", total=days)
+            try:
+                done = Simulator(http, tastes, seed=seed).run(
+                    customers, days, start or current.current_time(), k, mail_every,
+                    lambda n: progress.advance(task, n))
+            except (RuntimeError, httpx.HTTPError) as error:
+                raise fail(str(error), 1) from None
+    console.print(f"{done.lists:,} rankings and {done.mails:,} mails to "
+                  f"{len(done.customers):,} customers: {done.impressions:,} impressions, "
+                  f"{done.clicks:,} clicks, {done.conversions:,} purchases"
+                  + (f"; {done.refused:,} calls refused" if done.refused else ""))

@@ -34,7 +34,7 @@ POSTED_AT_ONCE = 10_000  # events per /feedback or /events call
 class Http(Protocol):
     """What the simulator needs of an HTTP client (httpx.Client, Starlette's TestClient)."""
 
-    def post(self, url: str, **kwargs: Any) -> Any: ...
+    def post(self, url: str, *, json: Any = None) -> Any: ...
 
 
 @dataclass(frozen=True)
