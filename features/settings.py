@@ -114,6 +114,18 @@ class Settings(BaseSettings):
         "holdout", description="What the control group gets by e-mail and the other "
         "messaging channels: nothing (holdout) or non-personalised offers (baseline)."
     )
+    explore_share: float = Field(
+        0.0, ge=0, le=0.5, description="Share of a ranking's slots given to offers the "
+        "feedback log knows little about, chosen by Thompson sampling among those every rule "
+        "allows (0: no exploration)."
+    )
+    explore_min_impressions: int = Field(
+        200, ge=1, description="Impressions in the feedback log under which an offer is "
+        "explored."
+    )
+    explore_window_days: float = Field(
+        30.0, gt=0, description="Days of the feedback log exploration's posteriors count."
+    )
     decision_log_days: float = Field(
         90.0, ge=0, description="Days the decision log keeps each served list (0: nothing "
         "is logged)."

@@ -59,7 +59,8 @@ def ranking_row(ranking: Ranking, channel: str, endpoint: str, at: datetime,
             "stage": ranking.lifecycle_stage or None, **labels(ranking.arm, assigned),
             "offers": [{"product_id": o.product_id, "position": o.rank, "score": o.score,
                         "priority": ranking.priorities[n] if ranking.priorities else None,
-                        "probability": 1.0} for n, o in enumerate(ranking.offers)]}
+                        "probability": ranking.probabilities[n] if ranking.probabilities
+                        else 1.0} for n, o in enumerate(ranking.offers)]}
 
 
 def letter_rows(letters: Iterable[Letter], request_id: str, model_version: str,

@@ -25,12 +25,13 @@ from features.ids import MISSING, IdMap
 from serving import ranker
 from serving.arbitration import Arbiter, Priorities, neutral
 from serving.assignment import CONTROL
+from serving.explore import Explored, PosteriorCache, explore
 from serving.live import Activity, activity
 from serving.masks import Masks
 from serving.newsletter import BLOCKS, Letter, LetterBlock, Newsletter
 from serving.offer_policy import Versioned
 from serving.policy import Consent, Offers
-from serving.reasons import FEATURED, Anchors, Reasons
+from serving.reasons import EXPLORED, FEATURED, Anchors, Reasons
 from serving.requests import (
     Offer,
     PolicySettings,
@@ -79,6 +80,8 @@ class Engine:
         self.calibration = calibration
         self.arbiter = neutral(self.offers, calibration)
         self._newsletter = Newsletter(self)
+        self.posteriors = PosteriorCache(
+            lambda since: store.response_counts(since, self.offers.ids), settings.exploration)
         self._budgets: tuple[list[tuple[str, str]], float, BudgetsUsed] | None = None
         self.checked_seconds = 0.0  # how long the health check of every customer took
 
@@ -301,9 +304,13 @@ class Engine:
         weighed = arbiter.priorities(prepared.scores, allowed, request.channel, prepared.stage,
                                      now_ns)
         spent = np.zeros(0, np.int64)
+        exploring = self.settings.exploration.share > 0 and arm != CONTROL
         for _ in range(SPEND_ATTEMPTS):  # offers whose budget ran out meanwhile are replaced
             picked = ranker.top(weighed.priority, allowed, request.k, self.offers.category,
                                 self.settings.max_per_category, then=prepared.scores)
+            explored = self._explore(picked, allowed, now) if exploring else None
+            if explored is not None:
+                picked = explored.items
             filling = ranker.fill(arbiter.fallback_rank, allowed, picked,
                                   request.k - len(picked))
             chosen = np.concatenate([picked, filling])
@@ -313,11 +320,17 @@ class Engine:
                 break
             allowed = allowed.copy()
             allowed[refused] = False
-        picked, filling = picked[~np.isin(picked, refused)], filling[~np.isin(filling, refused)]
+        kept = ~np.isin(picked, refused)
+        picked, filling = picked[kept], filling[~np.isin(filling, refused)]
         removed, removed_offers = ranker.removed(prepared.scores, prepared.masks, picked,
                                                  request.k, self.offers.ids)
         reasons = self.reasons.of(request.customer_id, prepared.scored, prepared.stage, picked,
                                   prepared.anchors)
+        probabilities: list[float] = []
+        if explored is not None:
+            reasons = [EXPLORED if was else reason for reason, was in zip(
+                reasons, explored.explored[kept], strict=True)]
+            probabilities = [*explored.probabilities[kept].tolist(), *[1.0] * len(filling)]
         offers = [self._offer(i, rank, prepared.scores, reasons[rank], weighed,
                               request.explain) for rank, i in enumerate(picked)]
         offers += [self._offer(i, len(offers) + n, prepared.scores, FEATURED, weighed,
@@ -325,7 +338,14 @@ class Engine:
         priorities = [float(weighed.priority[i]) for i in np.concatenate([picked, filling])]
         return Ranking(request_id, self.version, request.customer_id, prepared.stage,
                        prepared.fallback, offers, removed=removed, removed_offers=removed_offers,
-                       policy_version=arbiter.version, priorities=priorities, arm=arm)
+                       policy_version=arbiter.version, priorities=priorities, arm=arm,
+                       probabilities=probabilities)
+
+    def _explore(self, picked: np.ndarray, allowed: np.ndarray, now: datetime) -> Explored:
+        exploration = self.settings.exploration
+        return explore(picked, allowed, self.posteriors.now(now), self.offers.category,
+                       self.settings.max_per_category, exploration.share,
+                       np.random.default_rng())
 
     def _offer(self, item: int, rank: int, scores: np.ndarray, reason: str,
                weighed: Priorities, explain: bool) -> Offer:

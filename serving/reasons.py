@@ -18,6 +18,7 @@ FALLBACK_TEXTS = {"popular_in_region": "popular in your region",
                   "profile": "popular with customers like you",
                   "non_personalised": "popular right now"}
 FEATURED = "featured offer"  # a fallback offer of the policy, filling a short list
+EXPLORED = "something new to discover"  # chosen by exploration, not for what we know of you
 
 
 @dataclass(frozen=True)

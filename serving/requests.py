@@ -11,6 +11,7 @@ import numpy as np
 from features.settings import Settings
 from serving.arbitration import Arbiter
 from serving.assignment import NO_CONTROL_GROUP, ControlGroup
+from serving.explore import NO_EXPLORATION, Exploration
 from serving.live import NOTHING, Activity
 from serving.reasons import NO_ANCHORS, Anchors
 from serving.scorer import CustomerScores
@@ -33,6 +34,7 @@ class PolicySettings:
     dismiss_rest_days: float = 30.0
     live_events: int = 200  # per customer: the latest ones since the snapshot count
     control: ControlGroup = NO_CONTROL_GROUP
+    exploration: Exploration = NO_EXPLORATION
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PolicySettings:
@@ -41,7 +43,9 @@ class PolicySettings:
                    settings.max_per_category, settings.dismiss_rest_days,
                    settings.live_events_per_customer,
                    ControlGroup(settings.control_share, settings.control_salt,
-                                settings.control_period, settings.control_mail))
+                                settings.control_period, settings.control_mail),
+                   Exploration(settings.explore_share, settings.explore_min_impressions,
+                               settings.explore_window_days))
 
 
 @dataclass
@@ -83,6 +87,7 @@ class Ranking:
     policy_version: str = ""
     priorities: list[float] = field(default_factory=list)  # of the offers, in their order
     arm: str | None = None  # of the universal control group, where there is one
+    probabilities: list[float] = field(default_factory=list)  # each offer's, where explored
 
 
 class Resolved(NamedTuple):

@@ -1074,6 +1074,20 @@ class Store:
             raise ExperimentError(f"experiment {name!r} was moved meanwhile; look again")
         return moved
 
+    def response_counts(self, since: datetime, product_ids: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """Impressions and clicks per offer of ``product_ids`` in the feedback log since
+        ``since``: what exploration's posteriors count."""
+        with self.engine.connect() as db:
+            rows = db.execute(select(
+                feedback.c.product_id,
+                func.sum(case((feedback.c.action == "impression", 1), else_=0)),
+                func.sum(case((feedback.c.action == "click", 1), else_=0)))
+                .where(feedback.c.timestamp >= since).group_by(feedback.c.product_id)).all()
+        counts = pd.DataFrame(rows, columns=["product", "impressions", "clicks"]).set_index(
+            "product").reindex(product_ids).fillna(0)
+        return (counts["impressions"].to_numpy(np.int64), counts["clicks"].to_numpy(np.int64))
+
     def decisions_frame(self, experiment: str | None, start: datetime | None = None,
                         end: datetime | None = None) -> pd.DataFrame:
         """The decision log's rows of an experiment (None: of every experiment, the

@@ -1,0 +1,118 @@
+"""Exploration: a share of the slots of a list go to offers the feedback log knows little
+about, chosen by Thompson sampling, so that new and rarely shown offers get the impressions
+that tell whether they work.
+
+Each offer's click rate has a Beta posterior from the feedback log of the last
+``window_days``: Beta(1 + clicks, 1 + impressions - clicks). An offer with fewer than
+``min_impressions`` impressions is uncertain. Each slot of a list explores with probability
+``share``: its offer is replaced by the uncertain offer with the highest draw from its
+posterior, among those that every rule allows for this customer, are not in the list yet and
+keep the list within its per-category cap. Exploration never passes a rule or consent: it
+chooses only among offers that passed them.
+
+Every offer served carries the probability with which it was chosen for its slot: ``1 -
+share`` for the offer ranking put there, ``share x P(its draw is the highest)`` for an
+explored one (estimated from ``draws`` draws of the pool). The decision log keeps them for
+off-policy estimates. The universal control group gets no exploration.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+
+READ_SECONDS = 30.0  # how stale a worker's posteriors may be
+DRAWS = 256
+
+
+@dataclass(frozen=True)
+class Exploration:
+    share: float = 0.0  # of slots; 0: no exploration
+    min_impressions: int = 200
+    window_days: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.share <= 0.5:
+            raise ValueError(f"the exploration share is 0 to 0.5 of slots, not {self.share}")
+        if self.min_impressions < 1:
+            raise ValueError("an offer is uncertain under at least one impression")
+
+
+NO_EXPLORATION = Exploration()
+
+
+@dataclass(frozen=True)
+class Posteriors:
+    alpha: np.ndarray  # 1 + clicks, per offer
+    beta: np.ndarray  # 1 + impressions without a click
+    uncertain: np.ndarray  # fewer impressions than the minimum
+
+    @classmethod
+    def from_counts(cls, impressions: np.ndarray, clicks: np.ndarray, min_impressions: int
+                    ) -> Posteriors:
+        clicks = np.minimum(clicks, impressions)
+        return cls(1.0 + clicks, 1.0 + impressions - clicks, impressions < min_impressions)
+
+
+@dataclass(frozen=True)
+class Explored:
+    items: np.ndarray  # the list after exploration
+    probabilities: np.ndarray  # with which each was chosen for its slot
+    explored: np.ndarray  # bool: chosen by exploration
+
+
+def explore(picked: np.ndarray, allowed: np.ndarray, posteriors: Posteriors,
+            category: np.ndarray, max_per_category: int, share: float,
+            rng: np.random.Generator, draws: int = DRAWS) -> Explored:
+    """``picked`` (ranking's list, best first) with each slot explored with probability
+    ``share``, as the module says."""
+    items = picked.copy()
+    probabilities = np.full(len(items), 1.0 - share)
+    explored = np.zeros(len(items), dtype=bool)
+    if share <= 0 or not len(items):
+        return Explored(items, np.ones(len(items)), explored)
+    pool = allowed & posteriors.uncertain
+    pool[items] = False
+    for slot in np.flatnonzero(rng.random(len(items)) < share):
+        others = np.delete(items, slot)
+        counts = np.bincount(category[others], minlength=category.max() + 1)
+        candidates = np.flatnonzero(pool & (counts[category] < max_per_category))
+        if not len(candidates):
+            probabilities[slot] = 1.0  # nothing to explore: ranking's offer stays for sure
+            continue
+        a, b = posteriors.alpha[candidates], posteriors.beta[candidates]
+        drawn = rng.beta(a, b, size=(draws, len(candidates)))
+        wins = np.bincount(drawn.argmax(axis=1), minlength=len(candidates)) / draws
+        chosen = int(drawn[0].argmax())  # the first draw decides; all of them estimate
+        items[slot] = candidates[chosen]
+        probabilities[slot] = share * wins[chosen]
+        explored[slot] = True
+        pool[candidates[chosen]] = False
+    return Explored(items, probabilities, explored)
+
+
+class PosteriorCache:
+    """The posteriors of every offer from the store's feedback log, read at most every
+    ``READ_SECONDS`` per worker."""
+
+    def __init__(self, read: Callable[[datetime], tuple[np.ndarray, np.ndarray]],
+                 exploration: Exploration) -> None:
+        self.read, self.exploration = read, exploration
+        self._held: tuple[float, Posteriors] | None = None
+        self._lock = threading.Lock()
+
+    def now(self, at: datetime) -> Posteriors:
+        held = self._held
+        if held is not None and time.monotonic() < held[0]:
+            return held[1]
+        with self._lock:
+            impressions, clicks = self.read(at - timedelta(days=self.exploration.window_days))
+            posteriors = Posteriors.from_counts(impressions, clicks,
+                                                self.exploration.min_impressions)
+            self._held = (time.monotonic() + READ_SECONDS, posteriors)
+            return posteriors
