@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     explore_window_days: float = Field(
         30.0, gt=0, description="Days of the feedback log exploration's posteriors count."
     )
+    explore_seed: int | None = Field(
+        None, description="Seed of exploration's draws, for a reproducible simulation; None: "
+        "fresh draws in every process."
+    )
     decision_log_days: float = Field(
         90.0, ge=0, description="Days the decision log keeps each served list (0: nothing "
         "is logged)."

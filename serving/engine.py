@@ -80,10 +80,14 @@ class Engine:
         self.calibration = calibration
         self.arbiter = neutral(self.offers, calibration)
         self._newsletter = Newsletter(self)
+        # exploration's draws: one generator per engine (its bit generator locks, so
+        # requests in several threads may share it)
+        self.rng = np.random.default_rng(settings.exploration.seed)
         self.posteriors = PosteriorCache(
             lambda since: store.response_counts(since, self.offers.ids), settings.exploration)
         self._budgets: tuple[list[tuple[str, str]], float, BudgetsUsed] | None = None
         self.checked_seconds = 0.0  # how long the health check of every customer took
+        self.spends = True  # False: an engine for estimates, which takes nothing from budgets
 
     @classmethod
     def load(cls, folder: Path, version: str, store: Store, settings: PolicySettings) -> Engine:
@@ -270,7 +274,7 @@ class Engine:
     def spend(self, arbiter: Arbiter, items: np.ndarray, now: datetime) -> np.ndarray:
         """Take an impression from the budgets of the offers about to be served; those
         whose budget another request used up meanwhile are returned (not to be served)."""
-        if not arbiter.offer_budgets or not len(items):
+        if not self.spends or not arbiter.offer_budgets or not len(items):
             return items[:0]
         taken = np.asarray(self.store.spend(arbiter.spending(items, now)), dtype=bool)
         if not taken.all():
@@ -344,8 +348,7 @@ class Engine:
     def _explore(self, picked: np.ndarray, allowed: np.ndarray, now: datetime) -> Explored:
         exploration = self.settings.exploration
         return explore(picked, allowed, self.posteriors.now(now), self.offers.category,
-                       self.settings.max_per_category, exploration.share,
-                       np.random.default_rng())
+                       self.settings.max_per_category, exploration.share, self.rng)
 
     def _offer(self, item: int, rank: int, scores: np.ndarray, reason: str,
                weighed: Priorities, explain: bool) -> Offer:

@@ -10,9 +10,12 @@ posterior, among those that every rule allows for this customer, are not in the 
 keep the list within its per-category cap. Exploration never passes a rule or consent: it
 chooses only among offers that passed them.
 
-Every offer served carries the probability with which it was chosen for its slot: ``1 -
-share`` for the offer ranking put there, ``share x P(its draw is the highest)`` for an
-explored one (estimated from ``draws`` draws of the pool). The decision log keeps them for
+Every offer served carries the probability that it is in the list: ``1 - share`` for an offer
+ranking put there (exploration never picks ranking's offers, so only its own slot can lose
+it), and ``1 - (1 - share x w)^k`` for an explored one, where ``w`` is how often its draw is
+the highest of the whole pool (estimated from ``draws`` draws) and ``k`` the list's length:
+any slot might have drawn it. The estimate leaves out that a slot's pool shrinks by what the
+list holds already and by the category cap. The decision log keeps these probabilities for
 off-policy estimates. The universal control group gets no exploration.
 """
 
@@ -35,6 +38,7 @@ class Exploration:
     share: float = 0.0  # of slots; 0: no exploration
     min_impressions: int = 200
     window_days: float = 30.0
+    seed: int | None = None  # of the draws; None: fresh in every process
 
     def __post_init__(self) -> None:
         if not 0 <= self.share <= 0.5:
@@ -78,6 +82,7 @@ def explore(picked: np.ndarray, allowed: np.ndarray, posteriors: Posteriors,
         return Explored(items, np.ones(len(items)), explored)
     pool = allowed & posteriors.uncertain
     pool[items] = False
+    wins = _wins(np.flatnonzero(pool), posteriors, rng, draws)
     for slot in np.flatnonzero(rng.random(len(items)) < share):
         others = np.delete(items, slot)
         counts = np.bincount(category[others], minlength=category.max() + 1)
@@ -85,15 +90,25 @@ def explore(picked: np.ndarray, allowed: np.ndarray, posteriors: Posteriors,
         if not len(candidates):
             probabilities[slot] = 1.0  # nothing to explore: ranking's offer stays for sure
             continue
-        a, b = posteriors.alpha[candidates], posteriors.beta[candidates]
-        drawn = rng.beta(a, b, size=(draws, len(candidates)))
-        wins = np.bincount(drawn.argmax(axis=1), minlength=len(candidates)) / draws
-        chosen = int(drawn[0].argmax())  # the first draw decides; all of them estimate
-        items[slot] = candidates[chosen]
-        probabilities[slot] = share * wins[chosen]
+        drawn = rng.beta(posteriors.alpha[candidates], posteriors.beta[candidates])
+        chosen = candidates[int(drawn.argmax())]
+        items[slot] = chosen
+        # any of the list's slots might have drawn it: the chance it is in the list at all
+        won = max(wins.get(int(chosen), 0.0), 0.5 / draws)  # never won: under 1 in draws
+        probabilities[slot] = 1 - (1 - share * won) ** len(items)
         explored[slot] = True
-        pool[candidates[chosen]] = False
+        pool[chosen] = False
     return Explored(items, probabilities, explored)
+
+
+def _wins(pool: np.ndarray, posteriors: Posteriors, rng: np.random.Generator, draws: int
+          ) -> dict[int, float]:
+    """How often each offer of the pool has the highest of ``draws`` draws."""
+    if not len(pool):
+        return {}
+    drawn = rng.beta(posteriors.alpha[pool], posteriors.beta[pool], size=(draws, len(pool)))
+    counts = np.bincount(drawn.argmax(axis=1), minlength=len(pool)) / draws
+    return {int(offer): float(count) for offer, count in zip(pool, counts, strict=True)}
 
 
 class PosteriorCache:

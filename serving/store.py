@@ -1089,14 +1089,17 @@ class Store:
         return (counts["impressions"].to_numpy(np.int64), counts["clicks"].to_numpy(np.int64))
 
     def decisions_frame(self, experiment: str | None, start: datetime | None = None,
-                        end: datetime | None = None) -> pd.DataFrame:
+                        end: datetime | None = None, every: bool = False) -> pd.DataFrame:
         """The decision log's rows of an experiment (None: of every experiment, the
-        universal control group's included), ``start`` to ``end`` where given, one row per
-        offer shown: token, request id, channel, endpoint, experiment, arm, stage, moment,
-        model version, product, position and the probability it was chosen with."""
+        universal control group's included; ``every``: every row, in an experiment or not),
+        ``start`` to ``end`` where given, one row per offer shown: token, request id,
+        channel, endpoint, experiment, arm, stage, moment, model version, product, position
+        and the probability it was chosen with."""
         column = decision_log.c.experiment
-        statement = select(decision_log).where(
-            column.is_not(None) if experiment is None else column == experiment)
+        statement = select(decision_log)
+        if not every:
+            statement = statement.where(
+                column.is_not(None) if experiment is None else column == experiment)
         if start is not None:
             statement = statement.where(decision_log.c.decided_at >= start)
         if end is not None:

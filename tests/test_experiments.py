@@ -417,3 +417,6 @@ def test_experiments_from_the_command_line(snapshot_dir: Path, isolated_home: Pa
                                .experiment_id])
     assert runs and runs[0].data.tags["nbo.experiment"] == "knn-test"
     assert nbo("report", "experiment", "nothing").exit_code == 2
+    unlogged = nbo("evaluate-policy", "challenger")
+    assert unlogged.exit_code == 2 and "no storefront list" in unlogged.output
+    assert nbo("evaluate-policy", "v99").exit_code == 4

@@ -118,3 +118,24 @@ def test_the_engine_explores_only_what_the_rules_allow_and_logs_the_probabilitie
     plain = replace(exploring.settings, exploration=Exploration())
     exploring.settings = plain
     assert not exploring.rank(Request(customers[0], k=8), now, EVERYTHING).probabilities
+
+
+def test_the_logged_probability_of_an_explored_offer_is_its_chance_to_be_in_the_list() -> None:
+    """Any of a list's slots may draw an offer: what the log keeps is the chance that it is
+    in the list at all, which off-policy estimates divide by."""
+    category = np.arange(40)
+    allowed = np.ones(40, dtype=bool)
+    beliefs = posteriors([1000] * 4 + [20] * 36, [10] * 4 + [2] * 36)
+    picked = np.arange(4)
+    appeared, said = np.zeros(40), np.zeros(40)
+    runs = 3000
+    for seed in range(runs):
+        done = explore(picked, allowed, beliefs, category, 1, 0.3,
+                       np.random.default_rng(seed))
+        for item, p, was in zip(done.items, done.probabilities, done.explored, strict=True):
+            if was:
+                appeared[item] += 1
+                said[item] += p
+    explored = appeared > 0
+    frequency = appeared[explored].sum() / runs / explored.sum()
+    assert abs(said[explored].sum() / appeared[explored].sum() - frequency) < 0.15 * frequency

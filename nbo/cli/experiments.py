@@ -230,3 +230,51 @@ def simulate(
                   f"{len(done.customers):,} customers: {done.impressions:,} impressions, "
                   f"{done.clicks:,} clicks, {done.conversions:,} purchases"
                   + (f"; {done.refused:,} calls refused" if done.refused else ""))
+
+
+@app.command("evaluate-policy")
+def evaluate_policy(
+    challenger: Annotated[str, typer.Argument(
+        help="A registered model alias (challenger) or version (7 or v7).")] = "challenger",
+    days: Annotated[float, typer.Option(min=0.001, help="Days of logged lists to estimate "
+                                                        "from.")] = 30.0,
+    k: Annotated[int, typer.Option(min=1, max=100, help="Offers per challenger's list.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the estimate as JSON.")
+                       ] = False,
+) -> None:
+    """Estimate a challenger's clicks and conversions per storefront list from the decision
+    log, before it serves anyone: inverse propensity scoring and its self-normalised form,
+    with 95% bootstrap intervals. Exploration (NBO_EXPLORE_SHARE) is what lets the log
+    speak for offers the serving model never ranks first."""
+    import tempfile
+    from pathlib import Path
+
+    import pandas as pd
+
+    from nbo.jobs.offpolicy import challenger_engine, evaluate_policy
+    from training.tracking import registered_folder, use_tracking
+
+    current = settings()
+    store = store_of(current)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                folder, version = registered_folder(use_tracking(current.tracking_uri()),
+                                                    challenger, Path(tmp))
+            except LookupError as error:
+                raise fail(str(error), EXIT_MISSING) from None
+            engine = challenger_engine(folder, version, current, store)
+            try:
+                made = evaluate_policy(engine, store, days, current.current_time(), k)
+            except ValueError as error:
+                raise fail(str(error), 2) from None
+    finally:
+        store.close()
+    if as_json:
+        console.print_json(json.dumps(made))
+        return
+    print_frame(pd.DataFrame(made["estimates"]),
+                f"version {made['challenger_version']} on {made['lists']:,} logged lists")
+    console.print(f"support: {made['support']:.1%} of the challenger's offers were shown in "
+                  f"the logged lists; largest weight {made['largest_weight']:.1f}; "
+                  f"{made['left_out']:,} lists of customers it does not know left out")
