@@ -99,5 +99,5 @@ def live_rates(store: Store, experiment: str) -> pd.DataFrame:
     credited = attribute(shown, outcomes(feedback, events, store.tokens), free, WINDOW_DAYS)
     per_list = credited.groupby(["arm", "request_id"])[["clicked", "converted"]].sum()
     rates = per_list.groupby("arm").agg(["mean", "sem", "count"])
-    rates.columns = [f"{metric}_per_list_{stat}" for metric, stat in rates.columns.to_list()]
+    rates.columns = [f"{pair[0]}_per_list_{pair[1]}" for pair in rates.columns.to_list()]
     return rates
