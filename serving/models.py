@@ -25,7 +25,7 @@ from features.context import DATASET_FILE, read_into
 from serving.arbitration import Arbiter
 from serving.assignment import CONTROL
 from serving.decision_log import Assigned
-from serving.engine import Engine, PolicySettings
+from serving.engine import Engine, Letter, PolicySettings, RequestError
 from serving.experiments import Experiment
 from serving.metrics import METRICS
 from serving.offer_policy import NEUTRAL, PolicyError, Versioned
@@ -178,6 +178,28 @@ class ModelHolder:
             return engine, None
         arm = running.experiment.arm_of(customer_id)
         return running.engines[arm.name], (running.experiment.name, arm.name)
+
+    def letters(self, customers: list[str], blocks: tuple[str, ...], at: datetime
+                ) -> tuple[list[Letter], dict[str, Assigned], dict[str, str]]:
+        """Letters of customers, each written by the engine of their experiment arm, in the
+        order asked; with each customer's arm and the model version that wrote their
+        letter."""
+        groups: dict[int, tuple[Engine, list[str]]] = {}
+        assigned: dict[str, Assigned] = {}
+        for customer_id in customers:
+            engine, arm = self.route(customer_id, at)
+            if engine is None:
+                raise RequestError("no model is loaded yet; promote one with 'nbo promote'",
+                                   503)
+            groups.setdefault(id(engine), (engine, []))[1].append(customer_id)
+            if arm is not None:
+                assigned[customer_id] = arm
+        letters, versions = {}, {}
+        for engine, group in groups.values():
+            for letter in engine.newsletter(group, blocks, at):
+                letters[letter.customer_id] = letter
+                versions[letter.customer_id] = engine.version
+        return [letters[c] for c in dict.fromkeys(customers)], assigned, versions
 
     def engines(self) -> list[Engine]:
         """Every engine serving here: the champion's and the running experiment's arms'."""

@@ -124,27 +124,6 @@ def engine_segments(engine: Engine, store: Store) -> pd.Series:
     return pd.Series(engine.state.segment[:len(ids)], index=store.tokens(ids))
 
 
-def routed_letters(holder: ModelHolder, customers: list[str], blocks: tuple[str, ...],
-                   at: datetime) -> tuple[list[Any], dict[str, Assigned], dict[str, str]]:
-    """Letters of customers, each written by the engine of their experiment arm, in the
-    order asked; with each customer's arm and the model version that wrote their letter."""
-    groups: dict[int, tuple[Engine, list[str]]] = {}
-    assigned: dict[str, Assigned] = {}
-    for customer_id in customers:
-        engine, arm = holder.route(customer_id, at)
-        if engine is None:
-            raise RequestError("no model is loaded yet; promote one with 'nbo promote'", 503)
-        groups.setdefault(id(engine), (engine, []))[1].append(customer_id)
-        if arm is not None:
-            assigned[customer_id] = arm
-    letters, versions = {}, {}
-    for engine, group in groups.values():
-        for letter in engine.newsletter(group, blocks, at):
-            letters[letter.customer_id] = letter
-            versions[letter.customer_id] = engine.version
-    return [letters[c] for c in dict.fromkeys(customers)], assigned, versions
-
-
 def count(ranking: Ranking, endpoint: str) -> None:
     METRICS.served.labels(endpoint=endpoint).inc(len(ranking.offers))
     if ranking.fallback:
@@ -309,8 +288,7 @@ class NboService:
         def work() -> NewsletterResponse:
             engine, at = self._engine(), moment(self.settings, now)
             version, request_id = engine.arbiter.version, uuid.uuid4().hex
-            written, assigned, versions = routed_letters(self.holder, customers,
-                                                         tuple(blocks), at)
+            written, assigned, versions = self.holder.letters(customers, tuple(blocks), at)
             self.decisions.record(letter_rows(written, request_id, engine.version, version,
                                               "newsletter", at, assigned, versions))
             letters = [Letter.model_validate(asdict(x)) for x in written]

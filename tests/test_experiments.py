@@ -331,6 +331,30 @@ def test_the_control_group_stays_out_of_the_experiment(
             assert held[0] == "pop-vs-als"
 
 
+def test_the_batch_newsletter_writes_each_letter_with_the_customers_arm(
+        experiment_env: tuple[Store, datetime], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nbo.cli import app
+
+    store, now = experiment_env
+    customers = [f"c{i:07d}" for i in range(120)]
+    pd.DataFrame({"customer_id": customers}).to_csv(tmp_path / "people.csv", index=False)
+    written = CliRunner().invoke(app, ["newsletter", str(tmp_path / "people.csv"),
+                                       str(tmp_path / "letters.csv"), "--now",
+                                       now.isoformat()])
+    assert written.exit_code == 0, written.output
+    assert "pop-vs-als" in written.output
+    logged = store.decisions_frame("pop-vs-als")
+    assert set(logged["endpoint"]) == {"batch"} and logged["token"].nunique() > 20
+    experiment = store.experiment("pop-vs-als")
+    arm_of = {store.token(c): experiment.arm_of(c).name for c in customers}
+    versions = {"pop": "2", "als": "1"}
+    for row in logged.drop_duplicates("token").itertuples():
+        assert row.arm == arm_of[row.token]
+        assert row.model_version == versions[row.arm]
+
+
 @pytest.fixture(scope="module")
 def two_arms_held(model_dir: Path, tmp_path_factory: pytest.TempPathFactory
                   ) -> Iterator[tuple[Any, Any, Any]]:
@@ -351,7 +375,6 @@ def two_arms_held(model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 def test_no_arm_mails_a_customer_without_e_mail_consent(
         two_arms_held: tuple[Any, Any, Any], split: int, salt: str) -> None:
     from serving.models import Running
-    from serving.service import routed_letters
 
     holder, other, store = two_arms_held
     experiment = Experiment("mail", (Arm("a", split, "m:1", "1"),
@@ -359,7 +382,7 @@ def test_no_arm_mails_a_customer_without_e_mail_consent(
     holder.running = Running(experiment, {"a": holder.engine, "b": other}, None)
     customers = [str(c) for c in holder.engine.customers.names[:150]]
     consents = store.consents_of(customers, False)
-    letters, assigned, versions = routed_letters(holder, customers, ("profile",), T0)
+    letters, assigned, versions = holder.letters(customers, ("profile",), T0)
     assert [letter.customer_id for letter in letters] == customers
     assert {c: a[1] for c, a in assigned.items()} == {
         c: experiment.arm_of(c).name for c in customers}

@@ -222,7 +222,7 @@ def newsletter(
     import pandas as pd
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from nbo.jobs.newsletter import NoServedModel, customer_ids, letters_table, served_engine
+    from nbo.jobs.newsletter import NoServedModel, customer_ids, letters_table, served_holder
     from serving.decision_log import DecisionLog
     from serving.newsletter import BLOCKS
 
@@ -244,14 +244,17 @@ def newsletter(
     decisions = DecisionLog(store, current.decision_log_days, current.current_time)
     try:
         try:
-            engine = served_engine(current, store)
+            holder = served_holder(current, store)
         except NoServedModel as error:
             raise fail(str(error), EXIT_MISSING) from None
+        engine = holder.engine
+        if engine is None:  # served_holder refuses to return one without
+            raise fail("no model is served", EXIT_MISSING)
         ids = customer_ids(frame)
         with Progress(TextColumn("newsletter"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console) as progress:
             task = progress.add_task("customers", total=len(ids))
-            table = letters_table(engine, ids, chosen, now or current.current_time(),
+            table = letters_table(holder, ids, chosen, now or current.current_time(),
                                   lambda done: progress.advance(task, done), decisions)
     finally:
         decisions.close()
@@ -261,5 +264,7 @@ def newsletter(
                                                                                     index=False)
     mailed = table.loc[table["no_mail"].isna(), "customer_id"].nunique()
     total = table["customer_id"].nunique()
+    arms = (f"; experiment {holder.status.experiment}: each customer's arm wrote their letter"
+            if holder.status.experiment else "")
     console.print(f"wrote {out}: {mailed:,} of {total:,} customers get a personalised mail "
-                  f"(model version {engine.version})")
+                  f"(model version {engine.version}{arms})")

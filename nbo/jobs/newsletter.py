@@ -6,7 +6,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -15,6 +14,7 @@ if TYPE_CHECKING:
     from features.settings import Settings
     from serving.decision_log import DecisionLog
     from serving.engine import Engine
+    from serving.models import ModelHolder
     from serving.store import Store
 
 COLUMNS = ["customer_id", "block", "product_id", "title", "score", "reason", "no_mail"]
@@ -31,37 +31,47 @@ def customer_ids(frame: pd.DataFrame) -> list[str]:
     return ids[ids != ""].drop_duplicates().tolist()
 
 
-def served_engine(settings: Settings, store: Store) -> Engine:
-    """The newest model of the BentoML store, loaded as the service loads it."""
-    import bentoml
+def served_holder(settings: Settings, store: Store) -> ModelHolder:
+    """The newest model of the BentoML store and the store's running experiment, loaded as
+    the service loads them."""
+    from serving.engine import PolicySettings
+    from serving.models import ModelHolder
 
-    from serving.engine import Engine, PolicySettings
-    from serving.models import newest
-
-    try:
-        entry = newest(settings.model_tag)
-    except bentoml.exceptions.NotFound:
-        raise NoServedModel(f"no model {settings.model_tag} in the BentoML store; run "
-                            "'nbo promote' first") from None
-    return Engine.load(Path(entry.path), str(entry.info.labels.get("mlflow_version", "")),
-                       store, PolicySettings.from_settings(settings))
+    holder = ModelHolder(settings.model_tag, store, PolicySettings.from_settings(settings),
+                         settings.allow_other_dataset)
+    holder.sync_policy()
+    said = holder.refresh()
+    if holder.engine is None:
+        raise NoServedModel(said)
+    holder.sync_experiment()
+    return holder
 
 
-def letters_table(engine: Engine, ids: list[str], blocks: tuple[str, ...], moment: datetime,
-                  advance: Callable[[int], None] | None = None,
+def letters_table(served: Engine | ModelHolder, ids: list[str], blocks: tuple[str, ...],
+                  moment: datetime, advance: Callable[[int], None] | None = None,
                   log: DecisionLog | None = None) -> pd.DataFrame:
     """Every customer's blocks as rows (one row with the reason where there is no mail),
     ``AT_ONCE`` customers at a time, each letter in the decision ``log`` where one is given;
+    a holder writes each customer's letter with the engine of their experiment arm.
     ``advance`` hears how many are done after each part."""
     from serving.decision_log import letter_rows
+    from serving.models import ModelHolder
 
     rows: list[dict[str, object]] = []
     request_id = uuid.uuid4().hex  # the batch's
+    champion = served.engine if isinstance(served, ModelHolder) else served
+    if champion is None:
+        raise NoServedModel("the holder serves no model yet")
     for start in range(0, len(ids), AT_ONCE):
-        letters = engine.newsletter(ids[start:start + AT_ONCE], blocks, moment)
+        part = ids[start:start + AT_ONCE]
+        if isinstance(served, ModelHolder):
+            letters, assigned, versions = served.letters(part, blocks, moment)
+        else:
+            letters, assigned, versions = served.newsletter(part, blocks, moment), {}, {}
         if log is not None:
-            log.record(letter_rows(letters, request_id, engine.version,
-                                   engine.arbiter.version, "batch", moment))
+            log.record(letter_rows(letters, request_id, champion.version,
+                                   champion.arbiter.version, "batch", moment, assigned,
+                                   versions))
         for letter in letters:
             if not letter.blocks:
                 rows.append({"customer_id": letter.customer_id, "no_mail": letter.no_mail})
