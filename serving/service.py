@@ -304,8 +304,8 @@ class NboService:
         self, events: Annotated[list[FeedbackEvent], Field(min_length=1, max_length=10_000)]
     ) -> FeedbackResponse:
         """Impressions, clicks, conversions and dismissals, stored before the answer; a
-        retried (request_id, product_id, action) is stored once. A conversion counts as a
-        purchase and a dismissal rests the offer, from the next request on."""
+        retried (request_id, customer_id, product_id, action) is stored once. A conversion
+        counts as a purchase and a dismissal rests the offer, from the next request on."""
 
         def work() -> FeedbackResponse:
             received = datetime.now(UTC).replace(tzinfo=None)

@@ -114,8 +114,11 @@ feedback = Table(
 )
 # one response per served offer and action: a retried feedback call is stored once (rows
 # without a request id are not deduplicated; NULLs are distinct in a unique index)
-FEEDBACK_ONCE = Index("feedback_once", feedback.c.request_id, feedback.c.product_id,
-                      feedback.c.action, unique=True)
+# a newsletter's request id covers many customers: a retry is the same customer's
+FEEDBACK_ONCE = Index("feedback_once_per_customer", feedback.c.request_id,
+                      feedback.c.customer_id, feedback.c.product_id, feedback.c.action,
+                      unique=True)
+FEEDBACK_ONCE_BEFORE = "feedback_once"  # the index without the customer, of older stores
 events = Table(  # what the storefront posts to /events, in the data contract's columns
     "events", metadata,
     Column("seq", Integer, primary_key=True, autoincrement=True),  # order of arrival
@@ -369,6 +372,7 @@ class Store:
         settled(lambda: metadata.create_all(self.engine))
         # a store made before the index or a column existed gets it too
         settled(lambda: FEEDBACK_ONCE.create(self.engine, checkfirst=True))
+        settled(self._drop_old_indexes)
         settled(self._add_columns)
         self._key = key_bytes(erasure_key)
         settled(self._check_key)
@@ -500,12 +504,14 @@ class Store:
     def append_feedback(self, rows: list[dict[str, Any]], received_at: datetime,
                         budgets: Callable[[list[dict[str, Any]]], list[tuple[str, str]]]
                         | None = None) -> Appended:
-        """Store feedback rows in one transaction; a row with the (request_id, product_id,
-        action) of a stored one is a retry and is not stored again. ``budgets`` gives, for
-        the rows new to the store, the (budget, period) each counts in (conversions), which
-        are counted in the same transaction: once, as the rows are stored once."""
+        """Store feedback rows in one transaction; a row with the (request_id, customer_id,
+        product_id, action) of a stored one is a retry and is not stored again. ``budgets``
+        gives, for the rows new to the store, the (budget, period) each counts in
+        (conversions), which are counted in the same transaction: once, as the rows are
+        stored once."""
         return settled(lambda: self._append(feedback, rows, received_at,
-                                            ("request_id", "product_id", "action"), budgets))
+                                            ("request_id", "customer_id", "product_id",
+                                             "action"), budgets))
 
     def append_events(self, rows: list[dict[str, Any]], received_at: datetime) -> Appended:
         """Store live events (the contract's columns and a client's ``event_id``) in one
@@ -1010,6 +1016,12 @@ class Store:
                        .on_conflict_do_nothing())
             return str(db.execute(select(settings_table.c.value).where(
                 settings_table.c.key == DATASET_KEY)).scalar_one())
+
+    def _drop_old_indexes(self) -> None:
+        with self.engine.begin() as db:
+            held = {index["name"] for index in inspect(db).get_indexes("feedback")}
+            if FEEDBACK_ONCE_BEFORE in held:
+                db.exec_driver_sql(f"DROP INDEX {FEEDBACK_ONCE_BEFORE}")
 
     def _add_columns(self) -> None:
         with self.engine.begin() as db:

@@ -117,6 +117,30 @@ def test_a_store_made_before_the_stage_column_gets_it(tmp_path: Path) -> None:
         store.close()
 
 
+def test_a_store_with_the_index_of_feedback_without_the_customer_drops_it(
+        tmp_path: Path) -> None:
+    import sqlalchemy
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    Store(url, "k" * 32).close()
+    old = sqlalchemy.create_engine(url)
+    with old.begin() as db:
+        db.exec_driver_sql("DROP INDEX feedback_once_per_customer")
+        db.exec_driver_sql("CREATE UNIQUE INDEX feedback_once ON feedback (request_id, "
+                           "product_id, action)")
+    old.dispose()
+    store = Store(url, "k" * 32)
+    try:
+        at = datetime(2026, 7, 1)
+        click = {"request_id": "letters-1", "product_id": "p1", "action": "click",
+                 "timestamp": at}
+        stored = store.append_feedback([{**click, "customer_id": "c1"},
+                                        {**click, "customer_id": "c2"}], at)
+        assert stored.stored == 2
+    finally:
+        store.close()
+
+
 def decision(customer: str, request: str, arm: str, products: list[str], at: datetime,
              experiment: str = "exp") -> dict[str, Any]:
     return {"request_id": request, "customer_id": customer, "channel": "web",

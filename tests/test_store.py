@@ -157,3 +157,18 @@ def test_a_key_kept_in_the_database_by_an_earlier_version_moves_out(consent_url:
     Store(consent_url, old).close()
     assert legacy_key(consent_url) is None
     Store(consent_url, old).close()  # the check value stays
+
+
+def test_feedback_on_one_newsletter_is_kept_per_customer_and_a_retry_once(
+        store: Store) -> None:
+    """A newsletter call's request id covers every letter of it: two customers clicking the
+    same offer are two clicks; the same customer's click posted again is one."""
+    at = datetime(2026, 7, 1)
+    click = {"request_id": "letters-1", "product_id": "p1", "action": "click",
+             "timestamp": at}
+    first = store.append_feedback([{**click, "customer_id": "c1"},
+                                   {**click, "customer_id": "c2"}], at)
+    again = store.append_feedback([{**click, "customer_id": "c1"}], at)
+    assert (first.stored, again.stored, again.duplicates) == (2, 0, 1)
+    assert sorted(store.feedback_frame()["customer_id"]) == ["c1", "c2"]
+

@@ -180,7 +180,7 @@ class Simulator:
                 later = at + timedelta(minutes=5, seconds=i)
                 self.feedback.append({**shown, "action": "conversion",
                                       "timestamp": later.isoformat()})
-                self.events.append({"event_id": f"sim-{request_id}-{i}",
+                self.events.append({"event_id": f"sim-{request_id}-{customer_id}-{i}",
                                     "customer_id": customer_id, "product_id": product,
                                     "event_type": "purchase", "timestamp": later.isoformat(),
                                     "quantity": 1, "channel": channel})
