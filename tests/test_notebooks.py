@@ -11,9 +11,10 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_the_four_notebooks_are_there() -> None:
+def test_the_five_notebooks_are_there() -> None:
     assert [n.name for n in NOTEBOOKS] == ["01_explore.ipynb", "02_compare_models.ipynb",
-                                           "03_segments.ipynb", "04_customer.ipynb"]
+                                           "03_segments.ipynb", "04_customer.ipynb",
+                                           "05_experiments.ipynb"]
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda n: n.name)

@@ -94,3 +94,64 @@ def log_report(report: dict[str, Any]) -> str:
 
 def _metric_name(key: str) -> str:
     return "".join(c if c.isalnum() or c in "._-/ " else "_" for c in key)
+
+
+def simulated_experiment(home: Path, shop: Path, arms: dict[str, tuple[Path, str]],
+                         now: Any, customers: int, days: int, seed: int = 0
+                         ) -> tuple[Any, Any, Any]:
+    """An experiment between saved models (arm name -> model folder with its serving context
+    and its version; the first arm serves as the champion and is the control), served in this
+    process by the service itself on a store of its own under ``home``, with ``nbo
+    simulate``'s customers of the generated ``shop`` responding for ``days`` days from
+    ``now``. The models are copied into BentoML's model store. Returns the store (open), the
+    experiment and what the simulation did. The process's environment is left as found."""
+    import os
+    import secrets
+    import shutil
+    from datetime import timedelta
+
+    from starlette.testclient import TestClient
+
+    from features.generate import hidden_tastes
+    from nbo.jobs.simulate import Simulator
+    from serving.experiments import ARM_MODEL_NAME, Arm, Experiment
+    from serving.models import MODEL_NAME, import_model
+    from serving.store import open_store
+
+    work = home / "simulated-experiment"
+    shutil.rmtree(work, ignore_errors=True)
+    key = secrets.token_urlsafe(16)
+    env = {"NBO_API_KEYS": key, "NBO_ADMIN_API_KEYS": secrets.token_urlsafe(16),
+           "NBO_ERASURE_KEY": secrets.token_hex(32),
+           "NBO_CONSENT_DB_URL": f"sqlite:///{work / 'store.db'}",
+           "NBO_NOW": now.isoformat(), "NBO_RELOAD_SECONDS": "0", "NBO_TRIGGER_SECONDS": "0"}
+    held = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        tags = {name: import_model(folder, version, MODEL_NAME if n == 0 else ARM_MODEL_NAME)
+                for n, (name, (folder, version)) in enumerate(arms.items())}
+        experiment = Experiment("simulated", tuple(
+            Arm(name, 100 / len(arms), tags[name], version)
+            for name, (_, version) in arms.items()), created_at=now)
+        store = open_store(_settings())
+        store.add_experiment(experiment)
+        store.move_experiment("simulated", "running", now)
+        from serving.service import NboService
+
+        with TestClient(NboService.to_asgi(),  # type: ignore[attr-defined]
+                        headers={"Authorization": f"Bearer {key}"}) as http:
+            done = Simulator(http, hidden_tastes(shop), seed=seed).run(
+                customers, days, now + timedelta(hours=1))
+        return store, store.experiment("simulated"), done
+    finally:
+        for name, value in held.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _settings() -> Any:
+    from features.settings import Settings
+
+    return Settings()
