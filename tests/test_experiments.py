@@ -305,9 +305,15 @@ def test_a_better_arm_is_found_better_by_the_simulated_customers(
     with TestClient(NboService.to_asgi(), headers=AUTH) as http:
         done = Simulator(http, hidden_tastes(shop), seed=1).run(400, 3, now + timedelta(
             hours=1))
-        made = http.get("/admin/experiments/pop-vs-als",
-                        headers={"Authorization": f"Bearer {ADMIN_AUTH['X-API-Key']}"}).json()
+        admin = {"Authorization": f"Bearer {ADMIN_AUTH['X-API-Key']}"}
+        made = http.get("/admin/experiments/pop-vs-als", headers=admin).json()
+        listed = http.get("/admin/experiments", headers=admin).json()
+        unknown = http.get("/admin/experiments/nothing", headers=admin)
+        refused = http.get("/admin/experiments/pop-vs-als")  # the ranking key is not enough
     forget_bentoml_collectors()
+    assert listed["serving"] == "pop-vs-als" and listed["experiments"][0]["status"] == "running"
+    assert unknown.status_code == 404 and "no experiment 'nothing'" in unknown.json()["error"]
+    assert refused.status_code == 401
     assert done.refused == 0 and done.lists == 1200 and done.mails > 0
     experiment = store.experiment("pop-vs-als")
     truth = true_lift(done.customers, lambda c: experiment.arm_of(c).name, "pop")["als"]
