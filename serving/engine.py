@@ -198,7 +198,7 @@ class Engine:
     def window(self, now: datetime) -> Window:
         settings = self.settings
         return Window(now - timedelta(days=settings.contact_window_days),
-                      now - timedelta(days=settings.dismiss_rest_days), self.as_of)
+                      now - timedelta(days=settings.dismiss_rest_days), self.as_of, now)
 
     def activity(self, customer_id: str, resolved: Resolved, now: datetime, exposure: Exposure,
                  events: list[LiveEvent] | None = None) -> Activity:
@@ -312,7 +312,8 @@ class Engine:
         for _ in range(SPEND_ATTEMPTS):  # offers whose budget ran out meanwhile are replaced
             picked = ranker.top(weighed.priority, allowed, request.k, self.offers.category,
                                 self.settings.max_per_category, then=prepared.scores)
-            explored = self._explore(picked, allowed, now) if exploring else None
+            explored = (self._explore(picked, allowed, weighed.priority, now) if exploring
+                        else None)
             if explored is not None:
                 picked = explored.items
             filling = ranker.fill(arbiter.fallback_rank, allowed, picked,
@@ -345,10 +346,11 @@ class Engine:
                        policy_version=arbiter.version, priorities=priorities, arm=arm,
                        probabilities=probabilities)
 
-    def _explore(self, picked: np.ndarray, allowed: np.ndarray, now: datetime) -> Explored:
+    def _explore(self, picked: np.ndarray, allowed: np.ndarray, priority: np.ndarray,
+                 now: datetime) -> Explored:
         exploration = self.settings.exploration
         return explore(picked, allowed, self.posteriors.now(now), self.offers.category,
-                       self.settings.max_per_category, exploration.share, self.rng)
+                       self.settings.max_per_category, exploration.share, self.rng, priority)
 
     def _offer(self, item: int, rank: int, scores: np.ndarray, reason: str,
                weighed: Priorities, explain: bool) -> Offer:

@@ -6,9 +6,11 @@ Each offer's click rate has a Beta posterior from the feedback log of the last
 ``window_days``: Beta(1 + clicks, 1 + impressions - clicks). An offer with fewer than
 ``min_impressions`` impressions is uncertain. Each slot of a list explores with probability
 ``share``: its offer is replaced by the uncertain offer with the highest draw from its
-posterior, among those that every rule allows for this customer, are not in the list yet and
-keep the list within its per-category cap. Exploration never passes a rule or consent: it
-chooses only among offers that passed them.
+posterior, among the ``CANDIDATES`` (20) uncertain offers ranking puts first of those that
+every rule allows for this customer and the list does not hold yet, and that keep the list
+within its per-category cap. Exploring among offers ranking rates well keeps the list
+relevant and each explored offer's probability high enough for off-policy estimates.
+Exploration never passes a rule or consent: it chooses only among offers that passed them.
 
 Every offer served carries the probability that it is in the list: ``1 - share`` for an offer
 ranking put there (exploration never picks ranking's offers, so only its own slot can lose
@@ -31,6 +33,7 @@ import numpy as np
 
 READ_SECONDS = 30.0  # how stale a worker's posteriors may be
 DRAWS = 256
+CANDIDATES = 20  # uncertain offers a list explores among: those ranking puts first
 
 
 @dataclass(frozen=True)
@@ -72,18 +75,28 @@ class Explored:
 
 def explore(picked: np.ndarray, allowed: np.ndarray, posteriors: Posteriors,
             category: np.ndarray, max_per_category: int, share: float,
-            rng: np.random.Generator, draws: int = DRAWS) -> Explored:
+            rng: np.random.Generator, priority: np.ndarray | None = None,
+            draws: int = DRAWS, among: int = CANDIDATES) -> Explored:
     """``picked`` (ranking's list, best first) with each slot explored with probability
-    ``share``, as the module says."""
+    ``share``, as the module says; with ``priority``, among the ``among`` uncertain offers
+    ranking puts first."""
     items = picked.copy()
     probabilities = np.full(len(items), 1.0 - share)
     explored = np.zeros(len(items), dtype=bool)
     if share <= 0 or not len(items):
         return Explored(items, np.ones(len(items)), explored)
+    slots = np.flatnonzero(rng.random(len(items)) < share)
+    if not len(slots):
+        return Explored(items, probabilities, explored)
     pool = allowed & posteriors.uncertain
     pool[items] = False
+    if priority is not None and pool.sum() > among:
+        members = np.flatnonzero(pool)
+        best = members[np.argpartition(-priority[members], among - 1)[:among]]
+        pool = np.zeros_like(pool)
+        pool[best] = True
     wins = _wins(np.flatnonzero(pool), posteriors, rng, draws)
-    for slot in np.flatnonzero(rng.random(len(items)) < share):
+    for slot in slots:
         others = np.delete(items, slot)
         counts = np.bincount(category[others], minlength=category.max() + 1)
         candidates = np.flatnonzero(pool & (counts[category] < max_per_category))

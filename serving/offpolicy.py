@@ -47,6 +47,7 @@ class Estimate:
     snips: float
     snips_low: float
     snips_high: float
+    credited: int  # outcomes on offers the challenger shares with the logged lists
 
 
 def estimate(logged: pd.DataFrame, challenger: pd.DataFrame, seed: int = 0,
@@ -87,7 +88,7 @@ def estimate(logged: pd.DataFrame, challenger: pd.DataFrame, seed: int = 0,
         estimates.append(Estimate(
             f"{reward}_per_list", float(earned.mean()), float(value.mean()), float(ips_low),
             float(ips_high), float(value.mean() / max(weight.mean(), 1e-12) * size),
-            float(snips_low), float(snips_high)))
+            float(snips_low), float(snips_high), int(shared[reward].sum())))
     basis = {"lists": len(lists), "offers_shown": len(ranked),
              "support": float(len(shared) / max(int(proposed.sum()), 1)),
              "largest_weight": float(inverse.max()) if len(inverse) else None,

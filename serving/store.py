@@ -256,7 +256,8 @@ EXPOSURE_ROWS = (
                           & (feedback.c.timestamp >= bindparam("as_of")), feedback.c.timestamp),
                          else_=None)).label("converted"))
     .where(feedback.c.customer_id.in_(_CUSTOMERS)
-           & (feedback.c.timestamp >= bindparam("since")))
+           & (feedback.c.timestamp >= bindparam("since"))
+           & (feedback.c.timestamp <= bindparam("until")))
     .group_by(feedback.c.customer_id, feedback.c.product_id))
 _LATEST = (func.row_number().over(partition_by=events.c.customer_id,
                                   order_by=(events.c.timestamp.desc(), events.c.seq.desc()))
@@ -305,11 +306,13 @@ class StoredPolicy(NamedTuple):
 class Window:
     """The moments a customer's feedback is read against: impressions and clicks count from
     ``window``, dismissals rest offers from ``rest``, conversions after ``as_of`` (the
-    model's snapshot) count as purchases."""
+    model's snapshot) count as purchases; nothing after ``until`` (the request's moment: a
+    replay or an estimate at a past moment sees only what had happened by then)."""
 
     window: datetime
     rest: datetime
     as_of: datetime
+    until: datetime = datetime.max
 
     @property
     def since(self) -> datetime:
@@ -571,7 +574,8 @@ class Store:
     def exposures(self, customer_ids: list[str], window: Window) -> dict[str, Exposure]:
         """:meth:`exposure` for many customers in one query per 900 ids."""
         rows = self._rows_for(EXPOSURE_ROWS, customer_ids, since=window.since,
-                              window=window.window, rest=window.rest, as_of=window.as_of)
+                              window=window.window, rest=window.rest, as_of=window.as_of,
+                              until=window.until)
         grouped: dict[str, list[Any]] = {}
         for row in rows:
             grouped.setdefault(row.customer_id, []).append(row)

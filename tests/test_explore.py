@@ -139,3 +139,18 @@ def test_the_logged_probability_of_an_explored_offer_is_its_chance_to_be_in_the_
     explored = appeared > 0
     frequency = appeared[explored].sum() / runs / explored.sum()
     assert abs(said[explored].sum() / appeared[explored].sum() - frequency) < 0.15 * frequency
+
+
+def test_with_priorities_exploration_chooses_among_the_offers_ranking_rates_best() -> None:
+    n = 60
+    category = np.arange(n)
+    allowed = np.ones(n, dtype=bool)
+    allowed[59] = False  # the best-rated offer is ruled out
+    beliefs = posteriors([10] * n, [1] * n)
+    priority = np.arange(n, dtype=float)  # the higher the index, the better rated
+    chosen: set[int] = set()
+    for seed in range(300):
+        done = explore(np.array([0, 1]), allowed, beliefs, category, 1, 0.5,
+                       np.random.default_rng(seed), priority, among=5)
+        chosen |= set(done.items[done.explored].tolist())
+    assert chosen == {54, 55, 56, 57, 58}

@@ -70,6 +70,14 @@ def test_exposure_counts_impressions_and_clicks_in_the_window(store: Store) -> N
     assert store.exposure("nobody", Window(NOW - timedelta(days=14), NOW, NOW)
                           ).product_ids == []
     assert len(store.feedback_frame()) == 6
+    later = [{"customer_id": "a", "product_id": "x", "action": "click",
+              "timestamp": NOW + timedelta(hours=1)}]
+    store.append_feedback(later, NOW)
+    then = store.exposure("a", Window(NOW - timedelta(days=14), NOW, NOW, NOW))
+    assert not dict(zip(then.product_ids, then.clicked.tolist(), strict=True))["x"]
+    after = store.exposure("a", Window(NOW - timedelta(days=14), NOW, NOW, NOW
+                                       + timedelta(hours=2)))
+    assert dict(zip(after.product_ids, after.clicked.tolist(), strict=True))["x"]
 
 
 def test_erasure_keeps_counts_and_a_keyed_hash_only(store: Store, consent_url: str) -> None:
