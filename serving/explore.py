@@ -3,7 +3,8 @@ about, chosen by Thompson sampling, so that new and rarely shown offers get the 
 that tell whether they work.
 
 Each offer's click rate has a Beta posterior from the feedback log of the last
-``window_days``: Beta(1 + clicks, 1 + impressions - clicks). An offer with fewer than
+``window_days``: Beta(1 + clicks, 1 + impressions - clicks); draws come from the normal
+distribution with its mean and variance. An offer with fewer than
 ``min_impressions`` impressions is uncertain. Each slot of a list explores with probability
 ``share``: its offer is replaced by the uncertain offer with the highest draw from its
 posterior, among the ``CANDIDATES`` (20) uncertain offers ranking puts first of those that
@@ -65,6 +66,17 @@ class Posteriors:
         clicks = np.minimum(clicks, impressions)
         return cls(1.0 + clicks, 1.0 + impressions - clicks, impressions < min_impressions)
 
+    def draw(self, offers: np.ndarray, rng: np.random.Generator, draws: int | None = None
+             ) -> np.ndarray:
+        """Click rates drawn for ``offers`` (``draws`` rows of them where given), from the
+        normal distribution with each Beta posterior's mean and variance: a tenth of the
+        cost of Beta draws, which the request's time cannot afford."""
+        a, b = self.alpha[offers], self.beta[offers]
+        total = a + b
+        mean, sd = a / total, np.sqrt(a * b / (total**2 * (total + 1)))
+        shape = len(offers) if draws is None else (draws, len(offers))
+        return mean + sd * rng.standard_normal(shape)
+
 
 @dataclass(frozen=True)
 class Explored:
@@ -103,7 +115,7 @@ def explore(picked: np.ndarray, allowed: np.ndarray, posteriors: Posteriors,
         if not len(candidates):
             probabilities[slot] = 1.0  # nothing to explore: ranking's offer stays for sure
             continue
-        drawn = rng.beta(posteriors.alpha[candidates], posteriors.beta[candidates])
+        drawn = posteriors.draw(candidates, rng)
         chosen = candidates[int(drawn.argmax())]
         items[slot] = chosen
         # any of the list's slots might have drawn it: the chance it is in the list at all
@@ -119,7 +131,7 @@ def _wins(pool: np.ndarray, posteriors: Posteriors, rng: np.random.Generator, dr
     """How often each offer of the pool has the highest of ``draws`` draws."""
     if not len(pool):
         return {}
-    drawn = rng.beta(posteriors.alpha[pool], posteriors.beta[pool], size=(draws, len(pool)))
+    drawn = posteriors.draw(pool, rng, draws)
     counts = np.bincount(drawn.argmax(axis=1), minlength=len(pool)) / draws
     return {int(offer): float(count) for offer, count in zip(pool, counts, strict=True)}
 
