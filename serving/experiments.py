@@ -1,7 +1,8 @@
 """Experiments: arms served side by side, each to the customers a hash assigns to it.
 
 An experiment has a name, two or more arms and a status. An arm is a name, a share of the
-experiment's customers (percent) and the registered model version it serves. Assignment is
+experiment's customers (percent), the registered model version it serves and, for a policy
+variant, an offer policy of its own (else the one in use serves it). Assignment is
 sticky and deterministic: a hash of the experiment's salt and the customer's id, so a customer
 gets the same arm in every worker, replica and restart. The universal control group stays out
 of every experiment, and consent and every rule apply in every arm.
@@ -36,6 +37,7 @@ class Arm:
     share: float  # percent of the experiment's customers
     model: str  # the BentoML store's tag of the model the arm serves
     model_version: str  # its version in the MLflow registry
+    policy: str = ""  # an offer policy variant (its YAML text); empty: the one in use
 
 
 @dataclass(frozen=True)
@@ -125,15 +127,21 @@ def check_name(name: str, what: str) -> None:
                               "'-', starting with a letter or digit")
 
 
-def parse_arms(text: str) -> list[tuple[str, float]]:
-    """``champion:50,challenger:50`` as (name, share) pairs; a clear error for bad text."""
+def parse_arms(text: str) -> list[tuple[str, str, float]]:
+    """``champion:50,challenger:50`` (or ``base=champion:50,new=champion:50``, naming each
+    arm apart from the model version it serves) as (arm, model, share); a clear error for
+    bad text."""
     arms = []
     for part in (p.strip() for p in text.split(",")):
-        name, colon, share = part.rpartition(":")
-        if not colon or not name:
-            raise ExperimentError(f"arm {part!r}: write NAME:SHARE, e.g. champion:50")
+        named, colon, share = part.rpartition(":")
+        name, equals, model = named.partition("=")
+        if not equals:
+            model = name
+        if not colon or not name.strip() or not model.strip():
+            raise ExperimentError(f"arm {part!r}: write MODEL:SHARE or NAME=MODEL:SHARE, e.g. "
+                                  "champion:50")
         try:
-            arms.append((name.strip(), float(share)))
+            arms.append((name.strip(), model.strip(), float(share)))
         except ValueError:
             raise ExperimentError(f"arm {part!r}: the share {share!r} is not a number"
                                   ) from None

@@ -26,7 +26,7 @@ from serving.arbitration import Arbiter
 from serving.assignment import CONTROL
 from serving.decision_log import Assigned
 from serving.engine import Engine, Letter, PolicySettings, RequestError
-from serving.experiments import Experiment
+from serving.experiments import Arm, Experiment
 from serving.metrics import METRICS
 from serving.offer_policy import NEUTRAL, PolicyError, Versioned
 from serving.offer_policy import load as load_policy
@@ -164,7 +164,8 @@ class ModelHolder:
         self._policy_id = 0  # the store's row of it (0: none)
         self._erasures = -1  # erasures the engine in use has forgotten
         self.running: Running | None = None
-        self._arm_engines: dict[str, Engine] = {}  # by store tag, kept while an arm serves it
+        # by store tag and policy variant, kept while an arm serves them
+        self._arm_engines: dict[tuple[str, str], Engine] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -201,12 +202,17 @@ class ModelHolder:
                 versions[letter.customer_id] = engine.version
         return [letters[c] for c in dict.fromkeys(customers)], assigned, versions
 
-    def engines(self) -> list[Engine]:
-        """Every engine serving here: the champion's and the running experiment's arms'."""
+    def engines(self, of_the_policy: bool = False) -> list[Engine]:
+        """Every engine serving here: the champion's and the running experiment's arms'
+        (``of_the_policy``: only those ranking with the offer policy in use, not an arm's
+        variant)."""
         held = [self.engine] if self.engine is not None else []
         running = self.running
         if running is not None:
-            held += [e for e in running.engines.values() if all(e is not h for h in held)]
+            variants = {a.name for a in running.experiment.arms if a.policy}
+            held += [e for name, e in running.engines.items()
+                     if all(e is not h for h in held)
+                     and not (of_the_policy and name in variants)]
         return held
 
     def sync_experiment(self) -> str | None:
@@ -227,31 +233,37 @@ class ModelHolder:
             if experiment.name in self.status.experiment_refused:
                 return None
             try:
-                engines = {arm.name: (self.engine if arm.model_version == self.status.version
-                                      else self._arm_engine(arm.model, arm.model_version))
-                           for arm in experiment.arms}
+                engines = {arm.name: self._engine_of(arm) for arm in experiment.arms}
             except Exception as error:  # the experiment waits; the champion keeps serving
                 why = f"{type(error).__name__}: {error}"
                 self.status.experiment_refused[experiment.name] = why
                 log.error("experiment %s is not served: %s", experiment.name, why)
                 self.running = None
                 return None
-            in_use = {arm.model for arm in experiment.arms}
-            self._arm_engines = {t: e for t, e in self._arm_engines.items() if t in in_use}
+            in_use = {(arm.model, arm.policy) for arm in experiment.arms}
+            self._arm_engines = {k: e for k, e in self._arm_engines.items() if k in in_use}
             self.running = Running(experiment, engines, self.status.serving)
             self.status.experiment = experiment.name
             log.info("serving experiment %s: %s", experiment.name, ", ".join(
-                f"{a.name} {a.share:g}% version {a.model_version}" for a in experiment.arms))
+                f"{a.name} {a.share:g}% version {a.model_version}"
+                + (" with its own policy" if a.policy else "") for a in experiment.arms))
             return experiment.name
 
-    def _arm_engine(self, tag: str, version: str) -> Engine:
-        if tag not in self._arm_engines:
-            entry = bentoml.models.get(tag)
+    def _engine_of(self, arm: Arm) -> Engine:
+        """The champion's engine for an arm of its version and policy, else one of the
+        arm's own (loaded once per model and policy variant)."""
+        if not arm.policy and arm.model_version == self.status.version and self.engine:
+            return self.engine
+        key = (arm.model, arm.policy)
+        if key not in self._arm_engines:
+            entry = bentoml.models.get(arm.model)
             verify(entry)
-            engine = Engine.load(Path(entry.path), version, self.store, self.settings)
-            engine.use_policy(self.policy)
-            self._arm_engines[tag] = engine
-        return self._arm_engines[tag]
+            engine = Engine.load(Path(entry.path), arm.model_version, self.store,
+                                 self.settings)
+            engine.use_policy(parse_policy(arm.policy, f"arm {arm.name}'s offer policy")
+                              if arm.policy else self.policy)
+            self._arm_engines[key] = engine
+        return self._arm_engines[key]
 
     def refresh(self) -> str:
         """Load the newest model that loads and passes its check, unless the one in use is
@@ -324,7 +336,7 @@ class ModelHolder:
             self._policy_id = self.store.put_policy(versioned.version, versioned.text, source,
                                                     at)
             self.policy = versioned
-            for serving in self.engines():
+            for serving in self.engines(of_the_policy=True):
                 serving.use_policy(versioned)
             log.info("offer policy %s in use (from %s)", versioned.version, source)
             return versioned
@@ -347,7 +359,7 @@ class ModelHolder:
         with self._lock:
             try:
                 versioned = parse_policy(held.text, f"stored policy {held.version}")
-                for serving in self.engines():
+                for serving in self.engines(of_the_policy=True):
                     serving.use_policy(versioned)
             except PolicyError as error:  # stays on the policy in use; said on every poll
                 log.error("the store's offer policy %s cannot be used: %s", held.version,

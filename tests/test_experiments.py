@@ -44,10 +44,13 @@ def test_an_experiment_that_cannot_be_split_is_refused_saying_why(arms: Any, why
         Experiment("exp", arms)
 
 
-@pytest.mark.parametrize("text, why", [("champion", "NAME:SHARE"),
+@pytest.mark.parametrize("text, why", [("champion", "MODEL:SHARE"),
                                        ("champion:half", "not a number")])
 def test_arms_text_that_cannot_be_read_says_how_to_write_it(text: str, why: str) -> None:
-    assert parse_arms("champion:50, v7:50") == [("champion", 50.0), ("v7", 50.0)]
+    assert parse_arms("champion:50, v7:50") == [("champion", "champion", 50.0),
+                                                ("v7", "v7", 50.0)]
+    assert parse_arms("base=champion:30,new=champion:70") == [
+        ("base", "champion", 30.0), ("new", "champion", 70.0)]
     with pytest.raises(ExperimentError, match=why):
         parse_arms(text)
 
@@ -385,6 +388,50 @@ def test_the_batch_newsletter_writes_each_letter_with_the_customers_arm(
         assert row.model_version == versions[row.arm]
 
 
+def test_a_policy_variant_arm_ranks_with_its_own_policy_beside_the_one_in_use(
+        service_env: Path, snapshot_dir: Path) -> None:
+    """Two arms of the same model: one with the policy in use, one with a variant that
+    suppresses a category. The variant's customers never see the category and their lists
+    are logged with its version; a new policy in use does not replace the variant."""
+    import bentoml
+
+    from features.settings import Settings
+    from features.snapshot import load_snapshot
+    from serving.service import NboService
+    from serving.store import open_store
+
+    champion = str(bentoml.models.get("nbo-ranker:latest").tag)
+    snapshot = load_snapshot(snapshot_dir)
+    now = snapshot.now.to_pydatetime()
+    category = snapshot.products.set_index("product_id")["category"]
+    variant = "version: no-kitchen\ncategories:\n  kitchen: {suppressed: true}\n"
+    store = open_store(Settings())
+    experiment = Experiment("variant", (Arm("base", 50, champion, "1"),
+                                        Arm("no-kitchen", 50, champion, "1", variant)))
+    store.add_experiment(experiment)
+    store.move_experiment("variant", "running", now)
+    admin = {"Authorization": f"Bearer {ADMIN_AUTH['X-API-Key']}"}
+    customers = [f"c{i:07d}" for i in range(80)]
+    seen: dict[str, set[str]] = {"base": set(), "no-kitchen": set()}
+    try:
+        with TestClient(NboService.to_asgi(), headers=AUTH) as http:
+            assert http.put("/admin/policy", json={"version": "in-use"},
+                            headers=admin).status_code == 200
+            for customer in customers:
+                body = http.post("/rank", json={"customer_id": customer, "k": 10, "context": {
+                    "now": now.isoformat()}}).json()
+                arm = experiment.arm_of(customer).name
+                seen[arm] |= {category[o["product_id"]] for o in body["offers"]}
+                assert body["policy_version"] == ("no-kitchen" if arm == "no-kitchen"
+                                                  else "in-use")
+        forget_bentoml_collectors()
+        assert "kitchen" in seen["base"] and "kitchen" not in seen["no-kitchen"]
+        logged = store.decisions_frame("variant").drop_duplicates("request_id")
+        assert len(logged) == len(customers)
+    finally:
+        store.close()
+
+
 @pytest.fixture(scope="module")
 def two_arms_held(model_dir: Path, tmp_path_factory: pytest.TempPathFactory
                   ) -> Iterator[tuple[Any, Any, Any]]:
@@ -448,6 +495,18 @@ def test_experiments_from_the_command_line(snapshot_dir: Path, isolated_home: Pa
     assert "arm champion: 40% of customers, model version 1" in made.output
     assert "arm challenger: 60% of customers, model version 2" in made.output
     assert nbo("experiment", "create", "knn-test").exit_code == 2  # the name is taken
+    (isolated_home / "variant.yaml").write_text("version: v2\nvalue: price\n")
+    (isolated_home / "broken.yaml").write_text("version: v3\nvalue: nonsense\n")
+    variant = nbo("experiment", "create", "policy-test", "--arms",
+                  "base=champion:50,priced=champion:50", "--policy",
+                  f"priced={isolated_home / 'variant.yaml'}")
+    assert variant.exit_code == 0, variant.output
+    assert "arm priced: 50% of customers, model version 1" in variant.output
+    assert "own offer policy" in variant.output.replace("\n", " ")
+    assert nbo("experiment", "create", "bad-policy", "--arms", "a=champion:50,b=champion:50",
+               "--policy", f"b={isolated_home / 'broken.yaml'}").exit_code == 6
+    assert nbo("experiment", "create", "bad-arm", "--arms", "a=champion:50,b=champion:50",
+               "--policy", f"c={isolated_home / 'variant.yaml'}").exit_code == 2
     assert nbo("experiment", "create", "bad", "--arms", "champion:40,v9:60").exit_code == 4
     assert nbo("experiment", "stop", "knn-test").exit_code == 2  # a draft
     assert nbo("experiment", "start", "knn-test").exit_code == 0

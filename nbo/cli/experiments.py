@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from nbo.cli.common import EXIT_MISSING, app, console, fail, print_frame, settings, store_of
+from nbo.cli.common import (
+    EXIT_MISSING,
+    EXIT_POLICY,
+    app,
+    console,
+    fail,
+    print_frame,
+    settings,
+    store_of,
+)
 
 experiment_app = typer.Typer(help="Experiments: registered model versions served side by side "
                              "to customers assigned by a hash; at most one runs at a time.",
@@ -33,8 +43,12 @@ def _now() -> datetime:
 def create(
     name: NameArgument,
     arms: Annotated[str, typer.Option(
-        help="Arms as ALIAS:SHARE, comma-separated, shares adding up to 100: each a registered "
-        "model alias (champion, challenger) or version (7 or v7).")] = "champion:50,challenger:50",
+        help="Arms as MODEL:SHARE or NAME=MODEL:SHARE, comma-separated, shares adding up to "
+        "100: MODEL a registered alias (champion, challenger) or version (7 or v7).")
+    ] = "champion:50,challenger:50",
+    policy: Annotated[list[str] | None, typer.Option(
+        help="ARM=FILE: the arm ranks with this offer policy instead of the one in use (a "
+        "policy variant); repeat for more arms.")] = None,
     salt: Annotated[str, typer.Option(help="Salt of the assignment hash; default: the "
                                            "name.")] = "",
     min_customers: Annotated[int, typer.Option(
@@ -44,12 +58,23 @@ def create(
     them; 'nbo experiment start' serves it."""
     from nbo.jobs.experiments import arms_of
     from serving.experiments import Experiment, ExperimentError, check_name, parse_arms
+    from serving.offer_policy import PolicyError, load
     from training.tracking import use_tracking
 
     try:
         check_name(name, "experiment")
-        pairs = parse_arms(arms)
-        served = arms_of(use_tracking(settings().tracking_uri()), pairs)
+        wanted = parse_arms(arms)
+        variants = {}
+        for pair in policy or []:
+            arm_name, equals, file = pair.partition("=")
+            if not equals or arm_name not in {w[0] for w in wanted}:
+                raise ExperimentError(f"--policy {pair!r}: write ARM=FILE for an arm of "
+                                      f"--arms ({', '.join(w[0] for w in wanted)})")
+            try:
+                variants[arm_name] = load(Path(file)).text
+            except PolicyError as error:
+                raise fail(str(error), EXIT_POLICY) from None
+        served = arms_of(use_tracking(settings().tracking_uri()), wanted, variants)
         experiment = Experiment(name, tuple(served), salt, min_customers, created_at=_now())
         store = _store()
         try:
@@ -62,7 +87,8 @@ def create(
         raise fail(str(error), EXIT_MISSING) from None
     for arm in experiment.arms:
         console.print(f"arm {arm.name}: {arm.share:g}% of customers, model version "
-                      f"{arm.model_version} ({arm.model})")
+                      f"{arm.model_version} ({arm.model})"
+                      + (", its own offer policy" if arm.policy else ""))
     console.print(f"created experiment {name} (a draft); start it with 'nbo experiment start "
                   f"{name}'")
 
@@ -194,7 +220,6 @@ def simulate(
     get rankings and mails, click and buy as their hidden tastes make likely, and post the
     feedback and purchases. 'nbo report experiment' then measures what a running experiment
     changed."""
-    from pathlib import Path
 
     import httpx
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -247,7 +272,6 @@ def evaluate_policy(
     with 95% bootstrap intervals. Exploration (NBO_EXPLORE_SHARE) is what lets the log
     speak for offers the serving model never ranks first."""
     import tempfile
-    from pathlib import Path
 
     import pandas as pd
 

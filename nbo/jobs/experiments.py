@@ -16,20 +16,23 @@ if TYPE_CHECKING:
     from serving.store import Store
 
 
-def arms_of(client: Any, pairs: list[tuple[str, float]]) -> list[Arm]:
-    """Each (registered model alias or version, share) as an arm serving that version: its
-    model is copied into BentoML's store under the arms' name, once per version."""
+def arms_of(client: Any, wanted: list[tuple[str, str, float]],
+            policies: dict[str, str] | None = None) -> list[Arm]:
+    """Each (arm, registered model alias or version, share) as an arm serving that version,
+    with its offer policy variant's text where ``policies`` names the arm: its model is
+    copied into BentoML's store under the arms' name, once per version."""
     from serving.experiments import Arm
     from training.tracking import registered_folder
 
+    policies = policies or {}
     tags: dict[str, str] = {}
     arms = []
     with tempfile.TemporaryDirectory() as tmp:
-        for at, (ref, share) in enumerate(pairs):
+        for at, (name, ref, share) in enumerate(wanted):
             folder, version = registered_folder(client, ref, Path(tmp) / str(at))
             if version not in tags:
                 tags[version] = arm_model(folder, version)
-            arms.append(Arm(ref, share, tags[version], version))
+            arms.append(Arm(name, share, tags[version], version, policies.get(name, "")))
     return arms
 
 
