@@ -27,6 +27,7 @@ from typing import Any
 
 from serving.assignment import CONTROL, CONTROL_GROUP
 from serving.newsletter import Letter
+from serving.reasons import EXPLORED
 from serving.requests import Ranking
 from serving.store import Store
 
@@ -60,7 +61,8 @@ def ranking_row(ranking: Ranking, channel: str, endpoint: str, at: datetime,
             "offers": [{"product_id": o.product_id, "position": o.rank, "score": o.score,
                         "priority": ranking.priorities[n] if ranking.priorities else None,
                         "probability": ranking.probabilities[n] if ranking.probabilities
-                        else 1.0} for n, o in enumerate(ranking.offers)]}
+                        else 1.0, "explored": o.reason == EXPLORED}
+                       for n, o in enumerate(ranking.offers)]}
 
 
 def letter_rows(letters: Iterable[Letter], request_id: str, model_version: str,

@@ -1109,8 +1109,8 @@ class Store:
         """The decision log's rows of an experiment (None: of every experiment, the
         universal control group's included; ``every``: every row, in an experiment or not),
         ``start`` to ``end`` where given, one row per offer shown: token, request id,
-        channel, endpoint, experiment, arm, stage, moment, model version, product, position
-        and the probability it was chosen with."""
+        channel, endpoint, experiment, arm, stage, moment, model version, product, position,
+        the probability it was in the list and whether exploration put it there."""
         column = decision_log.c.experiment
         statement = select(decision_log)
         if not every:
@@ -1124,11 +1124,12 @@ class Store:
             rows = db.execute(statement.order_by(decision_log.c.id)).all()
         shown = [(row.token, row.request_id, row.channel, row.endpoint, row.experiment,
                   row.arm, row.stage, _naive(row.decided_at), row.model_version,
-                  offer["product_id"], offer["position"], offer.get("probability", 1.0))
+                  offer["product_id"], offer["position"], offer.get("probability", 1.0),
+                  bool(offer.get("explored", False)))
                  for row in rows for offer in json.loads(row.offers)]
         return pd.DataFrame(shown, columns=[
             "token", "request_id", "channel", "endpoint", "experiment", "arm", "stage",
-            "decided_at", "model_version", C.product, "position", "probability"])
+            "decided_at", "model_version", C.product, "position", "probability", "explored"])
 
     def _check_key(self) -> None:
         """Record the key's check value, or refuse a key other than the recorded one. A

@@ -55,6 +55,44 @@ def test_ips_and_snips_find_the_challengers_value_within_their_intervals() -> No
     assert basis["largest_weight"] == pytest.approx(N_OFFERS / K)
 
 
+DECAY = 0.6  # how a place's click rate falls: position^-0.6
+
+
+def logged_by_place(seed: int, lists: int = 4000) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A log whose five offers were all explored into random places, clicked with the
+    offer's rate times its place's; the challenger shows only the best offer, first."""
+    rng = np.random.default_rng(seed)
+    shown = np.vstack([rng.choice(N_OFFERS, K, replace=False) for _ in range(lists)])
+    places = np.tile(np.arange(1, K + 1), (lists, 1))
+    clicked = rng.random(shown.shape) < THETA[shown] * places ** -DECAY
+    logged = pd.DataFrame({
+        "request_id": np.repeat([f"r{i}" for i in range(lists)], K),
+        "product_id": [f"p{i}" for i in shown.ravel()], "position": places.ravel(),
+        "probability": K / N_OFFERS, "explored": True, "clicked": clicked.ravel(),
+        "converted": False})
+    challenger = pd.DataFrame({"request_id": [f"r{i}" for i in range(lists)],
+                               "product_id": f"p{TARGET[0]}"})
+    return logged, challenger
+
+
+def test_the_position_corrected_estimate_credits_outcomes_at_the_challengers_places() -> None:
+    """The best offer at the first place earns its full rate; the log showed it at every
+    place alike, where plain IPS credits it with the average place's rate."""
+    truth = THETA[TARGET[0]]
+    covered, plain, decays = 0, [], []
+    seeds = 40
+    for seed in range(seeds):
+        clicks, basis = estimate(*logged_by_place(seed), seed=seed, resamples=300)
+        covered += clicks[0].position_ips_low <= truth <= clicks[0].position_ips_high
+        plain.append(clicks[0].ips)
+        decays.append(basis["position_decay"])
+    assert covered / seeds >= 0.85, covered
+    assert abs(np.mean(decays) - DECAY) < 0.1
+    assert np.mean(plain) < 0.7 * truth
+    without, basis = estimate(*logged_lists(0, 200), resamples=10)
+    assert basis["position_decay"] is None and without[0].position_ips is None
+
+
 def test_a_log_that_cannot_speak_for_the_challenger_says_so() -> None:
     logged, challenger = logged_lists(0, 50)
     with pytest.raises(ValueError, match="probability 0"):
@@ -116,6 +154,9 @@ def test_the_estimate_from_an_exploring_champion_covers_what_the_challenger_then
         # IPS is unbiased where every offer's response is the same at any position; SNIPS
         # trades bias for variance (bench/results/experiments.md shows both)
         assert clicks["ips_low"] <= earned <= clicks["ips_high"], (clicks, earned)
+        assert foretold["position_decay"] is not None
+        assert clicks["position_ips_low"] <= earned <= clicks["position_ips_high"], (
+            clicks, earned)
         assert earned < live.loc["champion", "clicked_per_list_mean"]
     finally:
         store.close()
