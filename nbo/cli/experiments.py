@@ -299,6 +299,9 @@ def evaluate_policy(
         return
     print_frame(pd.DataFrame(made["estimates"]),
                 f"version {made['challenger_version']} on {made['lists']:,} logged lists")
+    decay = made["position_decay"]
     console.print(f"support: {made['support']:.1%} of the challenger's offers were shown in "
                   f"the logged lists; largest weight {made['largest_weight']:.1f}; "
-                  f"{made['left_out']:,} lists of customers it does not know left out")
+                  f"{made['left_out']:,} lists of customers it does not know left out; "
+                  + ("too few explored clicks to correct for places" if decay is None
+                     else f"attention falls as position^-{decay:.2f}"))
