@@ -61,6 +61,11 @@ def amend(document: dict[str, Any], admin: bool) -> dict[str, Any]:
                                     "the triggers.", "content": error}
                 responses["503"] = {"description": "No model is loaded yet.",
                                     "content": error}
+            if path == "/admin/experiments/{name}":
+                responses["404"] = {"description": "No experiment of this name.",
+                                    "content": error}
+                responses["503"] = {"description": "No model is loaded yet.",
+                                    "content": error}
             if method == "delete" or (method == "post" and path in BODILESS):
                 for code in ("413", "415"):  # no body to refuse
                     del responses[code]
