@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     explore_window_days: float = Field(
         30.0, gt=0, description="Days of the feedback log exploration's posteriors count."
     )
+    explore_candidates: int = Field(
+        20, ge=1, description="Uncertain offers a ranking explores among: those it rates "
+        "best. Fewer keep lists relevant; more let off-policy estimates speak for offers "
+        "the serving model rates low."
+    )
     explore_seed: int | None = Field(
         None, description="Seed of exploration's draws, for a reproducible simulation; None: "
         "fresh draws in every process."

@@ -350,7 +350,8 @@ class Engine:
                  now: datetime) -> Explored:
         exploration = self.settings.exploration
         return explore(picked, allowed, self.posteriors.now(now), self.offers.category,
-                       self.settings.max_per_category, exploration.share, self.rng, priority)
+                       self.settings.max_per_category, exploration.share, self.rng, priority,
+                       among=exploration.candidates)
 
     def _offer(self, item: int, rank: int, scores: np.ndarray, reason: str,
                weighed: Priorities, explain: bool) -> Offer:

@@ -7,7 +7,7 @@ Each offer's click rate has a Beta posterior from the feedback log of the last
 distribution with its mean and variance. An offer with fewer than
 ``min_impressions`` impressions is uncertain. Each slot of a list explores with probability
 ``share``: its offer is replaced by the uncertain offer with the highest draw from its
-posterior, among the ``CANDIDATES`` (20) uncertain offers ranking puts first of those that
+posterior, among the ``candidates`` (20) uncertain offers ranking puts first of those that
 every rule allows for this customer and the list does not hold yet, and that keep the list
 within its per-category cap. Exploring among offers ranking rates well keeps the list
 relevant and each explored offer's probability high enough for off-policy estimates.
@@ -43,12 +43,15 @@ class Exploration:
     min_impressions: int = 200
     window_days: float = 30.0
     seed: int | None = None  # of the draws; None: fresh in every process
+    candidates: int = CANDIDATES  # the uncertain offers ranking puts first, explored among
 
     def __post_init__(self) -> None:
         if not 0 <= self.share <= 0.5:
             raise ValueError(f"the exploration share is 0 to 0.5 of slots, not {self.share}")
         if self.min_impressions < 1:
             raise ValueError("an offer is uncertain under at least one impression")
+        if self.candidates < 1:
+            raise ValueError("exploration needs at least one candidate offer")
 
 
 NO_EXPLORATION = Exploration()

@@ -45,7 +45,8 @@ class PolicySettings:
                    ControlGroup(settings.control_share, settings.control_salt,
                                 settings.control_period, settings.control_mail),
                    Exploration(settings.explore_share, settings.explore_min_impressions,
-                               settings.explore_window_days, settings.explore_seed))
+                               settings.explore_window_days, settings.explore_seed,
+                               settings.explore_candidates))
 
 
 @dataclass

@@ -154,3 +154,26 @@ def test_with_priorities_exploration_chooses_among_the_offers_ranking_rates_best
                        np.random.default_rng(seed), priority, among=5)
         chosen |= set(done.items[done.explored].tolist())
     assert chosen == {54, 55, 56, 57, 58}
+
+
+def test_the_engine_explores_among_as_many_candidates_as_set(
+        model_dir: Path, tmp_path: Path, snapshot_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from features.settings import Settings
+
+    monkeypatch.setenv("NBO_EXPLORE_SHARE", "0.5")
+    monkeypatch.setenv("NBO_EXPLORE_CANDIDATES", "1")
+    settings = PolicySettings.from_settings(Settings())
+    assert settings.exploration.candidates == 1 and settings.exploration.share == 0.5
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}", ERASURE_KEY)
+    now = load_snapshot(snapshot_dir).now.to_pydatetime()
+    customers = [str(c) for c in Engine.load(model_dir, "1", store, settings)
+                 .customers.names[:40]]
+    most = {}
+    for candidates in (1, 20):
+        engine = Engine.load(model_dir, "1", store, replace(settings, exploration=Exploration(
+            0.5, min_impressions=10**6, seed=3, candidates=candidates)))
+        most[candidates] = max(sum(o.reason == EXPLORED for o in engine.rank(
+            Request(c, k=8), now, EVERYTHING).offers) for c in customers)
+    assert most[1] == 1 and most[20] > 1
+    store.close()
