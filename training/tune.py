@@ -160,7 +160,7 @@ class Tuned:
 def tune(
     experiment: Experiment, kind: str, trials: int, storage: str, study_name: str | None = None,
     seed: int | None = None, report: Callable[[str], None] | None = None,
-    validation: list[Experiment] | None = None,
+    validation: list[Experiment] | None = None, workers: StudyWorkers | None = None,
 ) -> Tuned:
     """Search ``kind``'s space; the default config is trial 0 of a new study.
 
@@ -171,15 +171,19 @@ def tune(
     Several workers may share one study (one ``storage``): each samples with its own seed
     (``seed``, else a fresh one; both logged), and only the worker that finishes last (no
     other worker still sampling, no trial of the study running) registers the study's best,
-    unless that trial is registered already: one challenger per study.
+    unless that trial is registered already: one challenger per study. ``workers``: this
+    worker's sign-in to the study, made as early as the caller could (else here).
     """
     seed = secrets.randbits(31) if seed is None else seed
     folds = validation or [experiment]
     model_class = MODELS[kind]
     space = model_class.search_space
     name = study_name or f"nbo-{kind}-{experiment.key}-folds{len(folds)}"
-    workers = StudyWorkers(storage, name)  # sampling from now on, before Optuna's opening
-    workers.join()
+    if workers is None:  # sampling from now on, before Optuna's opening
+        workers = StudyWorkers(storage, name)
+        workers.join()
+    elif workers.study != name:
+        raise ValueError(f"the worker signed in to study {workers.study!r}, not {name!r}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=name, storage=study_storage(storage), direction="maximize", load_if_exists=True,

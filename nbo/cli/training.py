@@ -166,22 +166,35 @@ def tune(
     windows before the evaluation split; every trial is an MLflow child run; the best is
     evaluated on the split, refit, logged and registered as challenger."""
     from training.pipeline import validation_folds
+    from training.tune import StudyWorkers
     from training.tune import tune as run
 
     _model_params(model, [])
-    experiment = experiment_of(snapshot, cutoff, test_days, k)
-    try:
-        validation = validation_folds(experiment, folds, test_days) if folds else None
-    except ValueError as exc:
-        raise fail(f"cannot make {folds} validation window(s): {exc}", EXIT_DATA) from None
     current = settings()
     url = storage or current.optuna_url()
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    tracking()
-    with steps(f"tuning {model}") as step:
-        result = run(experiment, model, trials, url, study, seed, report=step,
-                     validation=validation)
+    # a named study's workers sign in before loading anything: a worker slow to start must
+    # not find the study's others all gone and register a second challenger
+    joined = StudyWorkers(url, study) if study else None
+    if joined is not None:
+        joined.join()
+    try:
+        experiment = experiment_of(snapshot, cutoff, test_days, k)
+        try:
+            validation = validation_folds(experiment, folds, test_days) if folds else None
+        except ValueError as exc:
+            raise fail(f"cannot make {folds} validation window(s): {exc}", EXIT_DATA
+                       ) from None
+        tracking()
+        with steps(f"tuning {model}") as step:
+            result = run(experiment, model, trials, url, study, seed, report=step,
+                         validation=validation, workers=joined)
+    except BaseException:
+        if joined is not None:  # tune() leaves once it has sampled; a failure before, here
+            joined.leave()
+            joined.close()
+        raise
     trials_done = result.study.trials
     pruned = sum(t.state.name == "PRUNED" for t in trials_done)
     console.print(f"{len(trials_done)} trials in study '{result.study.study_name}' "
