@@ -92,6 +92,17 @@ def simulate(url: str, tastes: Any, customers: int, days: int, start: datetime, 
     return done
 
 
+def start_experiment(store: Any, name: str, arms: tuple[Any, ...], now: datetime) -> Any:
+    """Start an experiment of ``arms`` and give both workers' watchers
+    (``NBO_RELOAD_SECONDS=1``) the time to take it up; the experiment as stored."""
+    from serving.experiments import Experiment
+
+    store.add_experiment(Experiment(name, arms))
+    store.move_experiment(name, "running", now)
+    time.sleep(3)
+    return store.experiment(name)
+
+
 def workers_rss(url: str) -> list[float]:
     from serving import process
 
@@ -113,7 +124,7 @@ def main() -> None:
     from features.snapshot import build_snapshot, load_snapshot
     from nbo.jobs.offpolicy import challenger_engine, evaluate_policy, live_rates
     from nbo.jobs.simulate import true_lift
-    from serving.attribution import Prices, attribute, outcomes
+    from serving.attribution import Prices, credited
     from serving.experiments import ARM_MODEL_NAME, Arm, Experiment
     from serving.report import report
     from training.data import TrainData
@@ -154,17 +165,12 @@ def main() -> None:
 
     # 1. a known difference ------------------------------------------------------------------
     with service(work, "ab", now) as (url, store):
-        store.add_experiment(Experiment("ab", (Arm("blend", 50, champion, "1"),
-                                               Arm("popularity", 50, popular, "2"))))
-        store.move_experiment("ab", "running", now)
-        time.sleep(3)
+        experiment = start_experiment(store, "ab", (Arm("blend", 50, champion, "1"),
+                                                    Arm("popularity", 50, popular, "2")), now)
         rss_two = workers_rss(url)
         done = simulate(url, tastes, n, days, start, seed=1)
-        experiment = store.experiment("ab")
-        shown = store.decisions_frame("ab")
-        happened = outcomes(store.feedback_frame(), store.events_frame()[0], store.tokens)
-        made = report("ab", attribute(shown, happened, prices), experiment.shares(), "blend",
-                      experiment.min_customers)
+        made = report("ab", credited(store, store.decisions_frame("ab"), prices),
+                      experiment.shares(), "blend", experiment.min_customers)
     truth = {m: true_lift(done.customers, lambda c: experiment.arm_of(c).name, "blend", m)
              ["popularity"] for m in ("expected_clicks", "expected_conversions")}
     lines += ["## 1. A challenger worse by a known margin", "",
@@ -197,15 +203,11 @@ def main() -> None:
     # 2. identical arms, two engines ---------------------------------------------------------
     with service(work, "aa", now) as (url, store):
         rss_one = workers_rss(url)
-        store.add_experiment(Experiment("aa", (Arm("blend", 50, champion, "1"),
-                                               Arm("twin", 50, twin, "3"))))
-        store.move_experiment("aa", "running", now)
-        time.sleep(3)
+        start_experiment(store, "aa", (Arm("blend", 50, champion, "1"),
+                                       Arm("twin", 50, twin, "3")), now)
         rss_twin = workers_rss(url)
         done = simulate(url, tastes, n, days, start, seed=2)
-        shown = store.decisions_frame("aa")
-        happened = outcomes(store.feedback_frame(), store.events_frame()[0], store.tokens)
-        attributed = attribute(shown, happened, prices)
+        attributed = credited(store, store.decisions_frame("aa"), prices)
         tokens = dict(zip(store.tokens(done.customers["customer_id"].to_numpy(dtype=str)),
                           done.customers["customer_id"], strict=True))
     arms = (Arm("blend", 50, champion, "1"), Arm("twin", 50, twin, "3"))
@@ -261,10 +263,8 @@ def main() -> None:
     from features.settings import Settings
 
     with service(work, "live", now) as (url, store):  # the same days, a store of its own
-        store.add_experiment(Experiment("live", (Arm("blend", 50, champion, "1"),
-                                                 Arm("popularity", 50, popular, "2"))))
-        store.move_experiment("live", "running", now)
-        time.sleep(3)
+        start_experiment(store, "live", (Arm("blend", 50, champion, "1"),
+                                         Arm("popularity", 50, popular, "2")), now)
         simulate(url, tastes, n, days, start, seed=5)
         live = live_rates(store, "live")
     champion_live = live.loc["blend", "clicked_per_list_mean"]

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from features.columns import Columns as C
+
+if TYPE_CHECKING:
+    from serving.store import Store
 
 WINDOW_DAYS = 7.0
 CLICK, CONVERSION, PURCHASE = "click", "conversion", "purchase"
@@ -36,12 +40,29 @@ class Prices:
     margin: pd.Series
 
     @classmethod
+    def of(cls, products: Any, price: Any, margin: Any) -> Prices:
+        """Prices of parallel arrays (unknown ones 0): the catalogue's, or the engine's."""
+        return cls(pd.Series(price, index=products, dtype=float).fillna(0.0),
+                   pd.Series(margin, index=products, dtype=float).fillna(0.0))
+
+    @classmethod
     def from_offers(cls, offers: pd.DataFrame) -> Prices:
         table = offers.set_index(C.product)
         nothing = pd.Series(0.0, index=table.index)
-        price = pd.to_numeric(table.get(C.price, nothing), errors="coerce").fillna(0.0)
-        margin = pd.to_numeric(table.get(C.margin, nothing), errors="coerce").fillna(0.0)
-        return cls(price.astype(float), margin.astype(float))
+        return cls.of(table.index, pd.to_numeric(table.get(C.price, nothing), errors="coerce"),
+                      pd.to_numeric(table.get(C.margin, nothing), errors="coerce"))
+
+
+NO_PRICES = Prices(pd.Series(dtype=float), pd.Series(dtype=float))  # for rates, no revenue
+
+
+def credited(store: Store, shown: pd.DataFrame, prices: Prices = NO_PRICES,
+             window_days: float = WINDOW_DAYS) -> pd.DataFrame:
+    """``shown`` (the store's decision log, see :meth:`Store.decisions_frame`) with what the
+    store's feedback and events credit to each offer shown (:func:`attribute`)."""
+    events, _ = store.events_frame()
+    happened = outcomes(store.feedback_frame(), events, store.tokens)
+    return attribute(shown, happened, prices, window_days)
 
 
 def outcomes(feedback: pd.DataFrame, events: pd.DataFrame,

@@ -188,7 +188,7 @@ def experiment_report(store: Any, name: str, prices: Any, control: str | None = 
     with ``control_share`` as its assigned share). ``control``: the arm the others are
     compared with (the first arm, or the control group's ``control``)."""
     from serving.assignment import CONTROL, CONTROL_GROUP, PERSONALISED
-    from serving.attribution import WINDOW_DAYS, attribute, outcomes
+    from serving.attribution import WINDOW_DAYS, credited
 
     if name == CONTROL_GROUP:
         if not 0 < control_share < 1:
@@ -203,8 +203,5 @@ def experiment_report(store: Any, name: str, prices: Any, control: str | None = 
         shown = store.decisions_frame(name, experiment.started_at, experiment.stopped_at)
         shares, minimum = experiment.shares(), experiment.min_customers
         first = experiment.arms[0].name
-    feedback = store.feedback_frame()
-    events, _ = store.events_frame()
-    happened = outcomes(feedback, events, store.tokens)
-    attributed = attribute(shown, happened, prices, window_days or WINDOW_DAYS)
+    attributed = credited(store, shown, prices, window_days or WINDOW_DAYS)
     return report(name, attributed, shares, control or first, minimum, segments)

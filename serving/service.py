@@ -112,12 +112,6 @@ def rank_response(engine: Engine, store: Store, request: RankRequest, now: datet
     return ranking_body(ranking)
 
 
-def engine_prices(engine: Engine) -> Prices:
-    offers = engine.offers
-    return Prices(pd.Series(offers.price, index=offers.ids).fillna(0.0),
-                  pd.Series(offers.margin, index=offers.ids).fillna(0.0))
-
-
 def engine_segments(engine: Engine, store: Store) -> pd.Series:
     """Each customer's segment by their token, as the engine knows it."""
     ids = np.asarray(engine.customers.ids, dtype=str)
@@ -448,7 +442,9 @@ class NboService:
             self.decisions.flush()
             summary = ({"name": name} if name == CONTROL_GROUP
                        else self.store.experiment(name).summary())
-            made = experiment_report(self.store, name, engine_prices(engine), control,
+            offers = engine.offers
+            prices = Prices.of(offers.ids, offers.price, offers.margin)
+            made = experiment_report(self.store, name, prices, control,
                                      self.settings.control_share, window_days,
                                      engine_segments(engine, self.store))
             return {**summary, "served_here": self.holder.status.experiment == name,

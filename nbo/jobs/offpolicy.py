@@ -37,14 +37,11 @@ def logged_lists(store: Store, since: datetime, until: datetime) -> pd.DataFrame
     control group's baseline left out), one row per offer shown, with what was credited to
     it (:mod:`serving.attribution`)."""
     from serving.assignment import CONTROL
-    from serving.attribution import WINDOW_DAYS, Prices, attribute, outcomes
+    from serving.attribution import credited
 
     shown = store.decisions_frame(None, since, until, every=True)
-    shown = shown[(shown["endpoint"] == "rank") & (shown["arm"].fillna("") != CONTROL)]
-    feedback = store.feedback_frame()
-    events, _ = store.events_frame()
-    free = Prices(pd.Series(dtype=float), pd.Series(dtype=float))  # rates need no prices
-    return attribute(shown, outcomes(feedback, events, store.tokens), free, WINDOW_DAYS)
+    return credited(store, shown[(shown["endpoint"] == "rank")
+                                 & (shown["arm"].fillna("") != CONTROL)])
 
 
 def challenger_lists(engine: Engine, store: Store, logged: pd.DataFrame, k: int
@@ -89,15 +86,11 @@ def evaluate_policy(engine: Engine, store: Store, days: float, now: datetime, k:
 def live_rates(store: Store, experiment: str) -> pd.DataFrame:
     """Per arm of a live experiment, the clicks and conversions per storefront list with
     their standard errors and the number of lists: what an off-policy estimate foretold."""
-    from serving.attribution import WINDOW_DAYS, Prices, attribute, outcomes
+    from serving.attribution import credited
 
     shown = store.decisions_frame(experiment)
-    shown = shown[shown["endpoint"] == "rank"]
-    feedback = store.feedback_frame()
-    events, _ = store.events_frame()
-    free = Prices(pd.Series(dtype=float), pd.Series(dtype=float))
-    credited = attribute(shown, outcomes(feedback, events, store.tokens), free, WINDOW_DAYS)
-    per_list = credited.groupby(["arm", "request_id"])[["clicked", "converted"]].sum()
+    lists = credited(store, shown[shown["endpoint"] == "rank"])
+    per_list = lists.groupby(["arm", "request_id"])[["clicked", "converted"]].sum()
     rates = per_list.groupby("arm").agg(["mean", "sem", "count"])
     rates.columns = [f"{pair[0]}_per_list_{pair[1]}" for pair in rates.columns.to_list()]
     return rates
