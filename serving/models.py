@@ -169,11 +169,18 @@ class ModelHolder:
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
-    def route(self, customer_id: str, now: datetime) -> tuple[Engine | None, Assigned | None]:
+    def serving(self) -> Engine:
+        """The champion's engine; a 503 refusal while nothing is loaded."""
+        engine = self.engine
+        if engine is None:
+            raise RequestError("no model is loaded yet; promote one with 'nbo promote'", 503)
+        return engine
+
+    def route(self, customer_id: str, now: datetime) -> tuple[Engine, Assigned | None]:
         """The engine that answers the customer and their experiment arm: the champion and
         none for the universal control group and while no experiment runs."""
-        engine, running = self.engine, self.running
-        if running is None or engine is None:
+        engine, running = self.serving(), self.running
+        if running is None:
             return engine, None
         if engine.settings.control.arm(customer_id, now) == CONTROL:
             return engine, None
@@ -189,9 +196,6 @@ class ModelHolder:
         assigned: dict[str, Assigned] = {}
         for customer_id in customers:
             engine, arm = self.route(customer_id, at)
-            if engine is None:
-                raise RequestError("no model is loaded yet; promote one with 'nbo promote'",
-                                   503)
             groups.setdefault(id(engine), (engine, []))[1].append(customer_id)
             if arm is not None:
                 assigned[customer_id] = arm

@@ -201,16 +201,7 @@ class NboService:
         return content + METRICS.text()
 
     def _engine(self) -> Engine:
-        engine = self.holder.engine
-        if engine is None:
-            raise RequestError("no model is loaded yet; promote one with 'nbo promote'", 503)
-        return engine
-
-    def _route(self, customer_id: str, now: datetime) -> tuple[Engine, Assigned | None]:
-        engine, assigned = self.holder.route(customer_id, now)
-        if engine is None:
-            raise RequestError("no model is loaded yet; promote one with 'nbo promote'", 503)
-        return engine, assigned
+        return self.holder.serving()
 
     async def _answer(self, work: Callable[[], T], in_thread: bool = False) -> T | JSONResponse:
         try:
@@ -237,7 +228,7 @@ class NboService:
             now = moment(self.settings, given.now)
             request = RankRequest(customer_id, channel, k, now, given.product_id, given.cart,
                                   given.session, given.region, explain)
-            engine, assigned = self._route(customer_id, now)
+            engine, assigned = self.holder.route(customer_id, now)
             return rank_response(engine, self.store, request, now, self.decisions, assigned)
 
         return await self._answer(work)  # type: ignore[return-value]
@@ -255,7 +246,7 @@ class NboService:
 
         def work() -> SimilarResponse:
             at = moment(self.settings, now)
-            engine, assigned = (self._route(customer_id, at) if customer_id
+            engine, assigned = (self.holder.route(customer_id, at) if customer_id
                                 else (self._engine(), None))
             consent = (self.store.consent(customer_id, engine.settings.personalization_default)
                        if customer_id else None)
