@@ -84,7 +84,7 @@ class Posteriors:
 @dataclass(frozen=True)
 class Explored:
     items: np.ndarray  # the list after exploration
-    probabilities: np.ndarray  # with which each was chosen for its slot
+    probabilities: np.ndarray  # the chance each is in the list (1 - share: ranking's own)
     explored: np.ndarray  # bool: chosen by exploration
 
 
