@@ -135,6 +135,13 @@ class Settings(BaseSettings):
         None, description="Seed of exploration's draws, for a reproducible simulation; None: "
         "fresh draws in every process."
     )
+    console_session_hours: float = Field(
+        8.0, gt=0, le=24 * 30, description="How long a console login lasts (the cookie and "
+        "the store's record of it).")
+    console_secure_cookie: bool = Field(
+        True, description="Mark the console's cookies Secure: browsers send them over HTTPS "
+        "and to localhost only. Turn off only behind a proxy that speaks plain HTTP to "
+        "browsers on a trusted network.")
     decision_log_days: float = Field(
         90.0, ge=0, description="Days the decision log keeps each served list (0: nothing "
         "is logged)."

@@ -61,7 +61,7 @@ def ranking_row(ranking: Ranking, channel: str, endpoint: str, at: datetime,
             "offers": [{"product_id": o.product_id, "position": o.rank, "score": o.score,
                         "priority": ranking.priorities[n] if ranking.priorities else None,
                         "probability": ranking.probabilities[n] if ranking.probabilities
-                        else 1.0, "explored": o.reason == EXPLORED}
+                        else 1.0, "explored": o.reason == EXPLORED, "reason": o.reason}
                        for n, o in enumerate(ranking.offers)]}
 
 
@@ -80,7 +80,8 @@ def letter_rows(letters: Iterable[Letter], request_id: str, model_version: str,
              "stage": letter.lifecycle_stage,
              **labels(letter.arm, assigned.get(letter.customer_id)),
              "offers": [{"product_id": b.product_id, "position": n + 1, "score": b.score,
-                         "block": b.block, "priority": None, "probability": 1.0}
+                         "block": b.block, "priority": None, "probability": 1.0,
+                         "reason": b.reason}
                         for n, b in enumerate(letter.blocks)]}
             for letter in letters if letter.blocks]
 

@@ -308,7 +308,8 @@ class Engine:
         weighed = arbiter.priorities(prepared.scores, allowed, request.channel, prepared.stage,
                                      now_ns)
         spent = np.zeros(0, np.int64)
-        exploring = self.settings.exploration.share > 0 and arm != CONTROL
+        exploring = (self.settings.exploration.share > 0 and arm != CONTROL
+                     and not request.preview)
         for _ in range(SPEND_ATTEMPTS):  # offers whose budget ran out meanwhile are replaced
             picked = ranker.top(weighed.priority, allowed, request.k, self.offers.category,
                                 self.settings.max_per_category, then=prepared.scores)
@@ -319,7 +320,8 @@ class Engine:
             filling = ranker.fill(arbiter.fallback_rank, allowed, picked,
                                   request.k - len(picked))
             chosen = np.concatenate([picked, filling])
-            refused = self.spend(arbiter, chosen[~np.isin(chosen, spent)], now)
+            refused = (chosen[:0] if request.preview
+                       else self.spend(arbiter, chosen[~np.isin(chosen, spent)], now))
             spent = np.concatenate([spent, chosen[~np.isin(chosen, refused)]])
             if not len(refused):
                 break
@@ -366,10 +368,11 @@ class Engine:
                 consent: Consent | None, customer_id: str | None) -> Ranking:
         return similar(self, product_id, k, channel, now, consent, customer_id)
 
-    def newsletter(self, customer_ids: list[str], blocks: tuple[str, ...], now: datetime
-                   ) -> list[Letter]:
-        """Per customer, distinct offers for the requested blocks or why there is no mail."""
-        return self._newsletter.letters(customer_ids, blocks, now)
+    def newsletter(self, customer_ids: list[str], blocks: tuple[str, ...], now: datetime,
+                   preview: bool = False) -> list[Letter]:
+        """Per customer, distinct offers for the requested blocks or why there is no mail
+        (``preview``: the console's look, which takes nothing from budgets)."""
+        return self._newsletter.letters(customer_ids, blocks, now, preview)
 
 
 def _joined(first: np.ndarray, second: np.ndarray) -> np.ndarray:

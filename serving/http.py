@@ -31,6 +31,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics", "/", "/docs.json",
                         "/schema.json", "/admin/openapi.json"})
 OPEN_PREFIXES = ("/static_content/", "/assets/")
+CONSOLE = "/console"  # the console checks its own session cookie (serving.console)
+API_PAGES = frozenset({"/", "/docs"})
 ADMIN_PREFIXES = ("/consents/", "/customers/", "/admin/")
 
 
@@ -139,6 +141,12 @@ class ApiKeys:
         if path == "/readyz":
             await readiness(send)
             return
+        if path in API_PAGES and scope["method"] in ("GET", "HEAD"):
+            await api_page(send)
+            return
+        if path == CONSOLE or path.startswith(CONSOLE + "/"):
+            await self.app(scope, receive, send)
+            return
         if path in DOCUMENTS and scope["method"] == "GET":
             await amended_document(self.app, scope, receive, send, DOCUMENTS[path])
             return
@@ -215,6 +223,20 @@ async def amended_document(app: ASGIApp, scope: Scope, receive: Receive, send: S
                         {"error": "the API document could not be made"})
         return
     await send_json(send, 200, amend(json.loads(b"".join(chunks)), admin))
+
+
+async def api_page(send: Send) -> None:
+    """The API's page (:func:`serving.console.api_page`), allowing scripts of its own origin
+    only."""
+    from serving.console import HEADERS
+    from serving.console import api_page as page
+
+    body = page()
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"text/html; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        *((name.encode(), value.encode()) for name, value in HEADERS.items())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def readiness(send: Send) -> None:

@@ -48,8 +48,8 @@ class Newsletter:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def letters(self, customer_ids: list[str], blocks: tuple[str, ...], now: datetime
-                ) -> list[Letter]:
+    def letters(self, customer_ids: list[str], blocks: tuple[str, ...], now: datetime,
+                preview: bool = False) -> list[Letter]:
         unknown_blocks = [b for b in blocks if b not in BLOCKS]
         if unknown_blocks:
             raise RequestError(f"unknown block(s) {unknown_blocks}; known: {list(BLOCKS)}")
@@ -69,13 +69,14 @@ class Newsletter:
                 if arbiter.budgets else None)
         return [self.letter(customer_id, blocks, now, consents[customer_id], batch,
                             exposures.get(customer_id, NO_EXPOSURE), live.get(customer_id, []),
-                            customer_id in erased, customer_id in with_records, arbiter, used)
+                            customer_id in erased, customer_id in with_records, arbiter, used,
+                            preview)
                 for customer_id in customer_ids]
 
     def letter(self, customer_id: str, blocks: tuple[str, ...], now: datetime, consent: Consent,
                batch: Batch, exposure: Exposure, events: list[LiveEvent], erased: bool,
                has_consent_record: bool, arbiter: Arbiter,
-               used: dict[tuple[str, str], int] | None) -> Letter:
+               used: dict[tuple[str, str], int] | None, preview: bool = False) -> Letter:
         engine = self.engine
         if erased:
             return Letter(customer_id, no_mail="erased")
@@ -112,8 +113,8 @@ class Newsletter:
             if found is not None:
                 placed.append((block, *found))
         # an offer whose budget other letters or requests used up meanwhile is left out
-        refused = set(engine.spend(arbiter, np.array([i for _, i, _ in placed], np.int64),
-                                   now).tolist())
+        refused = set() if preview else set(engine.spend(
+            arbiter, np.array([i for _, i, _ in placed], np.int64), now).tolist())
         placed = [place for place in placed if place[1] not in refused]
         reasons = engine.reasons.of(customer_id, prepared.scored, prepared.stage,
                                     np.array([i for _, i, _ in placed], np.int64),

@@ -28,6 +28,10 @@ REFUSALS = {
     "413": "The body is larger than NBO_MAX_BODY_BYTES.",
     "415": "The body is not JSON.",
 }
+SCHEMES = {  # either one carries the key (admin routes need an admin key)
+    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
 OPEN = {"/healthz", "/livez", "/readyz", "/metrics"}
 BODILESS = {"/admin/reload", "/admin/triggers/run"}  # POST routes that take no body
 
@@ -40,6 +44,7 @@ def amend(document: dict[str, Any], admin: bool) -> dict[str, Any]:
                    if not admin else "Consents, erasure and model reloads (admin keys)."}
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas["Error"] = ERROR
+    doc["components"]["securitySchemes"] = SCHEMES
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     for path, item in doc.get("paths", {}).items():
         for method, operation in item.items():
@@ -48,6 +53,7 @@ def amend(document: dict[str, Any], admin: bool) -> dict[str, Any]:
                 responses["503"] = {"description": "No model serves yet."}
             if path in OPEN:
                 continue
+            operation["security"] = [{name: []} for name in SCHEMES]
             responses.pop("422", None)  # validation answers 400
             for code, why in REFUSALS.items():
                 responses[code] = {"description": why, "content": error}

@@ -205,3 +205,20 @@ def experiment_report(store: Any, name: str, prices: Any, control: str | None = 
         first = experiment.arms[0].name
     attributed = credited(store, shown, prices, window_days or WINDOW_DAYS)
     return report(name, attributed, shares, control or first, minimum, segments)
+
+
+def served_report(engine: Any, store: Any, name: str, control: str | None,
+                  control_share: float, window_days: float) -> dict[str, Any]:
+    """An experiment's summary and report as JSON, with the serving engine's prices and
+    segments (the admin API's and the console's); ``universal-control``: the control
+    group."""
+    from serving.assignment import CONTROL_GROUP
+    from serving.attribution import Prices
+
+    summary = {"name": name} if name == CONTROL_GROUP else store.experiment(name).summary()
+    offers = engine.offers
+    ids = np.asarray(engine.customers.ids, dtype=str)
+    segments = pd.Series(engine.state.segment[:len(ids)], index=store.tokens(ids))
+    made = experiment_report(store, name, Prices.of(offers.ids, offers.price, offers.margin),
+                             control, control_share, window_days, segments)
+    return {**summary, "report": made.as_json()}

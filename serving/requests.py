@@ -61,6 +61,7 @@ class Request:
     region: str | None = None
     explain: bool = False
     among: tuple[str, ...] = ()  # choose among these offers only (a trigger's); empty: all
+    preview: bool = False  # the console's look: nothing taken from budgets, nothing explored
 
 
 @dataclass

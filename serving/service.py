@@ -16,8 +16,6 @@ from typing import Annotated, Any, TypeVar, get_args
 
 import anyio.to_thread
 import bentoml
-import numpy as np
-import pandas as pd
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field
@@ -25,9 +23,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from features.settings import Settings, quiet_third_parties
-from serving import models
-from serving.assignment import CONTROL_GROUP
-from serving.attribution import WINDOW_DAYS, Prices
+from serving import actions, console, models
+from serving.access import DAYS, CustomerExport, Erased, customer_export
+from serving.attribution import WINDOW_DAYS
 from serving.decision_log import Assigned, DecisionLog, letter_rows, ranking_row
 from serving.engine import Engine, PolicySettings, Ranking, RequestError
 from serving.engine import Request as RankRequest
@@ -37,7 +35,7 @@ from serving.ingest import BadEvents, event_rows
 from serving.metrics import METRICS
 from serving.models import ModelHolder
 from serving.offer_policy import PolicyError, from_json
-from serving.report import experiment_report
+from serving.report import served_report
 from serving.schemas import (
     Block,
     Channel,
@@ -64,6 +62,7 @@ T = TypeVar("T")
 PathId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 admin = FastAPI(title="nbo admin", openapi_url="/admin/openapi.json", docs_url=None,
                 redoc_url=None)
+admin.mount(console.PREFIX, console.app)
 
 
 @admin.exception_handler(RequestValidationError)
@@ -110,12 +109,6 @@ def rank_response(engine: Engine, store: Store, request: RankRequest, now: datet
     if log is not None and ranking.offers:
         log.record([ranking_row(ranking, request.channel, "rank", now, assigned)])
     return ranking_body(ranking)
-
-
-def engine_segments(engine: Engine, store: Store) -> pd.Series:
-    """Each customer's segment by their token, as the engine knows it."""
-    ids = np.asarray(engine.customers.ids, dtype=str)
-    return pd.Series(engine.state.segment[:len(ids)], index=store.tokens(ids))
 
 
 def count(ranking: Ranking, endpoint: str) -> None:
@@ -169,6 +162,7 @@ class NboService:
                                   PolicySettings.from_settings(self.settings),
                                   self.settings.allow_other_dataset)
         models.CURRENT = self.holder
+        console.CURRENT = console.Console(self.holder, self.store, self.settings)
         if self.settings.policy_file is not None:  # a bad file refuses the start, saying why
             self.holder.offer_policy_file(self.settings.policy_file)
         else:
@@ -334,14 +328,11 @@ class NboService:
     @admin.put("/consents/{customer_id}")
     async def set_consents(self, customer_id: PathId, update: ConsentUpdate) -> dict[str, Any]:
         """Change a customer's consents; effective on the next request; kept in the trail."""
-        at = datetime.now(UTC).replace(tzinfo=None)
         changes: dict[str, tuple[bool, bool]] = {
             c.purpose: (c.granted, c.double_opt_in) for c in update.consents}
         trail = await anyio.to_thread.run_sync(
-            lambda: self.store.set_consents(customer_id, changes, update.source, at))
-        return {"request_id": uuid.uuid4().hex, "customer_id": customer_id,
-                "changes": [{k: (v.isoformat() if isinstance(v, datetime) else v)
-                             for k, v in change.items()} for change in trail]}
+            lambda: actions.change_consents(self.store, customer_id, changes, update.source))
+        return {"request_id": uuid.uuid4().hex, "customer_id": customer_id, "changes": trail}
 
     @admin.delete("/customers/{customer_id}")
     async def erase(self, customer_id: PathId, source: Annotated[str, Query(
@@ -350,16 +341,29 @@ class NboService:
         """Erase a customer from consents, feedback, state and the model."""
 
         def work() -> dict[str, Any]:
-            held: dict[str, int] = {}
-            for engine in self.holder.engines():
-                for kind, removed in engine.forget(customer_id).items():
-                    held[kind] = held.get(kind, 0) + removed
-            erasure = self.store.erase(customer_id, source, datetime.now(UTC).replace(
-                tzinfo=None), held)
-            return {"request_id": uuid.uuid4().hex, "erasure_id": erasure.erasure_id,
-                    "removed": erasure.removed}
+            erasure_id, removed = actions.erase(self.holder, self.store, customer_id, source)
+            return {"request_id": uuid.uuid4().hex, "erasure_id": erasure_id,
+                    "removed": removed}
 
         return await anyio.to_thread.run_sync(work)
+
+    @admin.get("/customers/{customer_id}/export", response_model=CustomerExport,
+               responses={410: {"model": Erased, "description": "The customer is erased."}})
+    async def export(self, customer_id: PathId, days: Annotated[float, Query(
+            gt=0, le=3650, description="Decisions of the last days.")] = DAYS) -> Any:
+        """Everything held for the customer (GDPR Art. 15) and, for each offer shown to
+        them in the last ``days``, the decision, its reason and the rules it passed; an
+        erased customer answers 410 with only that they are erased."""
+
+        def work() -> CustomerExport | Erased:
+            self.decisions.flush()  # this worker's last lists are in the log
+            return customer_export(self._engine(), self.store, customer_id,
+                                   moment(self.settings, None), days)
+
+        made = await self._answer(work, in_thread=True)
+        if isinstance(made, Erased):
+            return JSONResponse(made.model_dump(), status_code=410)
+        return made
 
     @admin.post("/admin/reload")
     async def reload(self) -> Any:
@@ -429,17 +433,10 @@ class NboService:
         this process served; other processes' last half second may still be on its way."""
 
         def work() -> dict[str, Any]:
-            engine = self._engine()
             self.decisions.flush()
-            summary = ({"name": name} if name == CONTROL_GROUP
-                       else self.store.experiment(name).summary())
-            offers = engine.offers
-            prices = Prices.of(offers.ids, offers.price, offers.margin)
-            made = experiment_report(self.store, name, prices, control,
-                                     self.settings.control_share, window_days,
-                                     engine_segments(engine, self.store))
-            return {**summary, "served_here": self.holder.status.experiment == name,
-                    "report": made.as_json()}
+            return {**served_report(self._engine(), self.store, name, control,
+                                    self.settings.control_share, window_days),
+                    "served_here": self.holder.status.experiment == name}
 
         try:
             return await self._answer(work, in_thread=True)

@@ -6,7 +6,7 @@ the same call."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -116,6 +116,31 @@ class CustomerState:
                   "segment": self.segment[row] if row >= 0 else None}
         return pd.DataFrame({name: [values[name]] for name in CUSTOMER_FEATURES})
 
+    def described(self, row: int, now_ns: int) -> dict[str, Any]:
+        """What serving holds of customer ``row`` (-1: nothing), readable: the profile and
+        the offers bought (with days since), returned and seen on the last visit."""
+        if row < 0:
+            return {}
+        names = self.items.names
+        bought, days_ago = self.purchases(row, now_ns)
+
+        def moment(ns: int) -> str | None:
+            return None if ns == NO_TIME else pd.Timestamp(ns).isoformat()
+
+        birthday = int(self.birthday[row])
+        return {"region": _text(self.region[row]), "segment": _text(self.segment[row]),
+                "birthday": f"{birthday // 100:02d}-{birthday % 100:02d}" if birthday else None,
+                "birth_year": None if np.isnan(self.birth_year[row])
+                else int(self.birth_year[row]),
+                "first_purchase": moment(int(self.first_ns[row])),
+                "last_purchase": moment(int(self.last_ns[row])),
+                "usual_gap_days": None if np.isnan(self.usual_gap[row])
+                else round(float(self.usual_gap[row]), 2),
+                "bought": [{"product_id": str(names[i]), "days_ago": round(float(d), 1)}
+                           for i, d in zip(bought, days_ago, strict=True)],
+                "returned": [str(names[i]) for i in self.returns(row)],
+                "last_visit": [str(names[i]) for i in self.visited(row)]}
+
     def purchases(self, row: int, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """Offers the customer bought and how many days ago they last bought each."""
         if row < 0:
@@ -176,3 +201,7 @@ def nanoseconds(values: pd.Series) -> np.ndarray:
 def _objects(values: pd.Series) -> np.ndarray:
     """A column as a writable object array, None where missing."""
     return values.astype(object).where(values.notna(), None).to_numpy(dtype=object, copy=True)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None

@@ -55,7 +55,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from features.columns import MESSAGING_CHANNELS, PURPOSES
+from features.columns import FEEDBACK_ACTIONS, MESSAGING_CHANNELS, PURPOSES
 from features.columns import Columns as C
 from serving.experiments import Experiment, ExperimentError, Status
 from serving.policy import Consent
@@ -227,6 +227,14 @@ leases = Table(  # work that one process at a time does for all, e.g. settling t
     "leases", metadata,
     Column("name", String(64), primary_key=True),
     Column("holder", String(64), nullable=False),
+    Column("expires_at", DateTime, nullable=False),
+)
+console_sessions = Table(  # the console's logins: a keyed hash of each cookie, never it
+    "console_sessions", metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("csrf", String(64), nullable=False),  # the forms' token of the session
+    Column("key_digest", String(64), nullable=False),  # which admin key logged in (hashed)
+    Column("created_at", DateTime, nullable=False),
     Column("expires_at", DateTime, nullable=False),
 )
 PENDING, SENT, DROPPED = "pending", "sent", "dropped"
@@ -496,6 +504,13 @@ class Store:
                 db.execute(insert(returned), [{"token": token, "returned_at": at}])
         return trail
 
+    def consent_records(self, customer_id: str) -> list[dict[str, Any]]:
+        """The customer's consent records as kept: one per purpose they gave or refused."""
+        with self.engine.connect() as db:
+            return [dict(row) for row in db.execute(select(consents).where(
+                consents.c.customer_id == customer_id).order_by(consents.c.purpose))
+                .mappings()]
+
     def consent_trail(self, customer_id: str) -> pd.DataFrame:
         with self.engine.connect() as db:
             query = select(consent_changes).where(consent_changes.c.customer_id == customer_id
@@ -634,6 +649,47 @@ class Store:
                 key = f"bookmark:{name}"
                 db.execute(delete(settings_table).where(settings_table.c.key == key))
                 db.execute(insert(settings_table), [{"key": key, "value": str(value)}])
+
+        settled(write)
+
+    def held_of(self, customer_id: str) -> dict[str, list[dict[str, Any]]]:
+        """What the store holds of one customer beside consents and the decision log: their
+        posted events, feedback and the triggers' decisions about them, oldest first."""
+        held = {}
+        with self.engine.connect() as db:
+            for name, table, order in (("events", events, events.c.seq),
+                                       ("feedback", feedback, feedback.c.id),
+                                       ("trigger_decisions", decisions, decisions.c.id)):
+                rows = db.execute(select(table).where(table.c.customer_id == customer_id)
+                                  .order_by(order)).mappings().all()
+                held[name] = [dict(row) for row in rows]
+        return held
+
+    # --- console sessions ---------------------------------------------------------------
+
+    def open_session(self, digest: str, csrf: str, key_digest: str, at: datetime,
+                     expires_at: datetime) -> None:
+        """Keep a console login (sessions expired by ``at`` are swept on the way)."""
+        def write() -> None:
+            with self.engine.begin() as db:
+                db.execute(delete(console_sessions).where(console_sessions.c.expires_at <= at))
+                db.execute(insert(console_sessions), [{
+                    "digest": digest, "csrf": csrf, "key_digest": key_digest,
+                    "created_at": at, "expires_at": expires_at}])
+
+        settled(write)
+
+    def console_session(self, digest: str, at: datetime) -> Row[Any] | None:
+        """The unexpired console login of a cookie's digest, in any process."""
+        with self.engine.connect() as db:
+            return db.execute(select(console_sessions).where(
+                (console_sessions.c.digest == digest)
+                & (console_sessions.c.expires_at > at))).first()
+
+    def close_session(self, digest: str) -> None:
+        def write() -> None:
+            with self.engine.begin() as db:
+                db.execute(delete(console_sessions).where(console_sessions.c.digest == digest))
 
         settled(write)
 
@@ -1103,6 +1159,18 @@ class Store:
         counts = pd.DataFrame(rows, columns=["product", "impressions", "clicks"]).set_index(
             "product").reindex(product_ids).fillna(0)
         return (counts["impressions"].to_numpy(np.int64), counts["clicks"].to_numpy(np.int64))
+
+    def offer_responses(self, since: datetime) -> pd.DataFrame:
+        """Per offer (the index), how many of each feedback action the log holds since
+        ``since``: impression, click, conversion and dismiss columns."""
+        with self.engine.connect() as db:
+            rows = db.execute(select(feedback.c.product_id, feedback.c.action, func.count())
+                              .where(feedback.c.timestamp >= since)
+                              .group_by(feedback.c.product_id, feedback.c.action)).all()
+        frame = pd.DataFrame(rows, columns=["product", "action", "count"])
+        return (frame.pivot_table(index="product", columns="action", values="count",
+                                  aggfunc="sum", fill_value=0)
+                .reindex(columns=list(FEEDBACK_ACTIONS), fill_value=0).astype(np.int64))
 
     def decisions_frame(self, experiment: str | None, start: datetime | None = None,
                         end: datetime | None = None, every: bool = False) -> pd.DataFrame:

@@ -191,6 +191,23 @@ class Recommender(ABC):
     def _forget_rows(self, rows: np.ndarray) -> None:  # noqa: B027
         """Zero the per-customer parameters of ``rows`` (models that have any)."""
 
+    def held(self, customer_id: str) -> dict[str, Any]:
+        """What the model holds of one customer, readable (a data subject's access request):
+        whether it knows them, the history it scores them from (offer and weight) and its
+        own parameters of them, where it has any."""
+        row = int(self.customers.index_of(np.asarray([customer_id], dtype=object))[0])
+        held: dict[str, Any] = {"model": self.kind, "known": row >= 0, "history": []}
+        if row >= 0:
+            history = self.matrix[row]
+            held["history"] = [{"product_id": str(self.items.names[i]), "weight": float(w)}
+                               for i, w in zip(history.indices, history.data, strict=True)]
+            held.update(self._held_row(row))
+        return held
+
+    def _held_row(self, row: int) -> dict[str, Any]:
+        """The model's own parameters of customer ``row``, by name (models that have any)."""
+        return {}
+
     # --- explaining ---------------------------------------------------------------------
 
     def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray | None:

@@ -5,7 +5,7 @@ now."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -114,6 +114,11 @@ class Blend(Recommender):
     def _forget_rows(self, rows: np.ndarray) -> None:
         for part in self.parts.values():
             part.forget(part.customers.ids[rows])
+
+    def _held_row(self, row: int) -> dict[str, Any]:
+        customer = str(self.customers.names[row])
+        return {"parts": {name: {k: v for k, v in part.held(customer).items() if k != "history"}
+                          for name, part in self.parts.items()}}
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"trending": self.trending}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -54,6 +54,9 @@ class FactorModel(Recommender):
         factors = self.user_factors.copy()
         factors[rows] = 0.0
         self.user_factors = factors
+
+    def _held_row(self, row: int) -> dict[str, Any]:
+        return {"factors": [round(float(v), 6) for v in self.user_factors[row]]}
 
     def _restore(self, arrays: dict[str, np.ndarray], path: Path) -> None:
         self.user_factors, self.item_factors = arrays["user_factors"], arrays["item_factors"]

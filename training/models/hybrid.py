@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -159,6 +159,12 @@ class LightFMHybrid(Recommender):
         if self.customers.index_of([customer_id])[0] < 0:
             return [Reason("similar_customers") if r.code == "popular" else r for r in reasons]
         return reasons
+
+    def _held_row(self, row: int) -> dict[str, Any]:
+        names = {index: name for name, index in self.user_vocabulary.items()}
+        features = self.user_features[row]
+        return {"features": {names[i]: float(w) for i, w in zip(features.indices, features.data,
+                                                                 strict=True)}}
 
     def _forget_rows(self, rows: np.ndarray) -> None:
         # identity features belong to one customer only: their embeddings go with them

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -86,6 +86,11 @@ class Popularity(Recommender):
             group = self.customer_group.copy()
             group[rows] = -1
             self.customer_group = group
+
+    def _held_row(self, row: int) -> dict[str, Any]:
+        if not len(self.customer_group) or self.customer_group[row] < 0:
+            return {}
+        return {"group": {self.config.by: str(self.groups[self.customer_group[row]])}}
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"group_scores": self.group_scores, "customer_group": self.customer_group,
