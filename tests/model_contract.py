@@ -147,6 +147,22 @@ class RecommenderContract:
             assert stored["customer_group"][row] == -1
         assert gone not in json.loads((folder / "customers.json").read_text())
 
+    def test_what_it_holds_of_a_customer_is_readable_and_gone_after_forgetting(self) -> None:
+        """The access report's view of the model: the history it scores from, as offer ids
+        and weights, and its own parameters of the customer; nothing once forgotten."""
+        data, _ = BOARD
+        model = create(self.kind, self.params).fit(data)
+        held = model.held("u17")
+        assert held["known"] and held["model"] == self.kind
+        row = model.matrix[17]
+        expected = {str(model.items.names[i]): float(w)
+                    for i, w in zip(row.indices, row.data, strict=True)}
+        assert {h["product_id"]: h["weight"] for h in held["history"]} == pytest.approx(expected)
+        json.dumps(held)  # readable: plain JSON
+        model.forget(["u17"])
+        assert model.held("u17") == {"model": self.kind, "known": False, "history": []}
+        assert model.held("nobody")["known"] is False
+
     def test_one_customer_and_no_customers(self) -> None:
         one = sparse.csr_matrix(np.array([[1.0, 0.0, 1.0, 0.0]], dtype=np.float32))
         features = pd.DataFrame({"region": ["x"], "age_band": ["u"], "lifecycle_stage": ["new"],

@@ -1,0 +1,164 @@
+"""The console in a real browser: Debian's Chromium driven by Selenium through the system
+chromedriver, against a real ``bentoml serve``. Skipped where Chromium is not installed (a
+fresh clone); ``.ci/run`` installs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from test_serve_process import service_env, serving
+
+from features.snapshot import load_snapshot
+
+pytestmark = pytest.mark.slow
+CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1400,1000")
+
+
+def chrome(downloads: Path, profile: Path):
+    """Headless system Chromium; downloads go to ``downloads``."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    if not (CHROMIUM.exists() and DRIVER.exists()):
+        pytest.skip("Chromium and its driver are not installed (apt install chromium "
+                    "chromium-driver; .ci/run installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.add_experimental_option("prefs", {
+        "download.default_directory": str(downloads), "download.prompt_for_download": False})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+
+
+@pytest.fixture
+def served(model_dir: Path, snapshot_dir: Path, tmp_path: Path) -> Iterator[str]:
+    from serving.models import import_model
+
+    import_model(model_dir, "3")
+    env = service_env(snapshot_dir, tmp_path, NBO_API_KEYS="ranking-key",
+                      NBO_ADMIN_API_KEYS="admin-key-for-the-console")
+    with serving(env, tmp_path / "serve.log") as url:
+        yield url
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> Iterator[object]:
+    browser = chrome(tmp_path / "downloads", tmp_path / "profile")
+    try:
+        yield browser
+    finally:
+        browser.quit()
+        shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def mailable_buyer(snapshot_dir: Path) -> str:
+    """A buyer with e-mail consent and double opt-in: the newsletter has blocks for them."""
+    snapshot = load_snapshot(snapshot_dir)
+    consents = snapshot.consents
+    mailable = set(consents.loc[(consents["purpose"] == "email") & consents["granted"]
+                                & consents["double_opt_in"], "customer_id"])
+    denied = set(consents.loc[(consents["purpose"] == "personalization")
+                              & ~consents["granted"], "customer_id"])
+    state = snapshot.features.customer_state.sort_values("purchases", ascending=False)
+    return next(str(c) for c in state["customer_id"] if c in mailable and c not in denied)
+
+
+def log_in(driver, url: str, key: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{url}/console/login")
+    driver.find_element(By.ID, "key").send_keys(key)
+    driver.find_element(By.ID, "login").click()
+
+
+def test_a_marketer_looks_up_withdraws_consent_exports_and_erases_in_a_browser(
+        served: str, driver, snapshot_dir: Path, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    customer = mailable_buyer(snapshot_dir)
+    for refused in ("wrong-key", "ranking-key"):  # a wrong key, and a key of the API only
+        log_in(driver, served, refused)
+        assert "not an admin key" in driver.find_element(By.ID, "refused").text
+        driver.get(f"{served}/console/customer")
+        assert driver.current_url.endswith("/console/login")
+    log_in(driver, served, "admin-key-for-the-console")
+    assert driver.current_url.endswith("/console/customer")
+    cookie = driver.get_cookie("nbo_console")
+    assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+
+    driver.find_element(By.ID, "customer-id").send_keys(customer)
+    driver.find_element(By.ID, "look-up").click()
+    assert driver.find_element(By.ID, "customer").text == customer
+    web = driver.find_element(By.ID, "channel-web")
+    reasons = [cell.text for cell in web.find_elements(By.CSS_SELECTOR, "td.reason")]
+    assert reasons and all(reasons), reasons
+    rules = [rule.text.lower() for rule in web.find_elements(By.CSS_SELECTOR, ".rule")]
+    assert "exclusion" in rules, rules  # what they bought is removed, and the page says why
+    assert driver.find_elements(By.CSS_SELECTOR, "#mail .mail-block")
+
+    driver.find_element(By.ID, "withdraw-email").click()
+    assert "Consent to email changed" in driver.find_element(By.ID, "changed").text
+    assert "no e-mail consent" in driver.find_element(By.ID, "no-mail").text
+    assert "no e-mail consent" in driver.find_element(By.ID, "channel-email").text
+    assert "console" in driver.find_element(By.ID, "trail").text
+
+    driver.find_element(By.ID, "export").click()
+    exported = tmp_path / "downloads" / "customer-export.json"
+    deadline = time.monotonic() + 20
+    while not exported.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    held = json.loads(exported.read_text())
+    assert held["customer_id"] == customer and held["consent_trail"][-1]["source"] == "console"
+    assert next(c for c in held["consents"] if c["purpose"] == "email")["granted"] is False
+
+    driver.find_element(By.ID, "erase").click()
+    driver.find_element(By.ID, "confirm").send_keys(customer)
+    driver.find_element(By.ID, "erase-confirm").click()
+    assert driver.find_element(By.ID, "erased").text == "Customer erased"
+    driver.find_element(By.ID, "nav-customer").click()
+    driver.find_element(By.ID, "customer-id").send_keys(customer)
+    driver.find_element(By.ID, "look-up").click()
+    assert "is erased" in driver.find_element(By.ID, "customer-erased").text
+    gone = httpx.get(f"{served}/customers/{customer}/export", timeout=10,
+                     headers={"Authorization": "Bearer admin-key-for-the-console"})
+    assert gone.status_code == 410 and gone.json() == {"customer_id": customer, "erased": True}
+
+    for page in ("offers", "experiments", "models"):
+        driver.find_element(By.ID, f"nav-{page}").click()
+        assert driver.find_element(By.TAG_NAME, "h1").text.lower() == page
+    driver.find_element(By.ID, "logout").click()
+    driver.get(f"{served}/console/models")
+    assert driver.current_url.endswith("/console/login")
+    violations = [entry["message"] for entry in driver.get_log("browser")
+                  if "Content Security Policy" in entry["message"]]
+    assert not violations, violations
+    log = (tmp_path / "serve.log").read_text()
+    assert "/console/customer" in log and customer not in log  # ids stay out of the log
+
+
+def test_the_api_page_loads_only_its_own_scripts_and_offers_authorize(
+        served: str, driver) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as shown
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(f"{served}/docs")
+    WebDriverWait(driver, 20).until(shown.presence_of_element_located(
+        (By.CSS_SELECTOR, ".btn.authorize")))
+    assert driver.title.startswith("nbo ") and driver.title.endswith(" API")
+    title = driver.find_element(By.CSS_SELECTOR, ".info .title").text
+    assert title.startswith("nbo") and "None" not in title
+    loaded = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(name.startswith(served) for name in loaded), loaded
