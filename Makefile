@@ -6,7 +6,8 @@ export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test test-fast test-notebooks clean-notebooks notebooks lint bench setup requirements
+.PHONY: demo test test-fast test-notebooks clean-notebooks notebooks lint bench setup requirements \
+	console-shots
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check "uv>=0.5"
@@ -37,6 +38,10 @@ notebooks: setup
 lint: setup
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen mypy features training serving nbo
+
+# screenshots of each console page on the demo shop, into docs/console/ (system Chromium)
+console-shots: setup
+	$(UV) run --frozen python docs/console/shots.py
 
 bench: setup
 	$(UV) run --frozen python bench/pipeline.py

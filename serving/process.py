@@ -77,8 +77,19 @@ def stop(server: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: fl
     except subprocess.TimeoutExpired:
         server.kill()
         server.wait(timeout=timeout)
+    finish(workers, timeout)
+
+
+def stop_pid(pid: int, timeout: float = 30.0) -> None:
+    """Stop a service that another process started (the demo's, by its pid file) and every
+    worker of it, and return once they are gone: SIGTERM, then SIGKILL after ``timeout``."""
+    finish([pid, *signal_service(pid, signal.SIGTERM)], timeout)
+
+
+def finish(pids: list[int], timeout: float) -> None:
+    """Wait for ``pids`` to exit; SIGKILL to those left after ``timeout``."""
     deadline = time.monotonic() + timeout
-    for pid in workers:
+    for pid in pids:
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError):

@@ -9,36 +9,16 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from test_serve_process import service_env, serving
 
 from features.snapshot import load_snapshot
+from nbo.jobs.browser import NoBrowser, chromium
 
 pytestmark = pytest.mark.slow
-CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1400,1000")
-
-
-def chrome(downloads: Path, profile: Path):
-    """Headless system Chromium; downloads go to ``downloads``."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    if not (CHROMIUM.exists() and DRIVER.exists()):
-        pytest.skip("Chromium and its driver are not installed (apt install chromium "
-                    "chromium-driver; .ci/run installs them)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.add_experimental_option("prefs", {
-        "download.default_directory": str(downloads), "download.prompt_for_download": False})
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(str(DRIVER)), options=options)
 
 
 @pytest.fixture
@@ -53,8 +33,11 @@ def served(model_dir: Path, snapshot_dir: Path, tmp_path: Path) -> Iterator[str]
 
 
 @pytest.fixture
-def driver(tmp_path: Path) -> Iterator[object]:
-    browser = chrome(tmp_path / "downloads", tmp_path / "profile")
+def driver(tmp_path: Path) -> Iterator[Any]:
+    try:
+        browser = chromium(tmp_path / "profile", tmp_path / "downloads")
+    except NoBrowser as missing:
+        pytest.skip(str(missing))
     try:
         yield browser
     finally:
@@ -74,7 +57,7 @@ def mailable_buyer(snapshot_dir: Path) -> str:
     return next(str(c) for c in state["customer_id"] if c in mailable and c not in denied)
 
 
-def log_in(driver, url: str, key: str) -> None:
+def log_in(driver: Any, url: str, key: str) -> None:
     from selenium.webdriver.common.by import By
 
     driver.get(f"{url}/console/login")
@@ -83,7 +66,7 @@ def log_in(driver, url: str, key: str) -> None:
 
 
 def test_a_marketer_looks_up_withdraws_consent_exports_and_erases_in_a_browser(
-        served: str, driver, snapshot_dir: Path, tmp_path: Path) -> None:
+        driver: Any, served: str, snapshot_dir: Path, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
     customer = mailable_buyer(snapshot_dir)
@@ -148,7 +131,7 @@ def test_a_marketer_looks_up_withdraws_consent_exports_and_erases_in_a_browser(
 
 
 def test_the_api_page_loads_only_its_own_scripts_and_offers_authorize(
-        served: str, driver) -> None:
+        driver: Any, served: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as shown
     from selenium.webdriver.support.ui import WebDriverWait

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,10 +73,10 @@ def stop_demo_service(home: Path) -> bool:
     pid_file = home / PID_FILE
     if not pid_file.exists():
         return False
-    from serving.process import signal_service
+    from serving.process import stop_pid
 
-    try:
-        signal_service(int(pid_file.read_text()), signal.SIGTERM)
+    try:  # returns once it is gone, so that a new demo service finds the port free
+        stop_pid(int(pid_file.read_text()))
         stopped = True
     except (ProcessLookupError, ValueError, PermissionError):
         stopped = False

@@ -246,7 +246,7 @@ async def customer(request: Request, held: Console, _: Row[Any]) -> Response:
     customer_id = typed_id(asked)
     view = await anyio.to_thread.run_sync(
         views.customer, held.holder, held.store, customer_id, held.now())
-    return page(request, "customer.html", view=view, purposes=PURPOSES,
+    return page(request, "customer.html", view=view, purposes=PURPOSES, k=views.K,
                 block_title=views.block_title, changed=request.query_params.get("changed"))
 
 

@@ -241,7 +241,7 @@ class Interval:
     excludes_zero: bool
 
 
-CHART_WIDTH, CHART_LEFT, ROW_HEIGHT = 560.0, 150.0, 28.0
+CHART_WIDTH, CHART_LEFT, CHART_RIGHT, ROW_HEIGHT = 760.0, 170.0, 70.0, 28.0
 
 
 def lift_chart(lifts: list[dict[str, Any]]) -> tuple[list[Interval], float, float]:
@@ -255,7 +255,7 @@ def lift_chart(lifts: list[dict[str, Any]]) -> tuple[list[Interval], float, floa
     lowest = min(0.0, *(lift["relative_low"] for lift in shown))
     highest = max(0.0, *(lift["relative_high"] for lift in shown))
     span = (highest - lowest) or 1.0
-    width = CHART_WIDTH - CHART_LEFT - 20
+    width = CHART_WIDTH - CHART_LEFT - CHART_RIGHT  # the right margin: the labels
 
     def x(value: float) -> float:
         return round(CHART_LEFT + (value - lowest) / span * width, 1)
