@@ -5,11 +5,11 @@ button; the schema is :class:`CustomerExport` (documented in ``docs/customer-exp
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from features.columns import PURPOSES
 from serving.engine import Engine, Request
@@ -17,6 +17,14 @@ from serving.policy import RULES
 from serving.store import NO_EXPOSURE, Store
 
 SCHEMA = "nbo.customer-export/1"
+
+
+def as_utc(moment: datetime) -> datetime:
+    """The store's naive moments are UTC: said so, as RFC 3339 wants."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+Utc = Annotated[datetime, AfterValidator(as_utc)]
 DAYS = 90  # the decisions shown by default: the decision log's longest usual retention
 
 
@@ -40,7 +48,7 @@ class ConsentChangeHeld(BaseModel):
     granted: bool
     double_opt_in: bool
     previous: str = Field(description="granted, denied or none")
-    changed_at: datetime
+    changed_at: Utc
     source: str
 
 
@@ -58,7 +66,7 @@ class ShownOffer(BaseModel):
 
 class Decision(BaseModel):
     request_id: str
-    decided_at: datetime
+    decided_at: Utc
     channel: str
     endpoint: str = Field(description="rank, similar, newsletter or a trigger")
     lifecycle_stage: str | None
@@ -75,8 +83,8 @@ class CustomerExport(BaseModel):
 
     schema_: str = Field(SCHEMA, alias="schema")
     customer_id: str
-    generated_at: datetime
-    decisions_since: datetime
+    generated_at: Utc
+    decisions_since: Utc
     lifecycle_stage: str
     consents: list[ConsentHeld]
     consent_trail: list[ConsentChangeHeld]

@@ -16,9 +16,13 @@ Action = Literal["impression", "click", "conversion", "dismiss"]
 
 
 def in_range(moment: datetime) -> datetime:
-    naive = moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+    outside = ValueError(f"must be from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d} (UTC)")
+    try:  # 0001-01-01 with a positive offset is before year 1 in UTC: no datetime holds it
+        naive = moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+    except OverflowError:
+        raise outside from None
     if not EARLIEST <= naive < LATEST:
-        raise ValueError(f"must be from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d} (UTC)")
+        raise outside
     return moment
 
 

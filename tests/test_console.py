@@ -101,6 +101,16 @@ def test_the_customer_page_shows_each_channel_with_reasons_and_the_removed_offer
     assert 'id="consent-email"' in html and "Lifecycle stage" in html
 
 
+def test_a_customer_nobody_knows_is_shown_with_what_the_fallbacks_serve(
+        browser: TestClient) -> None:
+    log_in(browser)
+    page = browser.get("/console/customer", params={"id": "someone-new"})
+    assert page.status_code == 200
+    assert "no (fallbacks serve them)" in page.text and '<td id="stage">prospect</td>' in page.text
+    assert "fallback: popular" in page.text
+    assert browser.get("/console/customer", params={"id": "bad\x01id"}).status_code == 400
+
+
 def test_the_preview_logs_nothing_and_takes_nothing_from_budgets(
         browser: TestClient, people: dict) -> None:
     admin = {"Authorization": f"Bearer {ADMIN}"}
@@ -180,6 +190,8 @@ def test_the_export_holds_everything_and_each_decision_with_its_reason(
     assert made.status_code == 200, made.text
     body = made.json()
     assert body["schema"] == SCHEMA and body["customer_id"] == buyer
+    assert body["generated_at"].endswith("Z")  # RFC 3339, as the schema says
+    assert all(d["decided_at"].endswith("Z") for d in body["decisions"])
     assert {c["purpose"] for c in body["consents"]} >= {"email", "sms", "personalization"}
     assert body["consent_trail"][-1]["source"] == "test"
     assert body["feedback"][0]["action"] == "click"

@@ -38,6 +38,7 @@ def driver(tmp_path: Path) -> Iterator[Any]:
         browser = chromium(tmp_path / "profile", tmp_path / "downloads")
     except NoBrowser as missing:
         pytest.skip(str(missing))
+    browser.implicitly_wait(15)  # a look-up waits for the page a click or a form led to
     try:
         yield browser
     finally:

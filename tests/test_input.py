@@ -30,7 +30,8 @@ def moment_body(route: str, moment: str) -> dict:
     return {**body, "now": moment}
 
 
-@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00", "9999-06-01T00:00:00",
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00", "0001-01-01T00:02:01+00:40",
+                                    "9999-12-31T23:00:00-05:00", "9999-06-01T00:00:00",
                                     "1969-12-31T23:59:59"])
 @pytest.mark.parametrize("route", list(ROUTES))
 def test_a_moment_out_of_range_is_a_400(client: TestClient, route: str, moment: str) -> None:
