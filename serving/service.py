@@ -162,7 +162,6 @@ class NboService:
                                   PolicySettings.from_settings(self.settings),
                                   self.settings.allow_other_dataset)
         models.CURRENT = self.holder
-        console.CURRENT = console.Console(self.holder, self.store, self.settings)
         if self.settings.policy_file is not None:  # a bad file refuses the start, saying why
             self.holder.offer_policy_file(self.settings.policy_file)
         else:
@@ -172,6 +171,8 @@ class NboService:
         self.holder.watch(self.settings.reload_seconds)
         self.decisions = DecisionLog(self.store, self.settings.decision_log_days,
                                      self.settings.current_time)
+        console.CURRENT = console.Console(self.holder, self.store, self.settings,
+                                          self.decisions)
         self.triggers = Triggers(self.store, webhook(self.settings), self.decisions)
         self._stop = threading.Event()
         self.triggers.every(self.settings.trigger_seconds, lambda: self.holder.engine,

@@ -80,8 +80,9 @@ def test_pages_need_a_session_and_logout_ends_it_in_the_store(browser: TestClien
     assert page.status_code == 200
     assert browser.post("/console/logout", data={"csrf": csrf_of(page.text)}
                         ).status_code == 303
-    browser.cookies.set("nbo_console", kept, domain="testserver", path="/console")
-    assert browser.get("/console/models").headers["location"] == "/console/login"
+    assert "nbo_console" not in browser.cookies  # the browser forgets it
+    replayed = browser.get("/console/models", headers={"Cookie": f"nbo_console={kept}"})
+    assert replayed.headers["location"] == "/console/login"  # and the store ended it
 
 
 def test_the_customer_page_shows_each_channel_with_reasons_and_the_removed_offers(
@@ -207,10 +208,13 @@ def test_the_export_holds_everything_and_each_decision_with_its_reason(
 def test_the_console_export_button_downloads_the_same_report(browser: TestClient,
                                                              people: dict) -> None:
     log_in(browser)
+    ranked = browser.post("/rank", json={"customer_id": people["buyer"]}, headers=AUTH).json()
     made = browser.get("/console/customer/export", params={"id": people["buyer"]})
     assert made.status_code == 200
     assert "attachment" in made.headers["content-disposition"]
     assert made.json()["customer_id"] == people["buyer"]
+    # the list served a moment ago is in it: the worker's log is written out first
+    assert [d["request_id"] for d in made.json()["decisions"]] == [ranked["request_id"]]
 
 
 def test_offers_experiments_and_models_pages_show_their_content(browser: TestClient) -> None:

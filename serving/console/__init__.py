@@ -38,12 +38,15 @@ from starlette.templating import Jinja2Templates
 from features.columns import PURPOSES
 from features.settings import Settings
 from serving import actions
-from serving.access import DAYS, customer_export
+from serving.access import DAYS, CustomerExport, Erased, customer_export
 from serving.assignment import CONTROL_GROUP
+from serving.attribution import WINDOW_DAYS
 from serving.console import views
+from serving.decision_log import DecisionLog
 from serving.experiments import NAME, ExperimentError
 from serving.http import parse_keys
 from serving.models import ModelHolder
+from serving.report import served_report
 from serving.requests import RequestError
 from serving.store import Store
 
@@ -69,11 +72,13 @@ templates.env.filters["quoted"] = lambda value: quote(str(value), safe="")
 
 @dataclass
 class Console:
-    """What one worker's console reads and changes: the service's holder and store."""
+    """What one worker's console reads and changes: the service's holder, store and
+    decision log."""
 
     holder: ModelHolder
     store: Store
     settings: Settings
+    decisions: DecisionLog
 
     def now(self) -> datetime:
         return self.settings.current_time()
@@ -286,8 +291,11 @@ async def export(request: Request, held: Console, _: Row[Any]) -> Response:
     """The customer's access report as a JSON download (the API's export)."""
     customer_id = typed_id(request.query_params.get("id"))
     days = export_days(request.query_params.get("days"))
-    made = await anyio.to_thread.run_sync(lambda: customer_export(
-        held.holder.serving(), held.store, customer_id, held.now(), days))
+    def work() -> CustomerExport | Erased:
+        held.decisions.flush()  # this worker's last lists are in the log
+        return customer_export(held.holder.serving(), held.store, customer_id, held.now(), days)
+
+    made = await anyio.to_thread.run_sync(work)
     body = json.dumps(made.model_dump(mode="json", by_alias=True), indent=2)
     return Response(body, media_type="application/json", headers={
         **HEADERS, "content-disposition": 'attachment; filename="customer-export.json"'})
@@ -326,9 +334,9 @@ async def experiment(request: Request, held: Console, _: Row[Any]) -> Response:
     if name != CONTROL_GROUP and not NAME.match(name):
         raise RequestError(f"no experiment named {name!r}", 404)
     try:
-        made = await anyio.to_thread.run_sync(lambda: views.served_report(
+        made = await anyio.to_thread.run_sync(lambda: served_report(
             held.holder.serving(), held.store, name, None, held.settings.control_share,
-            views.WINDOW_DAYS))
+            WINDOW_DAYS))
     except ExperimentError as unknown:
         raise RequestError(str(unknown), 404) from None
     except ValueError as bad:

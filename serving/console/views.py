@@ -16,15 +16,12 @@ import numpy as np
 
 from features.columns import CHANNELS, Stage
 from serving.access import ConsentHeld, consents_held
-from serving.attribution import WINDOW_DAYS
 from serving.engine import BLOCKS, Engine, Letter, Ranking, Request
 from serving.models import ModelHolder
 from serving.newsletter import BLOCK_REASONS
-from serving.report import served_report
 from serving.store import Store
 
 log = logging.getLogger(__name__)
-__all__ = ["WINDOW_DAYS", "served_report"]  # the console's experiment page reads them here
 K = 10  # offers per channel on the customer page
 RESPONSE_DAYS = 30  # the offers page's response rates
 PAGE_SIZE = 50  # offers per page
