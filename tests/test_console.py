@@ -248,3 +248,26 @@ def test_the_api_page_is_nbos_own_with_the_key_scheme_and_no_outside_script(
                    if "security" in op]
         assert secured, path
     assert browser.get("/console/static/api.js").status_code == 200
+
+
+def test_the_lift_chart_places_each_interval_on_one_axis_through_zero() -> None:
+    from serving.console.views import CHART_LEFT, CHART_RIGHT, CHART_WIDTH, lift_chart
+
+    def lift(arm: str, low: float, mid: float, high: float) -> dict:
+        return {"arm": arm, "metric": "clicks_per_customer", "relative": mid,
+                "relative_low": low, "relative_high": high}
+
+    bars, zero, height = lift_chart([lift("a", -0.2, 0.1, 0.4), lift("b", 0.1, 0.3, 0.6),
+                                     lift("c", float("nan"), float("nan"), float("nan"))])
+    assert [bar.label for bar in bars] == ["a: clicks", "b: clicks"]  # nothing to draw for c
+    first, second = bars
+    assert first.x_low == CHART_LEFT and second.x_high == CHART_WIDTH - CHART_RIGHT
+    assert first.x_low < zero < first.x_mid < first.x_high
+    assert zero < second.x_low  # an interval above zero starts right of it
+    assert not first.excludes_zero and second.excludes_zero
+    assert height == 2 * (second.y - first.y) and first.y < second.y
+    below, _, _ = lift_chart([lift("d", -0.5, -0.3, -0.1)])
+    assert below[0].excludes_zero  # a loss the interval is sure of is marked too
+    above, zero, _ = lift_chart([lift("e", 0.2, 0.3, 0.4)])
+    assert zero == CHART_LEFT < above[0].x_low  # the axis reaches zero even so
+    assert lift_chart([]) == ([], CHART_LEFT, lift_chart([])[2])
