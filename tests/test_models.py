@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -170,3 +173,33 @@ class TestBlend(RecommenderContract):
 def test_every_model_has_a_contract_class() -> None:
     tested = {cls.kind for cls in RecommenderContract.__subclasses__()}
     assert tested == set(MODELS)
+
+
+def test_the_blend_gives_eases_weight_to_neighbours_past_its_catalogue_limit(
+        tmp_path: Path) -> None:
+    """A catalogue past ease_max_offers (or this machine's memory) is fitted without EASE:
+    item neighbours take its weight, and the saved model says so."""
+    from training.models.base import Recommender
+
+    data, _ = BOARD
+    offers = data.matrix.shape[1]
+    whole = create("blend", {"ease_max_offers": offers}).fit(data)
+    assert set(whole.parts) == {"ease", "als", "itemknn"}
+    cut = create("blend", {"ease_max_offers": offers - 1}).fit(data)
+    assert set(cut.parts) == {"als", "itemknn"}
+    assert (cut.config.ease_weight, cut.config.itemknn_weight) == (
+        0.0, whole.config.itemknn_weight + whole.config.ease_weight)
+    loaded = Recommender.load(cut.save(tmp_path / "cut"))
+    assert set(loaded.parts) == {"als", "itemknn"}
+    np.testing.assert_allclose(loaded.score(["u1", "u2"]), cut.score(["u1", "u2"]), rtol=1e-6)
+    assert not np.allclose(cut.score(["u1"]), whole.score(["u1"]))
+
+
+def test_ease_fits_what_this_machines_memory_holds() -> None:
+    from training.models.neighbours import PEAK_BYTES_PER_PAIR, ease_fits
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    largest = int((0.6 * memory / PEAK_BYTES_PER_PAIR) ** 0.5)
+    assert ease_fits(largest) and not ease_fits(largest + 100)
+    assert create("blend", {}).ease_fits(5_000)  # type: ignore[attr-defined]
+    assert not create("blend", {}).ease_fits(40_000)  # type: ignore[attr-defined]

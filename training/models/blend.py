@@ -4,6 +4,7 @@ now."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,7 +16,9 @@ from scipy import sparse
 from training.data import TrainData
 from training.models.base import ModelConfig, Param, Recommender
 from training.models.factorization import ALS, ALSConfig
-from training.models.neighbours import EASE, EASEConfig, ItemKNN, ItemKNNConfig
+from training.models.neighbours import EASE, EASEConfig, ItemKNN, ItemKNNConfig, ease_fits
+
+log = logging.getLogger(__name__)
 
 
 class BlendConfig(ModelConfig):
@@ -34,6 +37,12 @@ class BlendConfig(ModelConfig):
     trend_half_life_days: float = Field(
         7.0, gt=0, description="A customer who took an offer this many days before the "
         "training data ends counts half towards its trend."
+    )
+    ease_max_offers: int | None = Field(
+        None, ge=1, description="Largest catalogue EASE is fitted on: past it, item "
+        "neighbours take EASE's weight. None: the largest whose fit stays within 60% of this "
+        "machine's memory (about 20 bytes per pair of offers at its peak), and never more "
+        "than EASE's own max_items."
     )
     ease: EASEConfig = EASEConfig()
     als: ALSConfig = ALSConfig()
@@ -84,12 +93,27 @@ class Blend(Recommender):
                 "itemknn": (ItemKNN, c.itemknn, c.itemknn_weight)}
 
     def _fit(self, data: TrainData) -> None:
+        offers = data.matrix.shape[1]
+        if self.config.ease_weight > 0 and not self.ease_fits(offers):
+            log.warning("the blend leaves EASE out for %d offers (ease_max_offers=%s, this "
+                        "machine's memory): item neighbours take its weight", offers,
+                        self.config.ease_max_offers)
+            c = self.config  # what is saved and logged says what was fitted
+            self.config = c.model_copy(update={
+                "ease_weight": 0.0, "itemknn_weight": c.itemknn_weight + c.ease_weight})
         self.parts = {name: cls(config).fit(data)
                       for name, (cls, config, weight) in self._components().items() if weight > 0}
         if not self.parts and self.config.repeat == 0 and self.config.trend == 0:
             raise ValueError("a blend needs a component weight, repeat or trend above 0")
         recent = data.recent_buyers(self.config.trend_half_life_days)
         self.trending = standardised(recent[np.newaxis, :])[0]
+
+    def ease_fits(self, offers: int) -> bool:
+        """Whether EASE is fitted on a catalogue of ``offers`` (see ``ease_max_offers``)."""
+        limit = self.config.ease_max_offers
+        if limit is not None:
+            return offers <= min(limit, self.config.ease.max_items)
+        return offers <= self.config.ease.max_items and ease_fits(offers)
 
     def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
                customer_features: pd.DataFrame | None) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -77,6 +78,16 @@ class EASEConfig(ModelConfig):
     )
 
 
+PEAK_BYTES_PER_PAIR = 20  # EASE's fit: the float64 gram and its inverse, then float32 weights
+
+
+def ease_fits(offers: int, memory_share: float = 0.6) -> bool:
+    """Whether EASE's fit on ``offers`` offers stays within ``memory_share`` of this
+    machine's memory."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return PEAK_BYTES_PER_PAIR * offers**2 <= memory_share * total
+
+
 class EASE(Recommender):
     """Embarrassingly shallow autoencoder: a closed-form item-item regression with a zero
     diagonal (Steck 2019). Dense in the number of offers."""
@@ -105,9 +116,10 @@ class EASE(Recommender):
         gram = np.asarray((x.T @ x).todense(), dtype=np.float64)
         gram[np.diag_indices(n)] += self.config.l2
         inverse = np.linalg.inv(gram)
-        weights = -inverse / np.diag(inverse)
-        weights[np.diag_indices(n)] = 0.0
-        self.weights = weights.astype(np.float32)
+        del gram  # at most two dense copies at a time (see PEAK_BYTES_PER_PAIR)
+        inverse /= -np.diag(inverse)
+        inverse[np.diag_indices(n)] = 0.0
+        self.weights = inverse.astype(np.float32)
 
     def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
                customer_features: pd.DataFrame | None) -> np.ndarray:
