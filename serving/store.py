@@ -229,7 +229,7 @@ leases = Table(  # work that one process at a time does for all, e.g. settling t
     Column("holder", String(64), nullable=False),
     Column("expires_at", DateTime, nullable=False),
 )
-console_sessions = Table(  # the console's logins: a keyed hash of each cookie, never it
+console_sessions = Table(  # the console's logins: the hash of each cookie, never the cookie
     "console_sessions", metadata,
     Column("digest", String(64), primary_key=True),
     Column("csrf", String(64), nullable=False),  # the forms' token of the session

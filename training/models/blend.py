@@ -41,7 +41,8 @@ class BlendConfig(ModelConfig):
     ease_max_offers: int | None = Field(
         None, ge=1, description="Largest catalogue EASE is fitted on: past it, item "
         "neighbours take EASE's weight. None: the largest whose fit stays within 60% of this "
-        "machine's memory (about 20 bytes per pair of offers at its peak), and never more "
+        "machine's memory (EASE's fit takes about 14 bytes per pair of offers at its peak), "
+        "and never more "
         "than EASE's own max_items."
     )
     ease: EASEConfig = EASEConfig()

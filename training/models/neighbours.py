@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import pandas as pd
 from pydantic import Field
-from scipy import sparse
+from scipy import linalg, sparse
 
 from training.data import TrainData
 from training.models.base import ModelConfig, Param, Recommender
@@ -78,7 +78,9 @@ class EASEConfig(ModelConfig):
     )
 
 
-PEAK_BYTES_PER_PAIR = 20  # EASE's fit: the float64 gram and its inverse, then float32 weights
+# EASE's fit at its peak: the float64 gram from its float32 product, inverted in place,
+# then the float32 weights beside it (bench/results/catalogue.md measures it)
+PEAK_BYTES_PER_PAIR = 14
 
 
 def ease_fits(offers: int, memory_share: float = 0.6) -> bool:
@@ -115,8 +117,10 @@ class EASE(Recommender):
         x = self._inputs(data.matrix)
         gram = np.asarray((x.T @ x).todense(), dtype=np.float64)
         gram[np.diag_indices(n)] += self.config.l2
-        inverse = np.linalg.inv(gram)
-        del gram  # at most two dense copies at a time (see PEAK_BYTES_PER_PAIR)
+        # inverted in its own memory (LU then its inverse, LAPACK getrf and getri): one
+        # dense float64 copy where numpy's inverse solved against an identity, three
+        inverse = linalg.inv(gram, overwrite_a=True, check_finite=False)
+        del gram
         inverse /= -np.diag(inverse)
         inverse[np.diag_indices(n)] = 0.0
         self.weights = inverse.astype(np.float32)
