@@ -92,16 +92,14 @@ def main() -> None:
     args = parser.parse_args()
     from features.generate import ShopSpec, generate_shop
     from features.snapshot import build_snapshot
-    from training.models.neighbours import PEAK_BYTES_PER_PAIR
+    from training.models.neighbours import ease_limit
 
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    ease_limit = int((0.6 * memory / PEAK_BYTES_PER_PAIR) ** 0.5)
     if args.write_only:
         kept = json.loads((RESULTS / "catalogue.json").read_text())
         args.offers = kept.get("offers", args.offers)
         args.timeout = kept.get("timeout", args.timeout)
         args.run_at = kept.get("run_at", "a run that kept no date")
-        write(kept["fits"], kept["quality"], ease_limit, args)
+        write(kept["fits"], kept["quality"], ease_limit(), args)
         return
     args.run_at = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     rows: list[dict[str, object]] = []
@@ -120,7 +118,7 @@ def main() -> None:
                 rows.append({"offers": offers, "model": kind, **result})
                 print(json.dumps(rows[-1]), flush=True)
         quality = quality_cost(work)
-    write(rows, quality, ease_limit, args)
+    write(rows, quality, ease_limit(), args)
 
 
 def write(rows: list[dict[str, object]], quality: list[dict[str, object]], ease_limit: int,

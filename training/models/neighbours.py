@@ -83,11 +83,14 @@ class EASEConfig(ModelConfig):
 PEAK_BYTES_PER_PAIR = 14
 
 
-def ease_fits(offers: int, memory_share: float = 0.6) -> bool:
-    """Whether EASE's fit on ``offers`` offers stays within ``memory_share`` of this
-    machine's memory."""
+def ease_limit(memory_share: float = 0.6) -> int:
+    """The most offers EASE's fit takes within ``memory_share`` of this machine's memory."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return PEAK_BYTES_PER_PAIR * offers**2 <= memory_share * total
+    return int((memory_share * total / PEAK_BYTES_PER_PAIR) ** 0.5)
+
+
+def ease_fits(offers: int, memory_share: float = 0.6) -> bool:
+    return offers <= ease_limit(memory_share)
 
 
 class EASE(Recommender):
