@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from features.columns import PURPOSES
 from serving.engine import Engine, Request
-from serving.policy import RULES
+from serving.policy import RULES, Consent
 from serving.store import NO_EXPOSURE, Store
 
 SCHEMA = "nbo.customer-export/1"
@@ -26,6 +26,7 @@ def as_utc(moment: datetime) -> datetime:
 
 Utc = Annotated[datetime, AfterValidator(as_utc)]
 DAYS = 90  # the decisions shown by default: the decision log's longest usual retention
+MAX_DAYS = 3650  # the longest period of decisions asked for
 
 
 class Erased(BaseModel):
@@ -116,7 +117,8 @@ def customer_export(engine: Engine, store: Store, customer_id: str, now: datetim
     return CustomerExport(
         customer_id=customer_id, generated_at=now, decisions_since=since,
         lifecycle_stage=stage,
-        consents=consents_held(store, customer_id, engine.settings.personalization_default),
+        consents=consents_held(store, customer_id, store.consent(
+            customer_id, engine.settings.personalization_default)),
         consent_trail=[ConsentChangeHeld(**{k: v for k, v in change.items()
                                             if k in ConsentChangeHeld.model_fields})
                        for change in store.consent_trail(customer_id).to_dict("records")],
@@ -129,11 +131,10 @@ def customer_export(engine: Engine, store: Store, customer_id: str, now: datetim
         decisions=decisions_of(engine, store, customer_id, since))
 
 
-def consents_held(store: Store, customer_id: str, personalization_default: bool
-                  ) -> list[ConsentHeld]:
-    """Each purpose's record where the store has one, with whether nbo acts on it now."""
+def consents_held(store: Store, customer_id: str, effective: Consent) -> list[ConsentHeld]:
+    """Each purpose's record where the store has one, with whether nbo acts on it now
+    (``effective``: the store's consent of the customer, as requests read it)."""
     records = {row["purpose"]: row for row in store.consent_records(customer_id)}
-    effective = store.consent(customer_id, personalization_default)
     acting = {"personalization": effective.personalization, "sensitive": effective.sensitive,
               **{channel: channel in effective.channels for channel in PURPOSES
                  if channel not in ("personalization", "sensitive")}}

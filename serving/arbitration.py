@@ -144,6 +144,11 @@ class Arbiter:
         """Each budget's (name, period) at ``now``."""
         return [(budget.name, period_of(budget.period, now)) for budget, _ in self.budgets]
 
+    def left(self, used: dict[tuple[str, str], int], now: datetime) -> list[int]:
+        """What each budget has left in its period at ``now`` (``used``: from the store)."""
+        return [max(budget.limit - used.get(key, 0), 0)
+                for (budget, _), key in zip(self.budgets, self.budget_keys(now), strict=True)]
+
     def within_budgets(self, used: dict[tuple[str, str], int], now: datetime) -> np.ndarray:
         """Offers none of whose budgets is used up (``used``: from the store)."""
         allowed = np.ones(len(self.offers), dtype=bool)

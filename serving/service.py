@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse
 
 from features.settings import Settings, quiet_third_parties
 from serving import actions, console, models
-from serving.access import DAYS, CustomerExport, Erased, customer_export
+from serving.access import DAYS, MAX_DAYS, CustomerExport, Erased, customer_export
 from serving.attribution import WINDOW_DAYS
 from serving.decision_log import Assigned, DecisionLog, letter_rows, ranking_row
 from serving.engine import Engine, PolicySettings, Ranking, RequestError
@@ -351,7 +351,7 @@ class NboService:
     @admin.get("/customers/{customer_id}/export", response_model=CustomerExport,
                responses={410: {"model": Erased, "description": "The customer is erased."}})
     async def export(self, customer_id: PathId, days: Annotated[float, Query(
-            gt=0, le=3650, description="Decisions of the last days.")] = DAYS) -> Any:
+            gt=0, le=MAX_DAYS, description="Decisions of the last days.")] = DAYS) -> Any:
         """Everything held for the customer (GDPR Art. 15) and, for each offer shown to
         them in the last ``days``, the decision, its reason and the rules it passed; an
         erased customer answers 410 with only that they are erased."""
@@ -461,13 +461,14 @@ class NboService:
         def work() -> dict[str, Any]:
             engine = self._engine()
             arbiter, now = engine.arbiter, moment(self.settings, None)
-            used = self.store.budget_used(arbiter.budget_keys(now))
+            keys = arbiter.budget_keys(now)
+            used = self.store.budget_used(keys)
             return {"policy_version": arbiter.version, "budgets": [
                 {"name": budget.name, "counts": budget.counts, "period": budget.period,
                  "current_period": key[1], "limit": budget.limit, "used": used[key],
-                 "left": max(budget.limit - used[key], 0), "offers": int(members.sum())}
-                for (budget, members), key in zip(arbiter.budgets, arbiter.budget_keys(now),
-                                                  strict=True)]}
+                 "left": left, "offers": int(members.sum())}
+                for (budget, members), key, left in zip(arbiter.budgets, keys,
+                                                        arbiter.left(used, now), strict=True)]}
 
         return await self._answer(work, in_thread=True)
 

@@ -98,7 +98,7 @@ def test_the_customer_page_shows_each_channel_with_reasons_and_the_removed_offer
     removed = re.findall(r'<span class="rule">([^<]+)</span>', html)
     assert removed and set(removed) <= set(RULES)
     assert "exclusion" in removed  # a buyer's bought offers are taken by the exclusion rule
-    assert 'id="mail"' in html and 'class="mail-block"' in html
+    assert 'id="mail"' in html and 'class="mail-block"' in html and 'class="mail-price"' in html
     assert 'id="consent-email"' in html and "Lifecycle stage" in html
 
 

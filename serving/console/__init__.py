@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 import anyio.to_thread
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.engine import Row
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -38,7 +39,7 @@ from starlette.templating import Jinja2Templates
 from features.columns import PURPOSES
 from features.settings import Settings
 from serving import actions
-from serving.access import DAYS, CustomerExport, Erased, customer_export
+from serving.access import DAYS, MAX_DAYS, CustomerExport, Erased, customer_export
 from serving.assignment import CONTROL_GROUP
 from serving.attribution import WINDOW_DAYS
 from serving.console import views
@@ -48,6 +49,7 @@ from serving.http import parse_keys
 from serving.models import ModelHolder
 from serving.report import served_report
 from serving.requests import RequestError
+from serving.schemas import Id
 from serving.store import Store
 
 log = logging.getLogger(__name__)
@@ -236,12 +238,16 @@ async def home(request: Request) -> Response:
 # --- pages ----------------------------------------------------------------------------------
 
 
+AN_ID = TypeAdapter(Id)
+
+
 def typed_id(value: str | None) -> str:
-    """A customer id as typed: trimmed, 1 to 128 characters, no control characters."""
-    value = (value or "").strip()
-    if not value or len(value) > 128 or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise RequestError("a customer id has 1 to 128 characters and no control characters")
-    return value
+    """A customer id as typed, trimmed, under the API's rule for ids."""
+    try:
+        return AN_ID.validate_python((value or "").strip())
+    except ValidationError:
+        raise RequestError("a customer id has 1 to 128 characters and no control characters"
+                           ) from None
 
 
 async def customer(request: Request, held: Console, _: Row[Any]) -> Response:
@@ -306,8 +312,8 @@ def export_days(given: str | None) -> float:
         days = float(given) if given else DAYS
     except ValueError:
         raise RequestError("days is a number of days") from None
-    if not 0 < days <= 3650:
-        raise RequestError("days is between 0 and 3650")
+    if not 0 < days <= MAX_DAYS:
+        raise RequestError(f"days is between 0 and {MAX_DAYS}")
     return days
 
 

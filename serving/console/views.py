@@ -75,16 +75,13 @@ def customer(holder: ModelHolder, store: Store, customer_id: str, now: datetime
     offers = engine.offers
     titles = dict(zip(offers.ids.tolist(), offers.titles.tolist(), strict=True))
     view.titles = titles
-    view.prices = {pid: float(price) for pid, price in zip(offers.ids.tolist(),
-                                                            offers.price.tolist(), strict=True)
-                   if not math.isnan(price)}
     view.experiment, view.model_version = assigned, engine.version
     row = engine.row_of(customer_id)
     view.known = row >= 0
     now_ns = int(np.datetime64(now, "ns").astype(np.int64))
     view.state = engine.state.described(row, now_ns)
     consent = store.consent(customer_id, engine.settings.personalization_default)
-    view.consents = consents_held(store, customer_id, engine.settings.personalization_default)
+    view.consents = consents_held(store, customer_id, consent)
     view.trail = store.consent_trail(customer_id).to_dict("records")[::-1]
     held = store.held_of(customer_id)
     view.events = held["events"][::-1][:LIVE_SHOWN]
@@ -96,6 +93,9 @@ def customer(holder: ModelHolder, store: Store, customer_id: str, now: datetime
     view.stage = view.channels[0].ranking.lifecycle_stage
     view.arm = view.channels[0].ranking.arm
     view.letter = engine.newsletter([customer_id], BLOCKS, now, preview=True)[0]
+    shown = [block.product_id for block in view.letter.blocks]
+    view.prices = {pid: float(price) for pid, price in zip(
+        shown, offers.price[engine.items.index_of(shown)], strict=True) if not math.isnan(price)}
     return view
 
 
@@ -151,9 +151,8 @@ def offers_page(engine: Engine, store: Store, now: datetime, page: int = 1, quer
     left = np.full(len(offers), -1, dtype=np.int64)  # -1: no budget
     if arbiter.budgets:
         used = store.budget_used(arbiter.budget_keys(now))
-        for (budget, members), key in zip(arbiter.budgets, arbiter.budget_keys(now),
-                                          strict=True):
-            remaining = max(budget.limit - used[key], 0)
+        for (_, members), remaining in zip(arbiter.budgets, arbiter.left(used, now),
+                                           strict=True):
             left[members] = np.where(left[members] < 0, remaining,
                                      np.minimum(left[members], remaining))
     allowed = arbiter.allowed(now_ns)
