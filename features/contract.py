@@ -160,12 +160,27 @@ def read_table_with_parts(folder: Path, path: Path, name: str) -> pd.DataFrame:
     """The table's file and its appended parts as one frame (the parts' values as text where
     the file is CSV, so every column reads the same way)."""
     frames = [] if path.is_dir() else [read_table(path)]
-    text = path.suffix != ".parquet" and not path.is_dir()
+    text = is_text_table(path)
     for part in part_files(folder, name):
         frame = read_table(part)
-        frames.append(frame.astype(object).where(frame.notna(), None).map(
-            lambda v: v if v is None else _as_text(v)) if text else frame)
+        frames.append(as_text_frame(frame) if text else frame)
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def is_text_table(path: Path) -> bool:
+    """A CSV table: its values are read as text, and so are the parts appended to it."""
+    return path.suffix != ".parquet" and not path.is_dir()
+
+
+def as_text_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A typed part's values as the text a CSV table of the same data would hold."""
+    return frame.astype(object).where(frame.notna(), None).map(
+        lambda v: v if v is None else _as_text(v))
+
+
+def table_files(folder: Path, name: str, path: Path) -> dict[str, Path]:
+    """The files a table is read from, as a dataset's ``files`` lists them."""
+    return {name: path} | {f"{name}/{part.name}": part for part in part_files(folder, name)}
 
 
 def _as_text(value: object) -> str:
@@ -181,6 +196,22 @@ def read_table(path: Path) -> pd.DataFrame:
         raise ContractError(f"{path}: cannot be read as a table ({exc}).") from exc
 
 
+def find_required_table(folder: Path, name: str) -> Path | None:
+    """:func:`find_table`, which must find the tables the contract requires."""
+    path = find_table(folder, name)
+    if path is None and name in REQUIRED_TABLES:
+        raise ContractError(f"{folder}: the required table '{name}' is missing "
+                            f"(expected {name}.parquet or {name}.csv).")
+    return path
+
+
+def check_columns(path: Path, name: str, columns: pd.Index) -> None:
+    missing = [c for c in REQUIRED_COLUMNS[name] if c not in columns]
+    if missing:
+        raise ContractError(f"{path}: required column(s) {', '.join(missing)} missing; "
+                            f"found {', '.join(map(str, columns))}.")
+
+
 def load_dataset(folder: Path | str, now: pd.Timestamp | None = None) -> Dataset:
     """Read and validate every table of a dataset folder.
 
@@ -192,24 +223,13 @@ def load_dataset(folder: Path | str, now: pd.Timestamp | None = None) -> Dataset
     raw: dict[str, pd.DataFrame] = {}
     files: dict[str, Path] = {}
     for name in TABLES:
-        path = find_table(folder, name)
+        path = find_required_table(folder, name)
         if path is None:
-            if name in REQUIRED_TABLES:
-                raise ContractError(
-                    f"{folder}: the required table '{name}' is missing "
-                    f"(expected {name}.parquet or {name}.csv)."
-                )
             continue
         frame = read_table_with_parts(folder, path, name)
-        missing = [c for c in REQUIRED_COLUMNS[name] if c not in frame.columns]
-        if missing:
-            raise ContractError(
-                f"{path}: required column(s) {', '.join(missing)} missing; "
-                f"found {', '.join(map(str, frame.columns))}."
-            )
+        check_columns(path, name, frame.columns)
         raw[name] = frame
-        files[name] = path
-        files.update({f"{name}/{part.name}": part for part in part_files(folder, name)})
+        files.update(table_files(folder, name, path))
         del frame
     return validate_tables(raw, files, now=now)
 
@@ -227,19 +247,14 @@ def validate_tables(
     files = files or {}
     now = now if now is not None else pd.Timestamp.now(tz="UTC").tz_localize(None)
     results: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
-    products_kept, products_bad = _split(raw.pop("products"), _product_reasons)
+    products_kept, products_bad = split_table(raw.pop("products"), "products")
     results["products"] = (products_kept, products_bad)
     known = pd.Index(products_kept[C.product].unique())
-    results["events"] = _split(raw.pop("events"), lambda f: _event_reasons(f, known))
-    for name, check in (
-        ("customers", lambda f: _customer_reasons(f, now)),
-        ("consents", _consent_reasons),
-        ("feedback", _feedback_reasons),
-    ):
+    for name in ("events", "customers", "consents", "feedback"):
         frame = raw.pop(name, None)
         if frame is None:
             frame = pd.DataFrame(columns=list(REQUIRED_COLUMNS[name]))
-        results[name] = _split(frame, check)
+        results[name] = split_table(frame, name, known, now)
 
     reports = {}
     for name, (kept, bad) in results.items():
@@ -273,6 +288,27 @@ def validate_events(frame: pd.DataFrame, products: pd.Index) -> tuple[pd.DataFra
 
 
 Rule = Callable[[pd.DataFrame], tuple[pd.DataFrame, pd.Series]]
+
+
+def split_table(frame: pd.DataFrame, name: str, known: pd.Index | None = None,
+                now: pd.Timestamp | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One table's rows split by the contract's rules: the kept rows, normalised, and the
+    bad ones with their ``source_row`` (from 1, in ``frame``) and ``reason``. Events need
+    the ``known`` product ids, customers the moment ``now`` that bounds birth years."""
+    rules: dict[str, Rule] = {
+        "products": _product_reasons,
+        "events": lambda f: _event_reasons(f, _given_value(known, "known products")),
+        "customers": lambda f: _customer_reasons(f, _given_value(now, "now")),
+        "consents": _consent_reasons,
+        "feedback": _feedback_reasons,
+    }
+    return _split(frame, rules[name])
+
+
+def _given_value(value: Any, what: str) -> Any:
+    if value is None:
+        raise TypeError(f"split_table needs {what} for this table")
+    return value
 
 
 def _split(frame: pd.DataFrame, rule: Rule) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -17,28 +17,51 @@ PROSPECTS = "prospects"
 MINI_BATCH_ABOVE = 100_000
 
 
-def category_shares(
-    events: pd.DataFrame, products: pd.DataFrame, top: int
-) -> pd.DataFrame:
-    """Share of each customer's purchased units per category (top categories + 'other')."""
+def category_units(events: pd.DataFrame, products: pd.DataFrame
+                   ) -> tuple[pd.Index, np.ndarray, pd.Index, np.ndarray]:
+    """The purchases of ``events`` as codes: the buying customers, a (customer, category)
+    code pair per purchase (category -1: not in the catalogue), the categories in the
+    catalogue's order of appearance, and the units bought."""
     rows = np.flatnonzero(kind_masks(events[C.event_type])[E.purchase])
     customer_code, customers = pd.factorize(events[C.customer].iloc[rows])
     product_row = pd.Index(products[C.product]).get_indexer(events[C.product].iloc[rows])
     category_code, categories = pd.factorize(products[C.category])
     category = np.where(product_row >= 0, category_code[product_row], -1)
     units = events[C.quantity].to_numpy(dtype=float)[rows]
-    totals = np.bincount(category[category >= 0], weights=units[category >= 0],
-                         minlength=len(categories))
-    leading = np.argsort(-totals, kind="stable")[:top]
+    return customers, np.stack([customer_code, category]), pd.Index(categories), units
+
+
+def category_totals(events: pd.DataFrame, products: pd.DataFrame) -> pd.Series:
+    """Purchased units per category, every category of the catalogue in its order (the
+    totals of parts of a history add up to the totals of the whole)."""
+    _, codes, categories, units = category_units(events, products)
+    known = codes[1] >= 0
+    return pd.Series(np.bincount(codes[1][known], weights=units[known],
+                                 minlength=len(categories)), index=categories)
+
+
+def leading_categories(totals: pd.Series, top: int) -> list[str]:
+    """The ``top`` categories by units, ties in catalogue order."""
+    return [str(c) for c in totals.index[np.argsort(-totals.to_numpy(), kind="stable")[:top]]]
+
+
+def category_shares(
+    events: pd.DataFrame, products: pd.DataFrame, top: int, leading: list[str] | None = None
+) -> pd.DataFrame:
+    """Share of each customer's purchased units per category: the ``leading`` categories
+    (default: the ``top`` of these events) and 'other'."""
+    customers, codes, categories, units = category_units(events, products)
+    if leading is None:
+        leading = leading_categories(category_totals(events, products), top)
     column = np.full(len(categories) + 1, len(leading))  # unknown and the rest: 'other'
-    column[leading] = np.arange(len(leading))
+    column[categories.get_indexer(leading)] = np.arange(len(leading))
     matrix = sparse.coo_matrix(
-        (units, (customer_code, column[category])),
+        (units, (codes[0], column[codes[1]])),
         shape=(len(customers), len(leading) + 1),
     ).toarray()
     matrix /= np.maximum(matrix.sum(axis=1, keepdims=True), 1e-12)
-    names = [str(categories[i]) for i in leading] + ["other"]
-    return pd.DataFrame(matrix, index=pd.Index(customers, name=C.customer), columns=names)
+    return pd.DataFrame(matrix, index=pd.Index(customers, name=C.customer),
+                        columns=[*leading, "other"])
 
 
 def segment_customers(
@@ -48,12 +71,25 @@ def segment_customers(
 
     Customers who never bought form the segment 'prospects'.
     """
-    ids = state[C.customer]
-    segment = pd.Series(PROSPECTS, index=pd.Index(ids, name=C.customer), name="segment")
-    buyers = state[state["orders"] > 0].set_index(C.customer)
+    summary = state.set_index(C.customer)[list(SUMMARY)]
+    buyers = summary.index[summary["orders"] > 0]
+    shares = (category_shares(events, products, cfg.n_categories).reindex(buyers).fillna(0)
+              if len(buyers) else pd.DataFrame())
+    return cluster_segments(summary, shares, cfg)
+
+
+SUMMARY = ("days_since_purchase", "orders", "value")
+
+
+def cluster_segments(summary: pd.DataFrame, shares: pd.DataFrame, cfg: SegmentConfig
+                     ) -> tuple[pd.Series, pd.DataFrame]:
+    """Segments from each customer's ``summary`` (:data:`SUMMARY`, indexed by customer) and
+    the category shares of its buyers (indexed alike, in the summary's order). The clusters
+    depend on the order of the rows, so every engine passes them in one order."""
+    segment = pd.Series(PROSPECTS, index=summary.index.rename(C.customer), name="segment")
+    buyers = summary[summary["orders"] > 0]
     if buyers.empty:
-        return segment, _profiles(segment, state, pd.DataFrame())
-    shares = category_shares(events, products, cfg.n_categories).reindex(buyers.index).fillna(0)
+        return segment, _profiles(segment, summary, pd.DataFrame())
     behaviour = pd.DataFrame({
         "recency": np.log1p(buyers["days_since_purchase"].clip(lower=0)),
         "frequency": np.log1p(buyers["orders"]),
@@ -65,7 +101,7 @@ def segment_customers(
     labels = algorithm(n_clusters=k, random_state=cfg.seed, n_init=3).fit_predict(matrix)
     names = _names(labels, buyers, shares)
     segment.loc[buyers.index] = names[labels]
-    return segment, _profiles(segment, state, shares)
+    return segment, _profiles(segment, summary, shares)
 
 
 def _names(labels: np.ndarray, buyers: pd.DataFrame, shares: pd.DataFrame) -> np.ndarray:
@@ -104,9 +140,9 @@ def _taste(mean_share: pd.Series) -> str:
     return f"{top.index[0]} & {top.index[1]}"
 
 
-def _profiles(segment: pd.Series, state: pd.DataFrame, shares: pd.DataFrame) -> pd.DataFrame:
-    frame = state.set_index(C.customer)[["days_since_purchase", "orders", "value"]]
-    frame = frame.assign(segment=segment)
+def _profiles(segment: pd.Series, summary: pd.DataFrame, shares: pd.DataFrame
+              ) -> pd.DataFrame:
+    frame = summary[list(SUMMARY)].assign(segment=segment.to_numpy())
     profile = frame.groupby("segment").agg(
         customers=("orders", "size"),
         median_days_since_purchase=("days_since_purchase", "median"),

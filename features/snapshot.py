@@ -7,7 +7,8 @@ import json
 import shutil
 import subprocess
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -119,16 +120,8 @@ def build_snapshot(
     step = step or (lambda _: None)
     step("validating")
     data = load_dataset(dataset)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    building = out.with_name(f".{out.name}.building-{uuid.uuid4().hex[:8]}")
-    building.mkdir()
-    try:
-        data.write_quarantine(building / "quarantine")
-        try:
-            data.check_bad_share(max_bad_share)
-        except ContractError:
-            keep_quarantine(building / "quarantine", out)
-            raise
+    with new_folder(out) as building:
+        check_quarantine(data, building, out, max_bad_share)
         moment = pd.Timestamp(now) if now is not None else _last_event(data)
         features = compute_features(data.events, data.products, data.customers, moment,
                                     config, step, feedback=data.feedback)
@@ -136,22 +129,58 @@ def build_snapshot(
         tables = {name: getattr(data, name) for name in TABLE_FILES} | features.tables()
         for name, frame in tables.items():
             frame.to_parquet(building / f"{name}.parquet", index=False)
-        manifest = {
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "now": moment.isoformat(),
-            "dataset": str(dataset.resolve()),
-            "fingerprint": fingerprint(data.files.values()),
-            "code_version": code_version(),
-            "config": to_flat(config),
-            "rows": {name: len(frame) for name, frame in tables.items()},
-            "validation": data.summary(),
-            "lifecycle_stages": features.customer_state["lifecycle_stage"].value_counts()
-            .to_dict(),
-        }
-        (building / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        manifest = write_manifest(
+            building, dataset, moment, data.files.values(), config,
+            rows={name: len(frame) for name, frame in tables.items()},
+            validation=data.summary(),
+            stages=features.customer_state["lifecycle_stage"].value_counts().to_dict(),
+            engine="pandas")
+    return manifest
+
+
+@contextmanager
+def new_folder(out: Path) -> Iterator[Path]:
+    """A folder built beside ``out`` that takes its place when the block completes; a block
+    that fails or is killed leaves ``out`` as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    building = out.with_name(f".{out.name}.building-{uuid.uuid4().hex[:8]}")
+    building.mkdir()
+    try:
+        yield building
         replace_folder(building, out)
     finally:
         shutil.rmtree(building, ignore_errors=True)  # gone already when it became ``out``
+
+
+def check_quarantine(data: Dataset, building: Path, out: Path, max_bad_share: float) -> None:
+    """Write the quarantined rows into the snapshot being built, then fail above the bad
+    share, keeping those rows where the user looks (:func:`keep_quarantine`)."""
+    data.write_quarantine(building / "quarantine")
+    try:
+        data.check_bad_share(max_bad_share)
+    except ContractError:
+        keep_quarantine(building / "quarantine", out)
+        raise
+
+
+def write_manifest(building: Path, dataset: Path, moment: pd.Timestamp, files: Any,
+                   config: FeatureConfig, rows: dict[str, int],
+                   validation: dict[str, dict[str, Any]], stages: dict[str, int], engine: str
+                   ) -> dict[str, Any]:
+    """Write the snapshot's manifest into the folder being built and return it."""
+    manifest = {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "now": moment.isoformat(),
+        "dataset": str(dataset.resolve()),
+        "fingerprint": fingerprint(files),
+        "code_version": code_version(),
+        "engine": engine,
+        "config": to_flat(config),
+        "rows": rows,
+        "validation": validation,
+        "lifecycle_stages": stages,
+    }
+    (building / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     return manifest
 
 
@@ -186,12 +215,30 @@ def load_snapshot(path: Path) -> Snapshot:
             f"{path}: not a feature snapshot (no {MANIFEST}); build one with 'nbo features build'."
         )
     manifest = json.loads(manifest_file.read_text())
-    tables = {name: pd.read_parquet(path / f"{name}.parquet")
+    tables = {name: read_parquet_table(path / f"{name}.parquet")
               for name in (*TABLE_FILES, *FEATURE_FILES)}
     features = Features(now=pd.Timestamp(manifest["now"]),
                         **{name: tables[name] for name in FEATURE_FILES})
     return Snapshot(path=path, manifest=manifest, features=features,
                     **{name: tables[name] for name in TABLE_FILES})
+
+
+def read_parquet_table(path: Path) -> pd.DataFrame:
+    """A snapshot table: one Parquet file, or a folder of part files (the Dask build writes
+    one per partition). Parts are joined in name order; a column that is categorical in
+    the parts stays categorical over the union of their categories."""
+    if not path.is_dir():
+        return pd.read_parquet(path)
+    parts = [pd.read_parquet(part) for part in sorted(path.glob("part-*.parquet"))]
+    filled = [part for part in parts if len(part)] or parts[:1]
+    if len(filled) == 1:
+        return filled[0]
+    categorical = [c for c in filled[0].columns
+                   if isinstance(filled[0][c].dtype, pd.CategoricalDtype)]
+    frame = pd.concat(filled, ignore_index=True)
+    for column in categorical:
+        frame[column] = frame[column].astype("category")
+    return frame
 
 
 def _last_event(data: Dataset) -> pd.Timestamp:

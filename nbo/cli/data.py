@@ -11,11 +11,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from nbo.cli.common import (
+    EXIT_MISSING,
     app,
     console,
     data_app,
     data_errors,
     err_console,
+    fail,
     feature_config,
     features_app,
     import_app,
@@ -128,23 +130,61 @@ def features_build(
     max_bad_share: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, help="Fail above this share of bad rows; default NBO_MAX_BAD_SHARE.")
     ] = None,
+    engine: Annotated[str, typer.Option(
+        help="pandas (one process) or dask (partitions of customers on a Dask cluster).")
+    ] = "pandas",
+    scheduler: Annotated[str | None, typer.Option(
+        help="Dask engine: address of a running scheduler, e.g. tcp://host:8786.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Dask engine without --scheduler: local worker processes; default: cores.")
+    ] = None,
+    partitions: Annotated[int | None, typer.Option(
+        min=1, help="Dask engine: partitions of customers; default: as many as the events "
+        "are read in, at least two per worker.")] = None,
 ) -> None:
     """Validate a dataset and build a feature snapshot: interaction weights, customer state and
-    lifecycle, segments and side features, as Parquet with a manifest."""
+    lifecycle, segments and side features, as Parquet with a manifest. With --engine dask the
+    same snapshot is computed per partition of customers on a Dask cluster (a local one unless
+    --scheduler names one), and its tables keyed by customer are folders of part files."""
+    if engine not in ("pandas", "dask"):
+        raise typer.BadParameter("use pandas or dask", param_hint="--engine")
+    if engine == "pandas" and (scheduler or workers or partitions):
+        raise typer.BadParameter("--scheduler, --workers and --partitions need --engine dask",
+                                 param_hint="--engine")
+    if scheduler and workers:
+        raise typer.BadParameter("give --scheduler or --workers, not both",
+                                 param_hint="--workers")
     config = feature_config(set_ or [])
-    manifest = build_features(dataset, out, config, now, max_bad_share)
+    cluster = {"scheduler": scheduler, "workers": workers, "partitions": partitions} \
+        if engine == "dask" else None
+    manifest = build_features(dataset, out, config, now, max_bad_share, cluster)
     print_snapshot(manifest, out)
 
 
 def build_features(dataset: Path, out: Path, config: Any, now: datetime | None,
-                    max_bad_share: float | None) -> dict[str, Any]:
+                   max_bad_share: float | None, cluster: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    """Build the snapshot in this process, or on Dask where ``cluster`` says how
+    (``scheduler``, ``workers``, ``partitions``)."""
     from features.snapshot import build_snapshot
 
     current = settings()
     limit = max_bad_share if max_bad_share is not None else current.max_bad_share
     with data_errors(), steps("building features") as step:
-        return build_snapshot(dataset, out, config, now=now or current.now,
-                              max_bad_share=limit, step=step)
+        if cluster is None:
+            return build_snapshot(dataset, out, config, now=now or current.now,
+                                  max_bad_share=limit, step=step)
+        from features.partitioned import build_snapshot_dask
+        from nbo.jobs.cluster import SchedulerUnreachable, dask_client
+
+        step("starting the Dask client")
+        try:
+            with dask_client(cluster["scheduler"], cluster["workers"]) as client:
+                return build_snapshot_dask(client, dataset, out, config,
+                                           now=now or current.now, max_bad_share=limit,
+                                           step=step, partitions=cluster["partitions"])
+        except SchedulerUnreachable as exc:
+            raise fail(str(exc), EXIT_MISSING) from None
 
 
 def print_snapshot(manifest: dict[str, Any], out: Path) -> None:
