@@ -54,7 +54,7 @@ def category_shares(
     if leading is None:
         leading = leading_categories(category_totals(events, products), top)
     column = np.full(len(categories) + 1, len(leading))  # unknown and the rest: 'other'
-    column[categories.get_indexer(leading)] = np.arange(len(leading))
+    column[categories.get_indexer(pd.Index(leading))] = np.arange(len(leading))
     matrix = sparse.coo_matrix(
         (units, (codes[0], column[codes[1]])),
         shape=(len(customers), len(leading) + 1),

@@ -165,7 +165,7 @@ def check_quarantine(data: Dataset, building: Path, out: Path, max_bad_share: fl
 
 def write_manifest(building: Path, dataset: Path, moment: pd.Timestamp, files: Any,
                    config: FeatureConfig, rows: dict[str, int],
-                   validation: dict[str, dict[str, Any]], stages: dict[str, int], engine: str
+                   validation: dict[str, dict[str, Any]], stages: dict[Any, int], engine: str
                    ) -> dict[str, Any]:
     """Write the snapshot's manifest into the folder being built and return it."""
     manifest = {
