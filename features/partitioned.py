@@ -110,21 +110,18 @@ def build_snapshot_dask(
         count = partitions or max(events.frame.npartitions,
                                   2 * len(client.scheduler_info()["workers"]))
         with new_folder(out) as building:
-            shared = client.scatter({"products": products,
-                                     "known": pd.Index(products[C.product].unique())},
-                                    broadcast=True)
-            summaries = _validate(client, tables, count, shared, today, moment, building, step)
-            data = _dataset(tables, products_path, products, products_bad, summaries)
+            # the workers read the catalogue from the snapshot: a file outlives a worker
+            products.to_parquet(building / "products.parquet", index=False)
+            summaries = _validate(client, tables, count, today, moment, building, step)
+            data = _dataset(client, tables, products_path, products, products_bad, summaries)
             check_quarantine(data, building, out, max_bad_share)
             if moment is None:
                 moment = max(s["last_event"] for s in summaries["buckets"] if s["last_event"]
                              is not None)
-            shared["now"] = client.scatter(moment, broadcast=True)
-            built = _features(client, count, shared, config, building, step)
+            built = _features(client, count, moment, config, building, step)
             step("segments")
-            stages = _segments(client, built, count, shared, config, building, step)
+            stages = _segments(client, built, count, moment, config, building, step)
             step("writing")
-            products.to_parquet(building / "products.parquet", index=False)
             item_features(products, config.price_bands).to_parquet(
                 building / "item_features.parquet", index=False)
             built["profiles"].to_parquet(building / "segments.parquet", index=False)
@@ -164,10 +161,10 @@ def _read(dataset: Path, name: str) -> _Table | None:
                 blocksize=None if compressed else CSV_BLOCK,
                 compression="gzip" if compressed else None))
         else:
-            frames.append(dd.read_parquet(str(path)))
+            frames.append(dd.read_parquet(str(path), split_row_groups=True))
     parts = part_files(dataset, name)
     if parts:
-        appended = dd.read_parquet([str(part) for part in parts])
+        appended = dd.read_parquet([str(part) for part in parts], split_row_groups=True)
         frames.append(appended.map_partitions(as_text_frame) if text else appended)
     frame = frames[0] if len(frames) == 1 else dd.concat(frames)
     check_columns(path, name, frame.columns)
@@ -192,15 +189,15 @@ def customer_hash(ids: pd.Series) -> np.ndarray:
 
 
 def _validate(client: Client, tables: dict[str, _Table | None], count: int,
-              shared: dict[str, Any], today: pd.Timestamp, moment: pd.Timestamp | None,
-              building: Path, step: Callable[[str], None]) -> dict[str, Any]:
+              today: pd.Timestamp, moment: pd.Timestamp | None, building: Path,
+              step: Callable[[str], None]) -> dict[str, Any]:
     """Validate every partition on the workers; what each kept is written into ``building``,
     what it set aside comes back with the rows' places."""
     by_bucket = {name: _buckets(tables[name], count) for name in BY_CUSTOMER}
     tasks: list[Delayed] = [
         delayed(_validate_bucket)(i, by_bucket["events"][i], by_bucket["customers"][i],
-                                  by_bucket["feedback"][i], shared["known"], today, moment,
-                                  str(building), pure=False)
+                                  by_bucket["feedback"][i], today, moment, str(building),
+                                  pure=False)
         for i in range(count)
     ]
     consents = tables["consents"]
@@ -212,14 +209,8 @@ def _validate(client: Client, tables: dict[str, _Table | None], count: int,
                                                 for c in REQUIRED_COLUMNS["consents"]},
                                              ROW: pd.Series(dtype=np.int64),
                                              HASH: pd.Series(dtype=np.uint64)}), str(building))
-    lengths = {name: table.frame.map_partitions(len).to_delayed()
-               for name, table in tables.items() if table is not None}
-    futures = client.compute(tasks)
-    length_futures = {name: client.compute(parts) for name, parts in lengths.items()}
-    results = _gathered(futures, "validating", step)
-    offsets = {name: np.r_[0, np.cumsum(client.gather(parts))[:-1]]
-               for name, parts in length_futures.items()}
-    return {"buckets": results[:count], "consents": results[count:], "offsets": offsets}
+    results = _gathered(client.compute(tasks), "validating", step)
+    return {"buckets": results[:count], "consents": results[count:]}
 
 
 def _buckets(table: _Table | None, count: int) -> list[Any]:
@@ -239,9 +230,10 @@ def _gathered(futures: list[Any], what: str, step: Callable[[str], None]) -> lis
 
 
 def _validate_bucket(i: int, events: pd.DataFrame, customers: pd.DataFrame | None,
-                     feedback: pd.DataFrame | None, known: pd.Index, today: pd.Timestamp,
+                     feedback: pd.DataFrame | None, today: pd.Timestamp,
                      moment: pd.Timestamp | None, building: str) -> dict[str, Any]:
     folder = Path(building)
+    known = pd.Index(_products_of(folder)[C.product].unique())
     summary: dict[str, Any] = {}
     kept: dict[str, pd.DataFrame] = {}
     for name, raw in (("events", events), ("customers", customers), ("feedback", feedback)):
@@ -288,10 +280,12 @@ def _first_seen(events: pd.DataFrame, customers: pd.DataFrame, moment: pd.Timest
     })
 
 
-def _dataset(tables: dict[str, _Table | None], products_path: Path, products: pd.DataFrame,
-             products_bad: pd.DataFrame, summaries: dict[str, Any]) -> Dataset:
+def _dataset(client: Client, tables: dict[str, _Table | None], products_path: Path,
+             products: pd.DataFrame, products_bad: pd.DataFrame, summaries: dict[str, Any]
+             ) -> Dataset:
     """The validation's reports and quarantine as the pandas build has them: rows set aside
-    carry their row number in the whole table (from 1), in that order."""
+    carry their row number in the whole table (from 1), in that order. Only a table with
+    such rows is read again, to count the rows of each partition it was read in."""
     reports = {"products": TableReport(file=str(products_path), read=len(products)
                                        + len(products_bad), kept=len(products),
                                        reasons=counts(products_bad[C.reason]))}
@@ -304,8 +298,10 @@ def _dataset(tables: dict[str, _Table | None], products_path: Path, products: pd
         rows = (pd.concat(bad, ignore_index=True) if bad else
                 pd.DataFrame(columns=[C.reason]))
         if table is not None and len(rows):
+            lengths = client.compute(table.frame.map_partitions(len)).result()
+            offsets = np.r_[0, np.cumsum(lengths)[:-1]]
             place = rows.pop(ROW).to_numpy(np.int64)
-            offset = summaries["offsets"][name][place >> PARTITION_BITS]
+            offset = offsets[place >> PARTITION_BITS]
             rows.insert(0, C.source_row, offset + (place & ((1 << PARTITION_BITS) - 1)) + 1)
             rows = rows.sort_values(C.source_row, kind="stable").reset_index(drop=True)
         kept = sum(part["kept"] for part in parts)
@@ -323,11 +319,11 @@ def _dataset(tables: dict[str, _Table | None], products_path: Path, products: pd
 # --- features -----------------------------------------------------------------------------
 
 
-def _features(client: Client, count: int, shared: dict[str, Any], config: FeatureConfig,
+def _features(client: Client, count: int, now: pd.Timestamp, config: FeatureConfig,
               building: Path, step: Callable[[str], None]) -> dict[str, Any]:
     """Interaction weights and customer state per partition, and what the segments need."""
-    futures = [client.submit(_features_bucket, i, str(building), shared["products"],
-                             shared["now"], config, pure=False) for i in range(count)]
+    futures = [client.submit(_features_bucket, i, str(building), now, config, pure=False)
+               for i in range(count)]
     results = _gathered(futures, "weights and state", step)
     summary = pd.concat([r["summary"] for r in results], ignore_index=True)
     summary = summary.sort_values(["source", "place"], kind="stable").reset_index(drop=True)
@@ -339,9 +335,10 @@ def _features(client: Client, count: int, shared: dict[str, Any], config: Featur
     }
 
 
-def _features_bucket(i: int, building: str, products: pd.DataFrame, now: pd.Timestamp,
-                     config: FeatureConfig) -> dict[str, Any]:
+def _features_bucket(i: int, building: str, now: pd.Timestamp, config: FeatureConfig
+                     ) -> dict[str, Any]:
     folder = Path(building)
+    products = _products_of(folder)
     events = until(read_part(folder, "events", i), now)
     customers = read_part(folder, "customers", i)
     weights = interactions(events, now, config.weights, read_part(folder, "feedback", i))
@@ -362,7 +359,7 @@ def _features_bucket(i: int, building: str, products: pd.DataFrame, now: pd.Time
             "interactions": len(weights)}
 
 
-def _segments(client: Client, built: dict[str, Any], count: int, shared: dict[str, Any],
+def _segments(client: Client, built: dict[str, Any], count: int, now: pd.Timestamp,
               config: FeatureConfig, building: Path, step: Callable[[str], None]
               ) -> dict[str, int]:
     """Cluster the buyers on the client, send each partition its customers' segments and
@@ -370,8 +367,8 @@ def _segments(client: Client, built: dict[str, Any], count: int, shared: dict[st
     cfg = config.segments
     summary = built["summary"]
     leading = leading_categories(built["totals"], cfg.n_categories)
-    futures = [client.submit(_shares_bucket, i, str(building), shared["products"],
-                             shared["now"], cfg.n_categories, leading, pure=False)
+    futures = [client.submit(_shares_bucket, i, str(building), now, cfg.n_categories,
+                             leading, pure=False)
                for i in range(count)]
     shares = pd.concat(_gathered(futures, "category shares", step), ignore_index=True)
     at = pd.MultiIndex.from_frame(summary[["partition", "row"]]).get_indexer(
@@ -392,9 +389,10 @@ def _segments(client: Client, built: dict[str, Any], count: int, shared: dict[st
     return {str(stage): int(n) for stage, n in stages.items()}
 
 
-def _shares_bucket(i: int, building: str, products: pd.DataFrame, now: pd.Timestamp, top: int,
-                   leading: list[str]) -> pd.DataFrame:
+def _shares_bucket(i: int, building: str, now: pd.Timestamp, top: int, leading: list[str]
+                   ) -> pd.DataFrame:
     folder = Path(building)
+    products = _products_of(folder)
     state = read_part(folder, "customer_state", i)
     buyers = state.index[state["orders"] > 0]
     events = until(read_part(folder, "events", i), now)
@@ -423,6 +421,10 @@ def write_part(building: Path, name: str, i: int, frame: pd.DataFrame) -> None:
     folder = building / (f".{name}" if name == ORDER else f"{name}.parquet")
     folder.mkdir(exist_ok=True)
     frame.to_parquet(folder / f"part-{i:05d}.parquet", index=False)
+
+
+def _products_of(building: Path) -> pd.DataFrame:
+    return read_table(building / "products.parquet")
 
 
 def read_part(building: Path, name: str, i: int) -> pd.DataFrame:

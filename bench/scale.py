@@ -1,0 +1,156 @@
+"""Past one machine: the feature build in pandas against Dask, on generated shops of 1M and 10M
+customers, and the batch newsletter over 1M customers.
+
+    uv run python bench/scale.py [--sizes 1000000 10000000] [--workers 2] [--work DIR]
+                                 [--stages generate pandas dask newsletter]
+
+Every stage runs in its own process. A shop is generated once per size (in chunks of 50,000
+customers) and kept in ``--work``; each stage's figures are kept beside it, so a run can add a
+stage without redoing the others. The pandas build runs where the machine's memory holds it
+(its peak grows by about 6.2 GB per million customers), the Dask build on a local cluster of
+``--workers`` processes, each reporting its own peak memory. Results go to
+bench/results/scale.md and scale.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from pipeline import machine  # noqa: E402  (the benchmarks' shared machine description)
+
+RESULTS = ROOT / "bench" / "results"
+PANDAS_GB_PER_MILLION = 6.2  # measured in bench/results/pipeline.md
+STAGES = ("generate", "pandas", "dask")
+
+
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+
+
+def run_stage(stage: str, work: Path, customers: int, workers: int) -> dict[str, Any]:
+    """Runs inside the child process."""
+    shop = work / f"shop-{customers}"
+    started = time.perf_counter()
+    detail: dict[str, Any] = {}
+    if stage == "generate":
+        from features.generate import ShopSpec, generate_shop
+
+        detail = generate_shop(ShopSpec(customers=customers), shop)
+    elif stage == "pandas":
+        from features.snapshot import build_snapshot
+
+        detail = {"rows": build_snapshot(shop, work / f"pandas-{customers}")["rows"]}
+    elif stage == "dask":
+        from features.partitioned import build_snapshot_dask
+        from nbo.jobs.cluster import dask_client
+
+        with dask_client(workers=workers) as client:
+            started = time.perf_counter()  # the cluster's start is not the build's time
+            manifest = build_snapshot_dask(client, shop, work / f"dask-{customers}")
+            seconds = time.perf_counter() - started
+            worker_peaks = sorted(client.run(peak_gb).values())
+        detail = {"rows": manifest["rows"], "workers": workers,
+                  "worker_peak_gb": [round(gb, 2) for gb in worker_peaks]}
+        return {"seconds": seconds, "peak_gb": peak_gb(), "detail": detail}
+    else:
+        raise SystemExit(f"unknown stage {stage}")
+    return {"seconds": time.perf_counter() - started, "peak_gb": peak_gb(), "detail": detail}
+
+
+def measure(stage: str, work: Path, customers: int, workers: int) -> dict[str, Any]:
+    env = os.environ | {"OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, __file__, "--stage", stage, "--work", str(work),
+         "--sizes", str(customers), "--workers", str(workers)],
+        stdout=subprocess.PIPE, text=True, env=env, check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"stage {stage} of {customers:,} customers failed "
+                         f"(exit {done.returncode}); its error is above.")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--stage", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stage:
+        print(json.dumps(run_stage(args.stage, args.work, args.sizes[0], args.workers),
+                         default=str))
+        return
+    args.work.mkdir(parents=True, exist_ok=True)
+    memory_gb = float(machine()["memory_gb"])  # type: ignore[arg-type]
+    for customers in args.sizes:
+        for stage in args.stages:
+            kept = args.work / f"result-{stage}-{customers}.json"
+            if stage == "generate" and (args.work / f"shop-{customers}" / "shop.json").exists():
+                continue
+            if stage == "pandas" and customers / 1e6 * PANDAS_GB_PER_MILLION > 0.8 * memory_gb:
+                kept.write_text(json.dumps({"skipped": (
+                    f"needs about {customers / 1e6 * PANDAS_GB_PER_MILLION:.0f} GB at "
+                    f"{PANDAS_GB_PER_MILLION} GB per million customers; this machine has "
+                    f"{memory_gb:.0f} GB")}))
+                continue
+            print(f"{stage}: {customers:,} customers", file=sys.stderr, flush=True)
+            figures = measure(stage, args.work, customers, args.workers)
+            kept.write_text(json.dumps(figures, default=str))
+    write_results(args.work)
+
+
+def write_results(work: Path) -> None:
+    """Every stage's figures kept in ``work``, as one table."""
+    rows = []
+    for kept in sorted(work.glob("result-*.json")):
+        _, stage, customers = kept.stem.split("-")
+        rows.append({"stage": stage, "customers": int(customers), **json.loads(kept.read_text())})
+    rows.sort(key=lambda r: (r["customers"], STAGES.index(r["stage"])
+                             if r["stage"] in STAGES else 99))
+    info = machine()
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "scale.json").write_text(json.dumps(
+        {"run_at": stamp, "machine": info, "stages": rows}, indent=2, default=str) + "\n")
+    lines = [
+        "# Scale benchmark", "",
+        f"Written {stamp} by `bench/scale.py`; each stage ran in its own process (peak = that "
+        "process's maximum resident memory; a Dask worker's peak is its own process's).", "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; "
+        f"Python {info['python']}, pandas {info['pandas']}, pyarrow {info['pyarrow']}.", "",
+        "| customers | stage | seconds | peak GB (client) | peak GB per worker | rows |",
+        "| ---: | --- | ---: | ---: | --- | --- |",
+    ]
+    for row in rows:
+        if "skipped" in row:
+            lines.append(f"| {row['customers']:,} | {row['stage']} | | | | skipped: "
+                         f"{row['skipped']} |")
+            continue
+        detail = row.get("detail", {})
+        counts = detail.get("rows", detail)
+        shown = ", ".join(f"{k} {v:,}" for k, v in counts.items()
+                          if k in ("events", "interactions", "customer_state", "customers"))
+        workers = ", ".join(f"{gb:.2f}" for gb in detail.get("worker_peak_gb", []))
+        lines.append(f"| {row['customers']:,} | {row['stage']} | {row['seconds']:.1f} | "
+                     f"{row['peak_gb']:.2f} | {workers} | {shown} |")
+    (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
