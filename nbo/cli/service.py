@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -216,9 +217,21 @@ def newsletter(
                       ] = "profile,lifecycle,last_visit,regional",
     now: Annotated[datetime | None, typer.Option(help="Moment of the mailing; default: now "
                                                       "(or NBO_NOW).")] = None,
+    engine_name: Annotated[str, typer.Option(
+        "--engine", help="pandas (this process) or dask (partitions of customers on a Dask "
+        "cluster, the model loaded once per worker).")] = "pandas",
+    scheduler: Annotated[str | None, typer.Option(
+        help="Dask engine: address of a running scheduler, e.g. tcp://host:8786.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Dask engine without --scheduler: local worker processes; default: cores.")
+    ] = None,
+    partition_size: Annotated[int, typer.Option(
+        min=1, help="Dask engine: customers per partition.")] = 20_000,
 ) -> None:
     """Write the newsletter blocks of every customer of a file for an e-mail tool: one row per
-    block, or one row with the reason a customer gets no personalised mail."""
+    block, or one row with the reason a customer gets no personalised mail. With --engine dask
+    the workers of a Dask cluster write the letters (a local cluster unless --scheduler names
+    one); each worker needs the model in its BentoML store and the service's store."""
     import pandas as pd
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -226,6 +239,14 @@ def newsletter(
     from serving.decision_log import DecisionLog
     from serving.newsletter import BLOCKS
 
+    if engine_name not in ("pandas", "dask"):
+        raise typer.BadParameter("use pandas or dask", param_hint="--engine")
+    if engine_name == "pandas" and (scheduler or workers):
+        raise typer.BadParameter("--scheduler and --workers need --engine dask",
+                                 param_hint="--engine")
+    if scheduler and workers:
+        raise typer.BadParameter("give --scheduler or --workers, not both",
+                                 param_hint="--workers")
     if not customers.exists():
         raise fail(f"{customers} does not exist", EXIT_MISSING)
     frame = (pd.read_parquet(customers) if customers.suffix == ".parquet"
@@ -251,11 +272,19 @@ def newsletter(
         if engine is None:  # served_holder refuses to return one without
             raise fail("no model is served", EXIT_MISSING)
         ids = customer_ids(frame)
+        moment = now or current.current_time()
         with Progress(TextColumn("newsletter"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console) as progress:
             task = progress.add_task("customers", total=len(ids))
-            table = letters_table(holder, ids, chosen, now or current.current_time(),
-                                  lambda done: progress.advance(task, done), decisions)
+
+            def advance(done: int) -> None:
+                progress.advance(task, done)
+
+            if engine_name == "pandas":
+                table = letters_table(holder, ids, chosen, moment, advance, decisions)
+            else:
+                table = dask_letters(current, ids, chosen, moment, scheduler, workers,
+                                     partition_size, advance)
     finally:
         decisions.close()
         store.close()
@@ -268,3 +297,17 @@ def newsletter(
             if holder.status.experiment else "")
     console.print(f"wrote {out}: {mailed:,} of {total:,} customers get a personalised mail "
                   f"(model version {engine.version}{arms})")
+
+
+def dask_letters(current: Any, ids: list[str], blocks: tuple[str, ...], moment: datetime,
+                 scheduler: str | None, workers: int | None, partition_size: int,
+                 advance: Callable[[int], None]) -> Any:
+    from nbo.jobs.cluster import SchedulerUnreachable, dask_client
+    from nbo.jobs.newsletter_dask import letters_on_dask
+
+    try:
+        with dask_client(scheduler, workers) as client:
+            return letters_on_dask(client, current, ids, blocks, moment, partition_size,
+                                   advance)
+    except SchedulerUnreachable as exc:
+        raise fail(str(exc), EXIT_MISSING) from None

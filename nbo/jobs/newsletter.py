@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from serving.store import Store
 
 COLUMNS = ["customer_id", "block", "product_id", "title", "score", "reason", "no_mail"]
+DTYPES = {column: "float64" if column == "score" else "str" for column in COLUMNS}
 AT_ONCE = 1000
 
 
@@ -49,16 +50,18 @@ def served_holder(settings: Settings, store: Store) -> ModelHolder:
 
 def letters_table(served: Engine | ModelHolder, ids: list[str], blocks: tuple[str, ...],
                   moment: datetime, advance: Callable[[int], None] | None = None,
-                  log: DecisionLog | None = None) -> pd.DataFrame:
+                  log: DecisionLog | None = None, request_id: str | None = None
+                  ) -> pd.DataFrame:
     """Every customer's blocks as rows (one row with the reason where there is no mail),
-    ``AT_ONCE`` customers at a time, each letter in the decision ``log`` where one is given;
-    a holder writes each customer's letter with the engine of their experiment arm.
-    ``advance`` hears how many are done after each part."""
+    ``AT_ONCE`` customers at a time, each letter in the decision ``log`` where one is given
+    under the batch's ``request_id`` (default: a new one); a holder writes each customer's
+    letter with the engine of their experiment arm. ``advance`` hears how many are done
+    after each part."""
     from serving.decision_log import letter_rows
     from serving.models import ModelHolder
 
     rows: list[dict[str, object]] = []
-    request_id = uuid.uuid4().hex  # the batch's
+    request_id = request_id or uuid.uuid4().hex
     champion = served.engine if isinstance(served, ModelHolder) else served
     if champion is None:
         raise NoServedModel("the holder serves no model yet")
@@ -79,4 +82,5 @@ def letters_table(served: Engine | ModelHolder, ids: list[str], blocks: tuple[st
                         for block in letter.blocks)
         if advance is not None:
             advance(len(letters))
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=COLUMNS).astype(DTYPES)  # alike however many parts
+
