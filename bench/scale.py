@@ -8,8 +8,10 @@ Every stage runs in its own process. A shop is generated once per size (in chunk
 customers) and kept in ``--work``; each stage's figures are kept beside it, so a run can add a
 stage without redoing the others. The pandas build runs where the machine's memory holds it
 (its peak grows by about 6.2 GB per million customers), the Dask build on a local cluster of
-``--workers`` processes, each reporting its own peak memory. Results go to
-bench/results/scale.md and scale.json.
+``--workers`` processes, each reporting its own peak memory. The newsletter stage fits the
+default blend on the pandas snapshot (so it runs for the sizes the pandas build ran for) and
+writes the four blocks for every customer on Dask, and for a sample of them in one process.
+Results go to bench/results/scale.md and scale.json.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from pipeline import machine  # noqa: E402  (the benchmarks' shared machine desc
 
 RESULTS = ROOT / "bench" / "results"
 PANDAS_GB_PER_MILLION = 6.2  # measured in bench/results/pipeline.md
-STAGES = ("generate", "pandas", "dask")
+STAGES = ("generate", "pandas", "dask", "newsletter")
+NEWSLETTER_BLOCKS = ("profile", "lifecycle", "last_visit", "regional")
+ONE_PROCESS_SAMPLE = 50_000  # customers the single-process batch writes, for its rate
 
 
 def peak_gb() -> float:
@@ -64,9 +68,82 @@ def run_stage(stage: str, work: Path, customers: int, workers: int) -> dict[str,
         detail = {"rows": manifest["rows"], "workers": workers,
                   "worker_peak_gb": [round(gb, 2) for gb in worker_peaks]}
         return {"seconds": seconds, "peak_gb": peak_gb(), "detail": detail}
+    elif stage == "newsletter":
+        return newsletter_stage(work, customers, workers)
     else:
         raise SystemExit(f"unknown stage {stage}")
     return {"seconds": time.perf_counter() - started, "peak_gb": peak_gb(), "detail": detail}
+
+
+def newsletter_stage(work: Path, customers: int, workers: int) -> dict[str, Any]:
+    """The default blend fitted on the whole pandas snapshot and put in a BentoML store of
+    its own, every customer with e-mail consent (double opt-in) in a store of its own; then
+    the four blocks for every customer on Dask, and for a sample in this one process."""
+    import pandas as pd
+
+    snapshot_path = work / f"pandas-{customers}"
+    model = work / f"blend-{customers}"
+    os.environ.update({
+        "BENTOML_HOME": str(work / f"bentoml-{customers}"),
+        "NBO_HOME": str(work / f"home-{customers}"),
+        "NBO_CONSENT_DB_URL": f"sqlite:///{work / f'store-{customers}.db'}",
+        "NBO_ERASURE_KEY": "the-benchmarks-erasure-key",
+        "BENTOML_DO_NOT_TRACK": "true",
+    })
+    from features.settings import Settings
+    from features.snapshot import load_snapshot
+    from nbo.jobs.cluster import dask_client
+    from nbo.jobs.newsletter import letters_table, served_holder
+    from nbo.jobs.newsletter_dask import letters_on_dask
+    from serving.decision_log import DecisionLog
+    from serving.models import import_model
+    from serving.store import open_store
+    from training.data import TrainData
+    from training.models import create
+    from training.pipeline import write_serving_context
+
+    snapshot = load_snapshot(snapshot_path)
+    now = snapshot.now
+    os.environ["NBO_NOW"] = now.isoformat()
+    fit_seconds = None
+    if not (model / "model.json").exists():
+        started = time.perf_counter()
+        create("blend", {}).fit(TrainData.from_features(snapshot.features)).save(model)
+        write_serving_context(snapshot, model / "context")
+        fit_seconds = time.perf_counter() - started
+        import_model(model, "1")
+    ids = snapshot.features.customer_state["customer_id"].astype(str).tolist()
+    del snapshot
+    settings = Settings()
+    store = open_store(settings)
+    consent = pd.DataFrame({"customer_id": ids, "purpose": "email", "granted": True,
+                            "double_opt_in": True, "updated_at": now, "source": "bench"})
+    store.seed_consents(consent, "bench: e-mail for all")
+    del consent
+    sample = ids[:ONE_PROCESS_SAMPLE]
+    log = DecisionLog(store, settings.decision_log_days, settings.current_time)
+    holder = served_holder(settings, store)
+    started = time.perf_counter()
+    one = letters_table(holder, sample, NEWSLETTER_BLOCKS, now.to_pydatetime(), log=log)
+    one_seconds = time.perf_counter() - started
+    log.close()
+    store.close()
+    del holder
+    with dask_client(workers=workers) as client:
+        started = time.perf_counter()
+        table = letters_on_dask(client, settings, ids, NEWSLETTER_BLOCKS, now.to_pydatetime())
+        seconds = time.perf_counter() - started
+        worker_peaks = sorted(client.run(peak_gb).values())
+    mailed = int(table.loc[table["no_mail"].isna(), "customer_id"].nunique())
+    same = one.equals(table.iloc[:len(one)].reset_index(drop=True)) if len(one) else None
+    return {"seconds": seconds, "peak_gb": peak_gb(), "detail": {
+        "customers": len(ids), "mailed": mailed, "blocks": int(table["block"].notna().sum()),
+        "per_s": round(len(ids) / seconds), "workers": workers,
+        "worker_peak_gb": [round(gb, 2) for gb in worker_peaks],
+        "one_process_customers": len(sample), "one_process_per_s": round(len(sample)
+                                                                          / one_seconds),
+        "one_process_same_letters": same,
+        "blend_fit_seconds": round(fit_seconds, 1) if fit_seconds else None}}
 
 
 def measure(stage: str, work: Path, customers: int, workers: int) -> dict[str, Any]:
@@ -102,6 +179,8 @@ def main() -> None:
             kept = args.work / f"result-{stage}-{customers}.json"
             if stage == "generate" and (args.work / f"shop-{customers}" / "shop.json").exists():
                 continue
+            if stage == "newsletter" and not (args.work / f"pandas-{customers}").exists():
+                continue  # the blend is fitted on the pandas snapshot
             if stage == "pandas" and customers / 1e6 * PANDAS_GB_PER_MILLION > 0.8 * memory_gb:
                 kept.write_text(json.dumps({"skipped": (
                     f"needs about {customers / 1e6 * PANDAS_GB_PER_MILLION:.0f} GB at "
@@ -133,7 +212,7 @@ def write_results(work: Path) -> None:
         "process's maximum resident memory; a Dask worker's peak is its own process's).", "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; "
         f"Python {info['python']}, pandas {info['pandas']}, pyarrow {info['pyarrow']}.", "",
-        "| customers | stage | seconds | peak GB (client) | peak GB per worker | rows |",
+        "| customers | stage | seconds | peak GB (client) | peak GB per worker | what |",
         "| ---: | --- | ---: | ---: | --- | --- |",
     ]
     for row in rows:
@@ -145,6 +224,12 @@ def write_results(work: Path) -> None:
         counts = detail.get("rows", detail)
         shown = ", ".join(f"{k} {v:,}" for k, v in counts.items()
                           if k in ("events", "interactions", "customer_state", "customers"))
+        if row["stage"] == "newsletter":
+            shown = (f"{detail['per_s']:,} customers/s on {detail['workers']} workers, "
+                     f"{detail['one_process_per_s']:,}/s in one process "
+                     f"({detail['one_process_customers']:,} customers, same letters: "
+                     f"{detail['one_process_same_letters']}); {detail['mailed']:,} mailed, "
+                     f"{detail['blocks']:,} blocks")
         workers = ", ".join(f"{gb:.2f}" for gb in detail.get("worker_peak_gb", []))
         lines.append(f"| {row['customers']:,} | {row['stage']} | {row['seconds']:.1f} | "
                      f"{row['peak_gb']:.2f} | {workers} | {shown} |")
