@@ -16,6 +16,12 @@ def top(scores: np.ndarray, allowed: np.ndarray, k: int, category: np.ndarray,
         then: np.ndarray | None = None) -> np.ndarray:
     """Best allowed offers by score (ties by ``then``), at most ``max_per_category`` per
     category (counting the offers already ``taken`` elsewhere)."""
+    if k == 1:  # one offer: the best of the categories the taken offers leave room in
+        if taken is not None and len(taken):
+            full = np.bincount(category[taken], minlength=int(category.max()) + 1
+                               ) >= max_per_category
+            allowed = allowed & ~full[category]
+        return _best(scores, np.flatnonzero(allowed), then)
     candidates = np.flatnonzero(allowed)
     if not len(candidates):
         return candidates
@@ -26,6 +32,21 @@ def top(scores: np.ndarray, allowed: np.ndarray, k: int, category: np.ndarray,
         if len(picked) == k or width == len(candidates):
             return picked
         width = len(candidates)
+
+
+def _best(scores: np.ndarray, candidates: np.ndarray, then: np.ndarray | None) -> np.ndarray:
+    """:func:`best_first` of one offer without sorting: the highest score, ties by ``then``,
+    then the first in offer order."""
+    if not len(candidates):
+        return candidates
+    values = scores[candidates]
+    tied = candidates[values == values.max()]
+    if then is not None and len(tied) > 1:
+        seconds = then[tied]
+        tied = tied[seconds == seconds.max()]
+    if not len(tied):  # a NaN: leave the order to the sort
+        return best_first(scores, candidates, 1, then)
+    return tied[:1]
 
 
 def fill(fallbacks: np.ndarray, allowed: np.ndarray, picked: np.ndarray, room: int

@@ -9,7 +9,7 @@ import pytest
 from store_backends import ERASURE_KEY
 
 from features.snapshot import load_snapshot
-from serving import ranker
+from serving import policy, ranker
 from serving.engine import Engine, PolicySettings
 from serving.live import Activity
 from serving.policy import Consent
@@ -35,6 +35,24 @@ def test_the_ranker_caps_each_category_and_counts_what_others_took() -> None:
     assert ranker.top(scores, allowed, 4, category, 2).tolist() == [0, 1, 3, 4]
     taken = np.array([3])  # a category-1 offer placed elsewhere counts against the cap
     assert ranker.top(scores, allowed, 4, category, 1, taken).tolist() == [0, 5]
+
+
+def test_the_ranker_picks_one_offer_as_it_picks_a_list() -> None:
+    """The best single offer (each newsletter block's) is the head of the diversified order:
+    ties by the second score, then in offer order; full categories left out."""
+    rng = np.random.default_rng(3)
+    for trial in range(400):
+        n = int(rng.integers(1, 40))
+        scores = rng.integers(0, 4, n).astype(float)  # many ties
+        then = rng.integers(0, 3, n).astype(float) if trial % 2 else None
+        category = rng.integers(0, 4, n)
+        allowed = rng.random(n) < 0.7
+        taken = rng.choice(n, size=min(n, int(rng.integers(0, 4))), replace=False)
+        cap = int(rng.integers(1, 3))
+        order = best_first(scores, np.flatnonzero(allowed), n, then)
+        expected = policy.diversify(order, category, cap, 1, taken)
+        assert ranker.top(scores, allowed, 1, category, cap, taken, then).tolist() == \
+            expected.tolist(), trial
 
 
 def test_removals_name_the_first_rule_that_took_each_offer_of_the_unfiltered_top() -> None:

@@ -214,12 +214,19 @@ class Recommender(ABC):
         """Similarity of target offers (rows) to anchor offers (columns), or None."""
         return None
 
+    def bought_row(self, row: int) -> np.ndarray:
+        """The offers of stored customer ``row``'s history with a positive weight (none for
+        -1), read from the matrix's arrays (no sparse matrix built per request)."""
+        if row < 0:
+            return self.matrix.indices[:0]
+        start, end = self.matrix.indptr[row], self.matrix.indptr[row + 1]
+        return self.matrix.indices[start:end][self.matrix.data[start:end] > 0]
+
     def explain(self, customer_id: str, product_ids: list[str],
                 history: sparse.csr_matrix | None = None) -> list[Reason]:
         """A reason per product: the bought product it is most similar to, else popularity."""
-        rows = self.customers.index_of([customer_id])
-        history = history if history is not None else csr_rows(self.matrix, rows)
-        anchors = history.indices[history.data > 0]
+        anchors = (history.indices[history.data > 0] if history is not None
+                   else self.bought_row(self.customers.index_of([customer_id])[0]))
         targets = self.items.index_of(product_ids)
         similarity = None
         if len(anchors) and (targets >= 0).all():
