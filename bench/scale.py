@@ -233,8 +233,54 @@ def write_results(work: Path) -> None:
         workers = ", ".join(f"{gb:.2f}" for gb in detail.get("worker_peak_gb", []))
         lines.append(f"| {row['customers']:,} | {row['stage']} | {row['seconds']:.1f} | "
                      f"{row['peak_gb']:.2f} | {workers} | {shown} |")
+    lines += projection(rows, work)
     (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def projection(rows: list[dict[str, Any]], work: Path) -> list[str]:
+    """A cluster's partitions, shuffles, time and memory per worker for a shop of 100M events,
+    from the largest Dask build measured."""
+    built = [r for r in rows if r["stage"] == "dask" and "skipped" not in r]
+    if not built:
+        return []
+    largest = max(built, key=lambda r: r["customers"])
+    customers, detail = largest["customers"], largest["detail"]
+    events, workers = detail["rows"]["events"], detail["workers"]
+    parts = len(list((work / f"dask-{customers}" / "customer_state.parquet").glob("part-*")))
+    per_partition = events / max(parts, 1)
+    rate = events / largest["seconds"] / workers  # events per second per worker
+    peak = max(detail["worker_peak_gb"])
+    target = 100_000_000
+    shop = work / f"shop-{customers}" / "events.parquet"
+    stored = shop.stat().st_size / events if shop.exists() else float("nan")
+    lines = ["", "## A shop of 100M events on a cluster", "",
+             f"Projected from the Dask build of {customers:,} customers ({events:,} events in "
+             f"{parts} partitions, {largest['seconds']:.0f} s on {workers} workers: "
+             f"{rate:,.0f} events per second per worker, at most {peak:.2f} GB per worker).", ""]
+    lines += [
+        f"- Partitions: the default follows the events' row groups; at the "
+        f"{per_partition:,.0f} events per partition measured here that is about "
+        f"{target / per_partition:,.0f} partitions. A worker's memory follows the size of a "
+        f"partition, not of the shop: about {peak:.1f} GB at this size, so a worker of 4 GB "
+        "per thread holds partitions of this size with room to spare; more partitions "
+        "(`--partitions`) make them smaller.",
+        "- Shuffles: one per table keyed by customer (events, customers, feedback), each moving "
+        f"its table once between workers; the events weigh about {stored:.0f} bytes each as "
+        f"Parquet here, so about {target * stored / 1e9:,.1f} GB of events cross the network "
+        "(more in memory as pandas), written to the workers' disks by Dask's shuffle as they "
+        "go. Consents are validated where they are read, without a shuffle.",
+        f"- Time: at the rate measured here, {target / rate / 60:,.0f} worker-minutes of "
+        f"work: about {target / rate / 60 / 16:,.1f} minutes on 16 workers if it divides "
+        "evenly and the shuffle keeps up (the network and the workers' disks set that), plus "
+        "the clustering of the segments on the client.",
+        "- The client: the segments' clustering gathers a few numbers per customer (its "
+        "summary, and a buyer's category shares); its peak here was "
+        f"{largest['peak_gb']:.2f} GB for {customers:,} customers, about "
+        f"{largest['peak_gb'] * 1e9 / customers:,.0f} bytes per customer, so it follows the "
+        "number of customers, not of events (MiniBatchKMeans clusters past 100,000 buyers).",
+    ]
+    return lines
 
 
 if __name__ == "__main__":
