@@ -168,12 +168,11 @@ def _read(dataset: Path, name: str) -> _Table | None:
         frames.append(appended.map_partitions(as_text_frame) if text else appended)
     frame = frames[0] if len(frames) == 1 else dd.concat(frames)
     check_columns(path, name, frame.columns)
-    return _Table(frame=frame.map_partitions(_placed, name), files=table_files(dataset, name,
-                                                                                 path))
+    return _Table(frame=frame.map_partitions(_placed),
+                  files=table_files(dataset, name, path))
 
 
-def _placed(frame: pd.DataFrame, name: str, partition_info: dict[str, Any] | None = None
-            ) -> pd.DataFrame:
+def _placed(frame: pd.DataFrame, partition_info: dict[str, Any] | None = None) -> pd.DataFrame:
     number = partition_info["number"] if partition_info else 0
     place = (np.int64(number) << PARTITION_BITS) + np.arange(len(frame), dtype=np.int64)
     return frame.assign(**{ROW: place, HASH: customer_hash(frame[C.customer])})
