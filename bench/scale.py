@@ -240,40 +240,54 @@ def write_results(work: Path) -> None:
 
 def projection(rows: list[dict[str, Any]], work: Path) -> list[str]:
     """A cluster's partitions, shuffles, time and memory per worker for a shop of 100M events,
-    from the largest Dask build measured."""
-    built = [r for r in rows if r["stage"] == "dask" and "skipped" not in r]
+    from the Dask builds measured: time from the largest, memory per worker as a line through
+    the smallest and the largest against the events each worker took."""
+    built = sorted((r for r in rows if r["stage"] == "dask" and "skipped" not in r),
+                   key=lambda r: r["customers"])
     if not built:
         return []
-    largest = max(built, key=lambda r: r["customers"])
+    largest = built[-1]
     customers, detail = largest["customers"], largest["detail"]
     events, workers = detail["rows"]["events"], detail["workers"]
     parts = len(list((work / f"dask-{customers}" / "customer_state.parquet").glob("part-*")))
     per_partition = events / max(parts, 1)
     rate = events / largest["seconds"] / workers  # events per second per worker
-    peak = max(detail["worker_peak_gb"])
-    target = 100_000_000
+    target, cluster = 100_000_000, 16
     shop = work / f"shop-{customers}" / "events.parquet"
     stored = shop.stat().st_size / events if shop.exists() else float("nan")
     lines = ["", "## A shop of 100M events on a cluster", "",
-             f"Projected from the Dask build of {customers:,} customers ({events:,} events in "
-             f"{parts} partitions, {largest['seconds']:.0f} s on {workers} workers: "
-             f"{rate:,.0f} events per second per worker, at most {peak:.2f} GB per worker).", ""]
-    lines += [
+             f"Projected from the Dask builds above; the largest: {customers:,} customers, "
+             f"{events:,} events in {parts} partitions, {largest['seconds']:.0f} s on "
+             f"{workers} workers ({rate:,.0f} events per second per worker).", ""]
+    lines.append(
         f"- Partitions: the default follows the events' row groups; at the "
-        f"{per_partition:,.0f} events per partition measured here that is about "
-        f"{target / per_partition:,.0f} partitions. A worker's memory follows the size of a "
-        f"partition, not of the shop: about {peak:.1f} GB at this size, so a worker of 4 GB "
-        "per thread holds partitions of this size with room to spare; more partitions "
-        "(`--partitions`) make them smaller.",
+        f"{per_partition:,.0f} events per partition measured here, about "
+        f"{target / per_partition:,.0f} partitions; `--partitions` sets more or fewer.")
+    points = [(r["detail"]["rows"]["events"] / r["detail"]["workers"] / 1e6,
+               max(r["detail"]["worker_peak_gb"])) for r in (built[0], largest)]
+    if len(built) > 1 and points[1][0] > points[0][0]:
+        slope = (points[1][1] - points[0][1]) / (points[1][0] - points[0][0])
+        base = points[0][1] - slope * points[0][0]
+        each = target / cluster / 1e6
+        lines.append(
+            f"- Memory per worker: its peak is in the shuffle and grew with the events each "
+            f"worker took, not with the size of a partition (the same here): "
+            f"{points[0][1]:.2f} GB at {points[0][0]:.1f}M events per worker, "
+            f"{points[1][1]:.2f} GB at {points[1][0]:.1f}M. On that line ({base:.2f} GB + "
+            f"{slope * 1000:.0f} MB per million events), {cluster} workers taking "
+            f"{each:.1f}M events each would peak near {base + slope * each:.1f} GB; more "
+            "workers take less each.")
+    lines += [
         "- Shuffles: one per table keyed by customer (events, customers, feedback), each moving "
         f"its table once between workers; the events weigh about {stored:.0f} bytes each as "
         f"Parquet here, so about {target * stored / 1e9:,.1f} GB of events cross the network "
-        "(more in memory as pandas), written to the workers' disks by Dask's shuffle as they "
+        "(more in memory as pandas), spilled to the workers' disks by Dask's shuffle as they "
         "go. Consents are validated where they are read, without a shuffle.",
-        f"- Time: at the rate measured here, {target / rate / 60:,.0f} worker-minutes of "
-        f"work: about {target / rate / 60 / 16:,.1f} minutes on 16 workers if it divides "
-        "evenly and the shuffle keeps up (the network and the workers' disks set that), plus "
-        "the clustering of the segments on the client.",
+        f"- Time: at the whole build's rate here (its clustering included), "
+        f"{target / rate / 60:,.0f} worker-minutes of "
+        f"work: about {target / rate / 60 / cluster:,.1f} minutes on {cluster} workers if it "
+        "divides evenly and the shuffle keeps up (the network and the workers' disks set "
+        "that), plus the clustering of the segments on the client.",
         "- The client: the segments' clustering gathers a few numbers per customer (its "
         "summary, and a buyer's category shares); its peak here was "
         f"{largest['peak_gb']:.2f} GB for {customers:,} customers, about "
