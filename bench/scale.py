@@ -2,7 +2,7 @@
 customers, and the batch newsletter over 1M customers.
 
     uv run python bench/scale.py [--sizes 1000000 10000000] [--workers 2] [--work DIR]
-                                 [--stages generate pandas dask newsletter]
+                                 [--stages generate pandas dask newsletter] [--one-process N]
 
 Every stage runs in its own process. A shop is generated once per size (in chunks of 50,000
 customers) and kept in ``--work``; each stage's figures are kept beside it, so a run can add a
@@ -10,7 +10,8 @@ stage without redoing the others. The pandas build runs where the machine's memo
 (its peak grows by about 6.2 GB per million customers), the Dask build on a local cluster of
 ``--workers`` processes, each reporting its own peak memory. The newsletter stage fits the
 default blend on the pandas snapshot (so it runs for the sizes the pandas build ran for) and
-writes the four blocks for every customer on Dask, and for a sample of them in one process.
+writes the four blocks for every customer on Dask (and with ``--one-process N`` for N of them
+in one process).
 Results go to bench/results/scale.md and scale.json.
 """
 
@@ -36,14 +37,14 @@ RESULTS = ROOT / "bench" / "results"
 PANDAS_GB_PER_MILLION = 6.2  # measured in bench/results/pipeline.md
 STAGES = ("generate", "pandas", "dask", "newsletter")
 NEWSLETTER_BLOCKS = ("profile", "lifecycle", "last_visit", "regional")
-ONE_PROCESS_SAMPLE = 50_000  # customers the single-process batch writes, for its rate
 
 
 def peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
 
-def run_stage(stage: str, work: Path, customers: int, workers: int) -> dict[str, Any]:
+def run_stage(stage: str, work: Path, customers: int, workers: int, sample: int
+              ) -> dict[str, Any]:
     """Runs inside the child process."""
     shop = work / f"shop-{customers}"
     started = time.perf_counter()
@@ -69,16 +70,19 @@ def run_stage(stage: str, work: Path, customers: int, workers: int) -> dict[str,
                   "worker_peak_gb": [round(gb, 2) for gb in worker_peaks]}
         return {"seconds": seconds, "peak_gb": peak_gb(), "detail": detail}
     elif stage == "newsletter":
-        return newsletter_stage(work, customers, workers)
+        return newsletter_stage(work, customers, workers, sample)
     else:
         raise SystemExit(f"unknown stage {stage}")
     return {"seconds": time.perf_counter() - started, "peak_gb": peak_gb(), "detail": detail}
 
 
-def newsletter_stage(work: Path, customers: int, workers: int) -> dict[str, Any]:
+def newsletter_stage(work: Path, customers: int, workers: int, sample_size: int
+                     ) -> dict[str, Any]:
     """The default blend fitted on the whole pandas snapshot and put in a BentoML store of
     its own, every customer with e-mail consent (double opt-in) in a store of its own; then
-    the four blocks for every customer on Dask, and for a sample in this one process."""
+    the four blocks for every customer on Dask (timed once every worker holds the model,
+    whose load and check are timed apart), and for ``sample_size`` of them in this one
+    process."""
     import pandas as pd
 
     snapshot_path = work / f"pandas-{customers}"
@@ -94,7 +98,7 @@ def newsletter_stage(work: Path, customers: int, workers: int) -> dict[str, Any]
     from features.snapshot import load_snapshot
     from nbo.jobs.cluster import dask_client
     from nbo.jobs.newsletter import letters_table, served_holder
-    from nbo.jobs.newsletter_dask import letters_on_dask
+    from nbo.jobs.newsletter_dask import letters_on_dask, served_on_workers
     from serving.decision_log import DecisionLog
     from serving.models import import_model
     from serving.store import open_store
@@ -120,19 +124,25 @@ def newsletter_stage(work: Path, customers: int, workers: int) -> dict[str, Any]
                             "double_opt_in": True, "updated_at": now, "source": "bench"})
     store.seed_consents(consent, "bench: e-mail for all")
     del consent
-    sample = ids[:ONE_PROCESS_SAMPLE]
-    log = DecisionLog(store, settings.decision_log_days, settings.current_time)
-    holder = served_holder(settings, store)
-    started = time.perf_counter()
-    one = letters_table(holder, sample, NEWSLETTER_BLOCKS, now.to_pydatetime(), log=log)
-    one_seconds = time.perf_counter() - started
-    log.close()
+    sample = ids[:sample_size]
+    one_seconds, one = None, pd.DataFrame()
+    if sample:
+        log = DecisionLog(store, settings.decision_log_days, settings.current_time)
+        holder = served_holder(settings, store)
+        started = time.perf_counter()
+        one = letters_table(holder, sample, NEWSLETTER_BLOCKS, now.to_pydatetime(), log=log)
+        one_seconds = time.perf_counter() - started
+        log.close()
+        del holder
     store.close()
-    del holder
     with dask_client(workers=workers) as client:
         started = time.perf_counter()
-        table = letters_on_dask(client, settings, ids, NEWSLETTER_BLOCKS, now.to_pydatetime())
-        seconds = time.perf_counter() - started
+        with served_on_workers(client, settings):
+            load_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            table = letters_on_dask(client, settings, ids, NEWSLETTER_BLOCKS,
+                                    now.to_pydatetime(), loaded=True)
+            seconds = time.perf_counter() - started
         worker_peaks = sorted(client.run(peak_gb).values())
     mailed = int(table.loc[table["no_mail"].isna(), "customer_id"].nunique())
     same = one.equals(table.iloc[:len(one)].reset_index(drop=True)) if len(one) else None
@@ -140,17 +150,19 @@ def newsletter_stage(work: Path, customers: int, workers: int) -> dict[str, Any]
         "customers": len(ids), "mailed": mailed, "blocks": int(table["block"].notna().sum()),
         "per_s": round(len(ids) / seconds), "workers": workers,
         "worker_peak_gb": [round(gb, 2) for gb in worker_peaks],
-        "one_process_customers": len(sample), "one_process_per_s": round(len(sample)
-                                                                          / one_seconds),
+        "model_load_seconds": round(load_seconds, 1),
+        "one_process_customers": len(sample),
+        "one_process_per_s": round(len(sample) / one_seconds) if one_seconds else None,
         "one_process_same_letters": same,
         "blend_fit_seconds": round(fit_seconds, 1) if fit_seconds else None}}
 
 
-def measure(stage: str, work: Path, customers: int, workers: int) -> dict[str, Any]:
+def measure(stage: str, work: Path, customers: int, workers: int, sample: int
+            ) -> dict[str, Any]:
     env = os.environ | {"OPENBLAS_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, __file__, "--stage", stage, "--work", str(work),
-         "--sizes", str(customers), "--workers", str(workers)],
+         "--sizes", str(customers), "--workers", str(workers), "--one-process", str(sample)],
         stdout=subprocess.PIPE, text=True, env=env, check=False,
     )
     if done.returncode != 0:
@@ -164,12 +176,16 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--one-process", type=int, default=0, metavar="N",
+                        help="newsletter: also write N customers' letters in one process "
+                        "(it loads and checks the model once more)")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
-        print(json.dumps(run_stage(args.stage, args.work, args.sizes[0], args.workers),
+        print(json.dumps(run_stage(args.stage, args.work, args.sizes[0], args.workers,
+                                   args.one_process),
                          default=str))
         return
     args.work.mkdir(parents=True, exist_ok=True)
@@ -188,7 +204,7 @@ def main() -> None:
                     f"{memory_gb:.0f} GB")}))
                 continue
             print(f"{stage}: {customers:,} customers", file=sys.stderr, flush=True)
-            figures = measure(stage, args.work, customers, args.workers)
+            figures = measure(stage, args.work, customers, args.workers, args.one_process)
             kept.write_text(json.dumps(figures, default=str))
     write_results(args.work)
 
@@ -225,11 +241,14 @@ def write_results(work: Path) -> None:
         shown = ", ".join(f"{k} {v:,}" for k, v in counts.items()
                           if k in ("events", "interactions", "customer_state", "customers"))
         if row["stage"] == "newsletter":
-            shown = (f"{detail['per_s']:,} customers/s on {detail['workers']} workers, "
-                     f"{detail['one_process_per_s']:,}/s in one process "
-                     f"({detail['one_process_customers']:,} customers, same letters: "
-                     f"{detail['one_process_same_letters']}); {detail['mailed']:,} mailed, "
+            shown = (f"{detail['per_s']:,} customers/s on {detail['workers']} workers once "
+                     f"each held the model (its load and check: "
+                     f"{detail['model_load_seconds']:,.0f} s); {detail['mailed']:,} mailed, "
                      f"{detail['blocks']:,} blocks")
+            if detail["one_process_per_s"]:
+                shown += (f"; {detail['one_process_per_s']:,}/s in one process "
+                          f"({detail['one_process_customers']:,} customers, the same "
+                          f"letters: {detail['one_process_same_letters']})")
         workers = ", ".join(f"{gb:.2f}" for gb in detail.get("worker_peak_gb", []))
         lines.append(f"| {row['customers']:,} | {row['stage']} | {row['seconds']:.1f} | "
                      f"{row['peak_gb']:.2f} | {workers} | {shown} |")

@@ -4,7 +4,8 @@ worker loading the served model once."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -27,18 +28,18 @@ PER_PARTITION = 20_000
 
 def letters_on_dask(client: Any, settings: Settings, ids: list[str], blocks: tuple[str, ...],
                     moment: datetime, partition_size: int = PER_PARTITION,
-                    advance: Callable[[int], None] | None = None) -> pd.DataFrame:
+                    advance: Callable[[int], None] | None = None, loaded: bool = False
+                    ) -> pd.DataFrame:
     """:func:`letters_table` of the served model, its customers in partitions of
     ``partition_size`` written on the workers of the Dask ``client``. Each worker loads the
-    served model and opens the store once (:class:`ServedOnWorker`), writes its letters'
-    decisions to the store before it hands a partition back, and is rid of both when the
-    batch ends. Workers find the model in their own BentoML store (``BENTOML_HOME``) and
+    served model and opens the store once for the batch (:func:`served_on_workers`; already
+    done where ``loaded``) and writes its letters' decisions to the store before it hands a
+    partition back. Workers find the model in their own BentoML store (``BENTOML_HOME``) and
     reach the store of ``settings``: one machine's SQLite, or PostgreSQL across machines.
     The table's rows come back in the order of ``ids``."""
     if partition_size < 1:
         raise ValueError(f"a partition holds at least one customer, not {partition_size}")
-    client.register_plugin(ServedOnWorker(settings), name=PLUGIN)
-    try:
+    with nullcontext() if loaded else served_on_workers(client, settings):
         request_id = uuid.uuid4().hex  # the batch's, as in one process
         parts = [ids[start:start + partition_size]
                  for start in range(0, len(ids), partition_size)]
@@ -51,11 +52,20 @@ def letters_on_dask(client: Any, settings: Settings, ids: list[str], blocks: tup
             tables[i] = future.result()
             if advance is not None:
                 advance(len(parts[i]))
-    finally:
-        client.unregister_worker_plugin(PLUGIN)
     written = [table for table in tables if table is not None]
     return (pd.concat(written, ignore_index=True) if written
             else pd.DataFrame(columns=COLUMNS).astype(DTYPES))
+
+
+@contextmanager
+def served_on_workers(client: Any, settings: Settings) -> Iterator[None]:
+    """Every worker of ``client`` holds the served model, the store and a decision log
+    (:class:`ServedOnWorker`) until the block ends, which closes them."""
+    client.register_plugin(ServedOnWorker(settings), name=PLUGIN)
+    try:
+        yield
+    finally:
+        client.unregister_worker_plugin(PLUGIN)
 
 
 class ServedOnWorker(WorkerPlugin):
