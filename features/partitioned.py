@@ -8,8 +8,8 @@ functions applied to each partition. Only two results need the whole shop, and t
 a few numbers per customer: the moment of the last event, and the segments, whose clustering
 runs on the client over each customer's summary and category shares in the order the pandas
 build uses, so that both engines find the same clusters. Consents are validated where they are
-read, without a shuffle. Products, a few thousand rows, are validated on the client and sent
-to every worker.
+read, without a shuffle. The catalogue is validated on the client and written into the snapshot
+first; the workers read it from there.
 
 Workers read the dataset and write the snapshot themselves: on a real cluster both folders must
 be on storage every worker reaches.
