@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -88,6 +90,38 @@ def test_each_worker_loads_the_model_once_per_batch(service_env: Path, snapshot_
             letters_on_dask(client, Settings(), ids, ("profile",), now, partition_size=10)
         loads = client.run(model_loads)
     assert sorted(loads.values()) == [2, 2]
+
+
+def test_a_worker_answers_the_scheduler_while_it_loads_the_model(
+        service_env: Path, snapshot_dir: Path) -> None:
+    """Loading checks every customer the model knows, minutes for millions; a worker whose
+    event loop waited for it missed its heartbeats and was restarted, load after load."""
+    now = load_snapshot(snapshot_dir).now.to_pydatetime()
+    ids = mailing_list(snapshot_dir, Settings().consent_url(), now)[:5]
+    with dask_client(workers=1) as client:
+        client.run(slow_model_loads)
+        batch = threading.Thread(target=letters_on_dask,
+                                 args=(client, Settings(), ids, ("profile",), now))
+        batch.start()
+        time.sleep(1.0)  # the worker is loading now
+        started = time.perf_counter()
+        client.run(lambda: None)  # answered by the worker's event loop
+        answered = time.perf_counter() - started
+        batch.join()
+    assert answered < 1.5
+
+
+def slow_model_loads() -> None:
+    """In a worker: every load of the served model takes 4 s more."""
+    from nbo.jobs import newsletter_dask
+
+    load = newsletter_dask.served_holder
+
+    def slow(*args: object) -> object:
+        time.sleep(4.0)
+        return load(*args)  # type: ignore[arg-type]
+
+    newsletter_dask.served_holder = slow  # type: ignore[assignment]
 
 
 def count_model_loads() -> None:

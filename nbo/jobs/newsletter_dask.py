@@ -3,6 +3,7 @@ worker loading the served model once."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -79,7 +80,12 @@ class ServedOnWorker(WorkerPlugin):
         self.log: DecisionLog | None = None
         self.loads = 0
 
-    def setup(self, worker: Any) -> None:
+    async def setup(self, worker: Any) -> None:
+        # the load checks every customer the model knows, minutes for millions: off the
+        # worker's event loop, which must keep answering the scheduler's heartbeats
+        await asyncio.get_running_loop().run_in_executor(None, self._load)
+
+    def _load(self) -> None:
         from serving.decision_log import DecisionLog
         from serving.store import open_store
 
@@ -89,7 +95,10 @@ class ServedOnWorker(WorkerPlugin):
                                self.settings.current_time)
         self.loads += 1
 
-    def teardown(self, worker: Any) -> None:
+    async def teardown(self, worker: Any) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._close)
+
+    def _close(self) -> None:
         if self.log is not None:
             self.log.close()
         if self.store is not None:
