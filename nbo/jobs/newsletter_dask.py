@@ -78,7 +78,6 @@ class ServedOnWorker(WorkerPlugin):
         self.holder: ModelHolder | None = None
         self.store: Store | None = None
         self.log: DecisionLog | None = None
-        self.loads = 0
 
     async def setup(self, worker: Any) -> None:
         # the load checks every customer the model knows, minutes for millions: off the
@@ -93,7 +92,6 @@ class ServedOnWorker(WorkerPlugin):
         self.holder = served_holder(self.settings, self.store)
         self.log = DecisionLog(self.store, self.settings.decision_log_days,
                                self.settings.current_time)
-        self.loads += 1
 
     async def teardown(self, worker: Any) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._close)
