@@ -220,11 +220,18 @@ def _buckets(table: _Table | None, count: int) -> list[Any]:
 
 def _gathered(futures: list[Any], what: str, step: Callable[[str], None]) -> list[Any]:
     """The futures' results in their order, reporting progress as they finish."""
+    return in_order(futures, lambda _, done: step(f"{what}: {done}/{len(futures)} partitions"))
+
+
+def in_order(futures: list[Any], finished: Callable[[int, int], None]) -> list[Any]:
+    """The Dask futures' results in their order; ``finished(i, done)`` hears of future ``i``
+    as it completes, the ``done``-th to."""
     index = {future.key: i for i, future in enumerate(futures)}
     results: list[Any] = [None] * len(futures)
     for done, future in enumerate(as_completed(futures), start=1):
-        results[index[future.key]] = future.result()
-        step(f"{what}: {done}/{len(futures)} partitions")
+        i = index[future.key]
+        results[i] = future.result()
+        finished(i, done)
     return results
 
 

@@ -71,6 +71,33 @@ def data_errors() -> Iterator[None]:
         raise fail(str(exc), EXIT_MISSING) from None
 
 
+def check_engine(engine: str, dask_only: dict[str, object]) -> None:
+    """--engine is pandas or dask; the options of ``dask_only`` (by flag, as given) need
+    dask, and --scheduler and --workers exclude each other."""
+    if engine not in ("pandas", "dask"):
+        raise typer.BadParameter("use pandas or dask", param_hint="--engine")
+    if engine == "pandas" and any(dask_only.values()):
+        *first, last = dask_only
+        named = f"{', '.join(first)} and {last}" if first else last
+        raise typer.BadParameter(f"{named} need --engine dask", param_hint="--engine")
+    if dask_only.get("--scheduler") and dask_only.get("--workers"):
+        raise typer.BadParameter("give --scheduler or --workers, not both",
+                                 param_hint="--workers")
+
+
+@contextmanager
+def dask_cluster(scheduler: str | None, workers: int | None) -> Iterator[Any]:
+    """A Dask client for a command (:func:`nbo.jobs.cluster.dask_client`); a scheduler that
+    does not answer exits 4 with its address."""
+    from nbo.jobs.cluster import SchedulerUnreachable, dask_client
+
+    try:
+        with dask_client(scheduler, workers) as client:
+            yield client
+    except SchedulerUnreachable as exc:
+        raise fail(str(exc), EXIT_MISSING) from None
+
+
 @contextmanager
 def steps(title: str) -> Iterator[Callable[[str], None]]:
     """A spinner that shows the current step of a long job."""

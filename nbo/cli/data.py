@@ -11,13 +11,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from nbo.cli.common import (
-    EXIT_MISSING,
     app,
+    check_engine,
     console,
+    dask_cluster,
     data_app,
     data_errors,
     err_console,
-    fail,
     feature_config,
     features_app,
     import_app,
@@ -146,14 +146,8 @@ def features_build(
     lifecycle, segments and side features, as Parquet with a manifest. With --engine dask the
     same snapshot is computed per partition of customers on a Dask cluster (a local one unless
     --scheduler names one), and its tables keyed by customer are folders of part files."""
-    if engine not in ("pandas", "dask"):
-        raise typer.BadParameter("use pandas or dask", param_hint="--engine")
-    if engine == "pandas" and (scheduler or workers or partitions):
-        raise typer.BadParameter("--scheduler, --workers and --partitions need --engine dask",
-                                 param_hint="--engine")
-    if scheduler and workers:
-        raise typer.BadParameter("give --scheduler or --workers, not both",
-                                 param_hint="--workers")
+    check_engine(engine, {"--scheduler": scheduler, "--workers": workers,
+                          "--partitions": partitions})
     config = feature_config(set_ or [])
     cluster = {"scheduler": scheduler, "workers": workers, "partitions": partitions} \
         if engine == "dask" else None
@@ -175,16 +169,12 @@ def build_features(dataset: Path, out: Path, config: Any, now: datetime | None,
             return build_snapshot(dataset, out, config, now=now or current.now,
                                   max_bad_share=limit, step=step)
         from features.partitioned import build_snapshot_dask
-        from nbo.jobs.cluster import SchedulerUnreachable, dask_client
 
         step("starting the Dask client")
-        try:
-            with dask_client(cluster["scheduler"], cluster["workers"]) as client:
-                return build_snapshot_dask(client, dataset, out, config,
-                                           now=now or current.now, max_bad_share=limit,
-                                           step=step, partitions=cluster["partitions"])
-        except SchedulerUnreachable as exc:
-            raise fail(str(exc), EXIT_MISSING) from None
+        with dask_cluster(cluster["scheduler"], cluster["workers"]) as client:
+            return build_snapshot_dask(client, dataset, out, config, now=now or current.now,
+                                       max_bad_share=limit, step=step,
+                                       partitions=cluster["partitions"])
 
 
 def print_snapshot(manifest: dict[str, Any], out: Path) -> None:

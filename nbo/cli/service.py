@@ -16,7 +16,9 @@ from nbo.cli.common import (
     EXIT_MISSING,
     EXIT_NOT_PROMOTED,
     app,
+    check_engine,
     console,
+    dask_cluster,
     fail,
     print_frame,
     settings,
@@ -239,14 +241,7 @@ def newsletter(
     from serving.decision_log import DecisionLog
     from serving.newsletter import BLOCKS
 
-    if engine_name not in ("pandas", "dask"):
-        raise typer.BadParameter("use pandas or dask", param_hint="--engine")
-    if engine_name == "pandas" and (scheduler or workers):
-        raise typer.BadParameter("--scheduler and --workers need --engine dask",
-                                 param_hint="--engine")
-    if scheduler and workers:
-        raise typer.BadParameter("give --scheduler or --workers, not both",
-                                 param_hint="--workers")
+    check_engine(engine_name, {"--scheduler": scheduler, "--workers": workers})
     if not customers.exists():
         raise fail(f"{customers} does not exist", EXIT_MISSING)
     frame = (pd.read_parquet(customers) if customers.suffix == ".parquet"
@@ -302,12 +297,7 @@ def newsletter(
 def dask_letters(current: Any, ids: list[str], blocks: tuple[str, ...], moment: datetime,
                  scheduler: str | None, workers: int | None, partition_size: int,
                  advance: Callable[[int], None]) -> Any:
-    from nbo.jobs.cluster import SchedulerUnreachable, dask_client
     from nbo.jobs.newsletter_dask import letters_on_dask
 
-    try:
-        with dask_client(scheduler, workers) as client:
-            return letters_on_dask(client, current, ids, blocks, moment, partition_size,
-                                   advance)
-    except SchedulerUnreachable as exc:
-        raise fail(str(exc), EXIT_MISSING) from None
+    with dask_cluster(scheduler, workers) as client:
+        return letters_on_dask(client, current, ids, blocks, moment, partition_size, advance)

@@ -11,9 +11,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
-from distributed import as_completed, get_worker
+from distributed import get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from features.partitioned import in_order
 from nbo.jobs.newsletter import COLUMNS, DTYPES, letters_table, served_holder
 
 if TYPE_CHECKING:
@@ -46,15 +47,8 @@ def letters_on_dask(client: Any, settings: Settings, ids: list[str], blocks: tup
                  for start in range(0, len(ids), partition_size)]
         futures = [client.submit(_letters_of_partition, part, blocks, moment, request_id,
                                  pure=False) for part in parts]
-        place = {future.key: i for i, future in enumerate(futures)}
-        tables: list[pd.DataFrame | None] = [None] * len(futures)
-        for future in as_completed(futures):
-            i = place[future.key]
-            tables[i] = future.result()
-            if advance is not None:
-                advance(len(parts[i]))
-    written = [table for table in tables if table is not None]
-    return (pd.concat(written, ignore_index=True) if written
+        tables = in_order(futures, lambda i, _: advance(len(parts[i])) if advance else None)
+    return (pd.concat(tables, ignore_index=True) if tables
             else pd.DataFrame(columns=COLUMNS).astype(DTYPES))
 
 
