@@ -69,6 +69,11 @@ class TableReport:
     kept: int
     reasons: dict[str, int] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, file: str, kept: int, bad: pd.DataFrame) -> TableReport:
+        """The report of a table that kept ``kept`` rows and quarantined ``bad``."""
+        return cls(file=file, read=kept + len(bad), kept=kept, reasons=counts(bad[C.reason]))
+
     @property
     def quarantined(self) -> int:
         return self.read - self.kept
@@ -256,14 +261,8 @@ def validate_tables(
             frame = pd.DataFrame(columns=list(REQUIRED_COLUMNS[name]))
         results[name] = split_table(frame, name, known, now)
 
-    reports = {}
-    for name, (kept, bad) in results.items():
-        reports[name] = TableReport(
-            file=str(files.get(name, name)),
-            read=len(kept) + len(bad),
-            kept=len(kept),
-            reasons=counts(bad[C.reason]),
-        )
+    reports = {name: TableReport.of(str(files.get(name, name)), len(kept), bad)
+               for name, (kept, bad) in results.items()}
     return Dataset(
         events=results["events"][0],
         products=results["products"][0],

@@ -40,7 +40,6 @@ from features.contract import (
     as_id,
     as_text_frame,
     check_columns,
-    counts,
     find_required_table,
     is_text_table,
     part_files,
@@ -204,10 +203,8 @@ def _validate(client: Client, tables: dict[str, _Table | None], count: int,
     tasks += [delayed(_validate_consents)(i, part, str(building), pure=False)
               for i, part in enumerate(consent_parts)]
     if consents is None:  # the snapshot holds the table, empty
-        _validate_consents(0, pd.DataFrame({**{c: pd.Series(dtype=object)
-                                                for c in REQUIRED_COLUMNS["consents"]},
-                                             ROW: pd.Series(dtype=np.int64),
-                                             HASH: pd.Series(dtype=np.uint64)}), str(building))
+        _validate_consents(0, _absent("consents").assign(**{HASH: np.uint64(0)}),
+                           str(building))
     results = _gathered(client.compute(tasks), "validating", step)
     return {"buckets": results[:count], "consents": results[count:]}
 
@@ -244,9 +241,7 @@ def _validate_bucket(i: int, events: pd.DataFrame, customers: pd.DataFrame | Non
     kept: dict[str, pd.DataFrame] = {}
     for name, raw in (("events", events), ("customers", customers), ("feedback", feedback)):
         frame = (raw.sort_values(ROW, kind="stable").drop(columns=HASH).reset_index(drop=True)
-                 if raw is not None else
-                 pd.DataFrame({**{c: pd.Series(dtype=object) for c in REQUIRED_COLUMNS[name]},
-                               ROW: pd.Series(dtype=np.int64)}))
+                 if raw is not None else _absent(name))
         good, bad = split_table(frame, name, known, today)
         kept[name] = good
         summary[name] = _report(good, bad)
@@ -256,6 +251,13 @@ def _validate_bucket(i: int, events: pd.DataFrame, customers: pd.DataFrame | Non
     times = kept["events"][C.timestamp]
     summary["last_event"] = times.max() if len(times) else None
     return summary
+
+
+def _absent(name: str) -> pd.DataFrame:
+    """A table the dataset lacks: its required columns and the rows' places, no rows (as the
+    pandas build validates it)."""
+    return pd.DataFrame({**{c: pd.Series(dtype=object) for c in REQUIRED_COLUMNS[name]},
+                         ROW: pd.Series(dtype=np.int64)})
 
 
 def _validate_consents(i: int, raw: pd.DataFrame, building: str) -> dict[str, Any]:
@@ -292,9 +294,7 @@ def _dataset(client: Client, tables: dict[str, _Table | None], products_path: Pa
     """The validation's reports and quarantine as the pandas build has them: rows set aside
     carry their row number in the whole table (from 1), in that order. Only a table with
     such rows is read again, to count the rows of each partition it was read in."""
-    reports = {"products": TableReport(file=str(products_path), read=len(products)
-                                       + len(products_bad), kept=len(products),
-                                       reasons=counts(products_bad[C.reason]))}
+    reports = {"products": TableReport.of(str(products_path), len(products), products_bad)}
     quarantine = {"products": products_bad}
     files = table_files(products_path.parent, "products", products_path)
     for name in ("events", "customers", "consents", "feedback"):
@@ -310,10 +310,8 @@ def _dataset(client: Client, tables: dict[str, _Table | None], products_path: Pa
             offset = offsets[place >> PARTITION_BITS]
             rows.insert(0, C.source_row, offset + (place & ((1 << PARTITION_BITS) - 1)) + 1)
             rows = rows.sort_values(C.source_row, kind="stable").reset_index(drop=True)
-        kept = sum(part["kept"] for part in parts)
-        reports[name] = TableReport(file=str(table.files[name]) if table else name,
-                                    read=kept + len(rows), kept=kept,
-                                    reasons=counts(rows[C.reason]))
+        reports[name] = TableReport.of(str(table.files[name]) if table else name,
+                                       sum(part["kept"] for part in parts), rows)
         quarantine[name] = rows
         if table is not None:
             files |= table.files
