@@ -184,11 +184,9 @@ class Arbiter:
                    now_ns: int) -> Priorities:
         """The priority of each candidate (a boolean mask over the offers) for one request."""
         items = np.flatnonzero(candidates)
-        # rank in the model's ranking of every offer: how many offers score higher
-        ordered = np.sort(scores)
-        ranks = len(scores) - np.searchsorted(ordered, scores[items], side="right")
         propensity = np.zeros(len(scores))
-        propensity[items] = self.calibration.propensity(channel, ranks, self.offers.ids[items])
+        propensity[items] = self.calibration.propensity(channel, higher(scores)[items],
+                                                        self.offers.ids[items])
         if self.prior:  # the policy's prior, for offers without a response rate of their own
             own = self.calibration.offers.get(channel, {})
             for item, prior in self.prior.items():
@@ -208,6 +206,22 @@ class Arbiter:
                            * weight[items] * context[items])
         return Priorities(priority, {"propensity": propensity, "value": self.value,
                                      "weight": weight, "context_weight": context})
+
+
+def higher(scores: np.ndarray) -> np.ndarray:
+    """Per offer, how many offers score higher: its rank in the model's ranking of every
+    offer, ties sharing the best rank. From one sort, each tie group's last place carried
+    back through the group (a binary search per offer took four times as long)."""
+    n = len(scores)
+    order = np.argsort(scores)
+    ordered = scores[order]
+    last = np.empty(n, dtype=bool)
+    np.not_equal(ordered[1:], ordered[:-1], out=last[:-1])
+    last[-1:] = True
+    group_end = np.minimum.accumulate(np.where(last, np.arange(n), n)[::-1])[::-1]
+    counts = np.empty(n, dtype=np.int64)
+    counts[order] = n - 1 - group_end
+    return counts
 
 
 def period_of(period: str, now: datetime) -> str:

@@ -81,6 +81,16 @@ def test_priority_is_the_product_of_its_components(engine: Engine, now) -> None:
     assert without.priority is None and without.components is None  # only when asked
 
 
+def test_an_offers_rank_counts_the_offers_scoring_higher_ties_sharing_the_best() -> None:
+    from serving.arbitration import higher
+
+    assert higher(np.array([0.5, 0.9, 0.5, 0.1, 0.9])).tolist() == [2, 0, 2, 4, 0]
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        scores = rng.integers(0, 5, int(rng.integers(1, 50))).astype(float)
+        assert higher(scores).tolist() == [int((scores > s).sum()) for s in scores]
+
+
 def test_suppressed_offers_and_campaigns_out_of_their_window_are_never_served(
         engine: Engine, now) -> None:  # type: ignore[no-untyped-def]
     customer = str(engine.customers.names[5])

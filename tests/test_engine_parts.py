@@ -28,6 +28,21 @@ def test_one_top_k_for_evaluation_and_serving_with_ties_in_offer_order() -> None
     assert top_k(np.array([[0.1, 0.9, 0.5, 0.7]]), 3).tolist() == [[1, 3, 2]]
 
 
+def test_the_best_of_many_tied_offers_come_by_the_second_score_then_in_offer_order() -> None:
+    """Most offers tied (a priority of zero): the n best are the full sort's n best."""
+    rng = np.random.default_rng(4)
+    for trial in range(300):
+        n = int(rng.integers(1, 300))
+        scores = np.where(rng.random(n) < 0.9, 0.0, rng.integers(1, 4, n)).astype(float)
+        then = rng.integers(0, 3, n).astype(float) if trial % 2 else None
+        candidates = rng.permutation(np.flatnonzero(rng.random(n) < 0.8))
+        k = int(rng.integers(1, n + 1))
+        keys = ((candidates, -scores[candidates]) if then is None else
+                (candidates, -then[candidates], -scores[candidates]))
+        expected = candidates[np.lexsort(keys)][:k]
+        assert best_first(scores, candidates, k, then).tolist() == expected.tolist(), trial
+
+
 def test_the_ranker_caps_each_category_and_counts_what_others_took() -> None:
     scores = np.array([9.0, 8.0, 7.0, 6.0, 5.0, 4.0])
     category = np.array([0, 0, 0, 1, 1, 2])

@@ -96,6 +96,24 @@ def test_blend_repeat_orders_owned_offers_by_their_weight() -> None:
     history = sparse.csr_matrix(np.array([[0.0, 4.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
     weights = own_weights(history)
     np.testing.assert_allclose(weights, [[0.0, 1.0, 0.25, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    # a negative weight (a return) counts as none; repeated entries of a row add up
+    repeated = sparse.csr_matrix((np.array([1.0, 3.0, -2.0], np.float32), np.array([2, 2, 0]),
+                                  np.array([0, 3])), shape=(1, 4))
+    np.testing.assert_allclose(own_weights(repeated), [[0.0, 0.0, 1.0, 0.0]])
+
+
+def test_ease_reads_only_a_customers_history_rows(tmp_path: Path) -> None:
+    """EASE keeps its weights in row order after fitting and loading: scoring a history then
+    reads that history's rows, where column order copied the whole matrix on every call."""
+    from training.models.base import Recommender
+
+    data, _ = BOARD
+    model = create("ease", FAST["ease"]).fit(data)
+    assert model.weights.flags.c_contiguous  # type: ignore[attr-defined]
+    model.weights = np.asfortranarray(model.weights)  # type: ignore[attr-defined]
+    loaded = Recommender.load(model.save(tmp_path / "ease"))  # as earlier versions saved it
+    weights = loaded.weights  # type: ignore[attr-defined]
+    assert weights.flags.c_contiguous and weights.dtype == np.float32
 
 
 def test_recent_buyers_count_by_how_lately_they_took_the_offer() -> None:

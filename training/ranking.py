@@ -12,11 +12,28 @@ def best_first(scores: np.ndarray, candidates: np.ndarray, n: int,
     higher first) and then in offer order (found by partition: everything tied with the
     n-th best is kept until the order is known)."""
     if n < len(candidates):
-        values = scores[candidates]
-        candidates = candidates[values >= values[np.argpartition(-values, n - 1)[n - 1]]]
+        candidates = _leading(candidates, n, scores, then)
     keys = (candidates, -scores[candidates]) if then is None else \
         (candidates, -then[candidates], -scores[candidates])
     return candidates[np.lexsort(keys)][:n]
+
+
+def _leading(candidates: np.ndarray, n: int, scores: np.ndarray, then: np.ndarray | None
+             ) -> np.ndarray:
+    """The ``n`` best candidates in no particular order (and those tied with the n-th where
+    its score is NaN). Offers tied with the n-th best are narrowed by ``then`` and then by
+    offer order, each a partition, so that a list where most offers tie (a priority of
+    zero) sorts about ``n`` of them rather than all."""
+    values = scores[candidates]
+    kth = values[np.argpartition(-values, n - 1)[n - 1]]
+    if np.isnan(kth):
+        return candidates
+    ahead, tied = candidates[values > kth], candidates[values == kth]
+    room = n - len(ahead)
+    if len(tied) > room:
+        tied = (_leading(tied, room, then, None) if then is not None
+                else np.partition(tied, room - 1)[:room])
+    return np.concatenate([ahead, tied])
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -58,11 +58,17 @@ def standardised(scores: np.ndarray) -> np.ndarray:
 
 
 def own_weights(history: sparse.csr_matrix) -> np.ndarray:
-    """Each customer's history as a share of their heaviest offer (0 to 1), dense."""
-    positive = history.maximum(0).tocsr()
-    heaviest = np.asarray(positive.max(axis=1).todense(), dtype=np.float32).ravel()
-    scale = sparse.diags(1.0 / np.maximum(heaviest, 1e-9))
-    return np.asarray((scale @ positive).todense(), dtype=np.float32)
+    """Each customer's history as a share of their heaviest offer (0 to 1), dense; negative
+    weights count as none. Written on the matrix's arrays: scipy's own arithmetic built five
+    matrices per call, most of a millisecond for one customer at request time."""
+    if not history.has_canonical_format:  # repeated entries add up, as in the matrix
+        history = history.copy()
+        history.sum_duplicates()
+    weights = np.zeros(history.shape, dtype=np.float32)
+    rows = np.repeat(np.arange(history.shape[0]), np.diff(history.indptr))
+    weights[rows, history.indices] = np.maximum(history.data, 0)
+    weights *= 1.0 / np.maximum(weights.max(axis=1, keepdims=True), np.float32(1e-9))
+    return weights
 
 
 class Blend(Recommender):

@@ -126,11 +126,13 @@ class EASE(Recommender):
         del gram
         inverse /= -np.diag(inverse)
         inverse[np.diag_indices(n)] = 0.0
-        self.weights = inverse.astype(np.float32)
+        self.weights = _row_major(inverse)
 
     def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
                customer_features: pd.DataFrame | None) -> np.ndarray:
-        return np.asarray(self._inputs(history) @ self.weights, dtype=np.float32)
+        # float32 like the weights: a mixed product would convert the whole matrix per call
+        inputs = self._inputs(history).astype(np.float32, copy=False)
+        return np.asarray(inputs @ self.weights, dtype=np.float32)
 
     def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
         return self.weights[np.ix_(anchors, targets)].T
@@ -139,4 +141,11 @@ class EASE(Recommender):
         return {"weights": self.weights}
 
     def _restore(self, arrays: dict[str, np.ndarray], path: Path) -> None:
-        self.weights = arrays["weights"]
+        self.weights = _row_major(arrays["weights"])
+
+
+def _row_major(weights: np.ndarray) -> np.ndarray:
+    """EASE's weights as float32 in row order. A sparse history times a column-ordered
+    matrix copies the whole matrix on every call (LAPACK's inverse comes column-ordered): with
+    4,000 offers, 40 ms a customer where reading their history's rows takes well under one."""
+    return np.ascontiguousarray(weights, dtype=np.float32)
