@@ -116,6 +116,23 @@ def test_ease_reads_only_a_customers_history_rows(tmp_path: Path) -> None:
     assert weights.flags.c_contiguous and weights.dtype == np.float32
 
 
+def test_als_folds_a_history_in_on_one_thread(tmp_path: Path) -> None:
+    """A request's fold-in starts no OpenMP team: with a serving worker per core, teams on
+    every core waited on each other. Fitted or loaded, and the answer is the fitted one's."""
+    from training.models.base import Recommender
+    from training.models.factorization import FOLD_IN_THREADS
+
+    data, _ = BOARD
+    model = create("als", FAST["als"]).fit(data)
+    loaded = Recommender.load(model.save(tmp_path / "als"))
+    history = csr_rows(data.matrix, np.array([0, 1]))
+    folded = loaded._fold_in(history)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(folded, model._fold_in(history), rtol=1e-4, atol=1e-5)  # type: ignore[attr-defined]
+    assert FOLD_IN_THREADS == 1
+    for fitted in (model, loaded):
+        assert fitted._solver.num_threads == FOLD_IN_THREADS  # type: ignore[attr-defined]
+
+
 def test_recent_buyers_count_by_how_lately_they_took_the_offer() -> None:
     matrix = sparse.csr_matrix(np.array([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 1.0]]))
     ages = matrix.copy()
