@@ -103,8 +103,9 @@ def rank_response(engine: Engine, store: Store, request: RankRequest, now: datet
     """One /rank answered: the customer's consent from the store, the policed ranking, its
     counters and decision log row (under the customer's experiment arm where ``assigned``),
     the response body."""
-    consent = store.consent(request.customer_id, engine.settings.personalization_default)
-    ranking = engine.rank(request, now, consent)
+    with store.reading():
+        consent = store.consent(request.customer_id, engine.settings.personalization_default)
+        ranking = engine.rank(request, now, consent)
     count(ranking, "rank")
     if log is not None and ranking.offers:
         log.record([ranking_row(ranking, request.channel, "rank", now, assigned)])
@@ -243,9 +244,11 @@ class NboService:
             at = moment(self.settings, now)
             engine, assigned = (self.holder.route(customer_id, at) if customer_id
                                 else (self._engine(), None))
-            consent = (self.store.consent(customer_id, engine.settings.personalization_default)
-                       if customer_id else None)
-            ranking = engine.similar(product_id, k, channel, at, consent, customer_id)
+            with self.store.reading():
+                consent = (self.store.consent(customer_id,
+                                              engine.settings.personalization_default)
+                           if customer_id else None)
+                ranking = engine.similar(product_id, k, channel, at, consent, customer_id)
             count(ranking, "similar")
             if ranking.offers:
                 self.decisions.record([ranking_row(ranking, channel, "similar", at, assigned)])

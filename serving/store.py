@@ -18,6 +18,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +32,8 @@ from sqlalchemy import (
     BindParameter,
     Boolean,
     Column,
+    ColumnElement,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -246,12 +250,28 @@ DATASET_KEY = "dataset"  # the dataset the store serves: the first served model'
 # the per-request reads, built once: a statement built per call costs more than the query
 IDS_AT_ONCE = 900  # ids per query, under SQLite's bound-parameter limit
 _CUSTOMERS: BindParameter[str] = bindparam("customers", expanding=True)
-CONSENT_ROWS = select(consents.c.customer_id, consents.c.purpose, consents.c.granted,
-                      consents.c.double_opt_in).where(consents.c.customer_id.in_(_CUSTOMERS))
+_CUSTOMER: BindParameter[str] = bindparam("customer")
+Match = Callable[[ColumnElement[str]], ColumnElement[bool]]
+# a many-customer read -> the same read of one customer, which a request makes: an expanding
+# IN list is rendered anew on every execution, an equality is compiled once
+_ONE: dict[Select[Any], Select[Any]] = {}
+
+
+def _per_customer(build: Callable[[Match], Select[Any]]) -> Select[Any]:
+    """``build``'s statement for a list of customers (the ``customers`` parameter), with its
+    variant for one (``customer``) kept for :meth:`Store._rows_for`."""
+    many = build(lambda column: column.in_(_CUSTOMERS))
+    _ONE[many] = build(lambda column: column == _CUSTOMER)
+    return many
+
+
+CONSENT_ROWS = _per_customer(lambda match: select(
+    consents.c.customer_id, consents.c.purpose, consents.c.granted, consents.c.double_opt_in
+).where(match(consents.c.customer_id)))
 CONSENT_HOLDERS = select(consents.c.customer_id).distinct().where(
     consents.c.customer_id.in_(_CUSTOMERS))
 _IN_WINDOW = feedback.c.timestamp >= bindparam("window")
-EXPOSURE_ROWS = (
+EXPOSURE_ROWS = _per_customer(lambda match: (
     select(feedback.c.customer_id, feedback.c.product_id,
            func.sum(case(((feedback.c.action == "impression") & _IN_WINDOW, 1), else_=0)
                     ).label("shown"),
@@ -263,20 +283,26 @@ EXPOSURE_ROWS = (
            func.max(case(((feedback.c.action == "conversion")
                           & (feedback.c.timestamp >= bindparam("as_of")), feedback.c.timestamp),
                          else_=None)).label("converted"))
-    .where(feedback.c.customer_id.in_(_CUSTOMERS)
+    .where(match(feedback.c.customer_id)
            & (feedback.c.timestamp >= bindparam("since"))
            & (feedback.c.timestamp <= bindparam("until")))
-    .group_by(feedback.c.customer_id, feedback.c.product_id))
+    .group_by(feedback.c.customer_id, feedback.c.product_id)))
 _LATEST = (func.row_number().over(partition_by=events.c.customer_id,
                                   order_by=(events.c.timestamp.desc(), events.c.seq.desc()))
            .label("latest"))
-_RECENT = (select(events.c.customer_id, events.c.product_id, events.c.event_type,
-                  events.c.timestamp, events.c.quantity, events.c.rating, _LATEST)
-           .where(events.c.customer_id.in_(_CUSTOMERS)
-                  & (events.c.timestamp >= bindparam("as_of"))
-                  & (events.c.timestamp <= bindparam("until")))
-           .subquery())
-EVENT_ROWS = select(_RECENT).where(_RECENT.c.latest <= bindparam("limit"))
+
+
+def _latest_events(match: Match) -> Select[Any]:
+    recent = (select(events.c.customer_id, events.c.product_id, events.c.event_type,
+                     events.c.timestamp, events.c.quantity, events.c.rating, _LATEST)
+              .where(match(events.c.customer_id)
+                     & (events.c.timestamp >= bindparam("as_of"))
+                     & (events.c.timestamp <= bindparam("until")))
+              .subquery())
+    return select(recent).where(recent.c.latest <= bindparam("limit"))
+
+
+EVENT_ROWS = _per_customer(_latest_events)
 ERASED = select(suppressed.c.token).where(suppressed.c.token == bindparam("token"))
 _BETWEEN: tuple[BindParameter[datetime], BindParameter[datetime]] = (
     bindparam("start"), bindparam("end"))
@@ -390,6 +416,8 @@ class Store:
         # impressions this process took from budgets and has not served yet
         self._reserved: Counter[tuple[str, str]] = Counter()
         self._reserve_lock = threading.Lock()
+        self._answer_db: ContextVar[Connection | None] = ContextVar(
+            f"nbo-store-{id(self)}", default=None)
 
     def close(self) -> None:
         try:
@@ -455,14 +483,42 @@ class Store:
     def _rows_for(self, statement: Select[Any], customer_ids: Iterable[str], **params: Any
                   ) -> list[Row[Any]]:
         """``statement``'s rows for each distinct customer id (its ``customers`` parameter),
-        queried ``IDS_AT_ONCE`` ids at a time."""
+        queried ``IDS_AT_ONCE`` ids at a time; one id through its one-customer variant."""
         ids = list(dict.fromkeys(customer_ids))
-        rows: list[Row[Any]] = []
-        with self.engine.connect() as db:
+        one = _ONE.get(statement)
+        with self._reader() as db:
+            if len(ids) == 1 and one is not None:
+                return list(db.execute(one, {"customer": ids[0], **params}))
+            rows: list[Row[Any]] = []
             for start in range(0, len(ids), IDS_AT_ONCE):
                 rows.extend(db.execute(statement, {"customers": ids[start:start + IDS_AT_ONCE],
                                                    **params}))
         return rows
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """One connection for the store reads of one answer (its consent, erasure, exposure
+        and live events) in this thread or task; a connection per read cost twice the read.
+        Writes keep their own transactions."""
+        if self._answer_db.get() is not None:
+            yield
+            return
+        with self.engine.connect() as db:
+            token = self._answer_db.set(db)
+            try:
+                yield
+            finally:
+                self._answer_db.reset(token)
+
+    @contextmanager
+    def _reader(self) -> Iterator[Connection]:
+        """The connection :meth:`reading` holds, else one of its own."""
+        held = self._answer_db.get()
+        if held is not None:
+            yield held
+            return
+        with self.engine.connect() as db:
+            yield db
 
     def set_consents(self, customer_id: str, changes: dict[str, tuple[bool, bool]],
                      source: str, at: datetime) -> list[dict[str, Any]]:
@@ -773,7 +829,7 @@ class Store:
 
     def is_erased(self, customer_id: str) -> bool:
         """Whether the customer was erased, in any process: one primary-key read."""
-        with self.engine.connect() as db:
+        with self._reader() as db:
             return db.execute(ERASED, {"token": self.token(customer_id)}).first() is not None
 
     def erased_among(self, customer_ids: Iterable[str], returned_too: bool = True) -> set[str]:

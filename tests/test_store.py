@@ -4,13 +4,15 @@ the audit trail, and concurrent writers that do not lose or break anything."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 
 import pandas as pd
 import pytest
+from sqlalchemy import event as sqlalchemy_event
 from store_backends import BOTH_DATABASES, ERASURE_KEY
 
-from serving.store import Store, Window
+from serving.store import NO_EXPOSURE, Store, Window
 
 pytestmark = BOTH_DATABASES
 
@@ -78,6 +80,51 @@ def test_exposure_counts_impressions_and_clicks_in_the_window(store: Store) -> N
     after = store.exposure("a", Window(NOW - timedelta(days=14), NOW, NOW, NOW
                                        + timedelta(hours=2)))
     assert dict(zip(after.product_ids, after.clicked.tolist(), strict=True))["x"]
+
+
+def test_a_customers_reads_alone_equal_their_reads_among_others(store: Store) -> None:
+    """A request reads one customer (a statement of its own), the newsletter many at once:
+    consent, exposure and live events come out the same, within one held connection too."""
+    store.seed_consents(dataset_consents(), "v1")
+    feedback = [{"customer_id": c, "product_id": p, "action": action,
+                 "timestamp": NOW - timedelta(days=days)}
+                for c, p, action, days in [("a", "x", "impression", 1), ("a", "x", "click", 1),
+                                           ("b", "x", "impression", 2), ("a", "y", "dismiss", 3),
+                                           ("b", "z", "conversion", 1)]]
+    store.append_feedback(feedback, NOW)
+    events = [{"event_id": f"e{i}", "customer_id": c, "product_id": p, "event_type": "view",
+               "timestamp": NOW - timedelta(hours=i), "quantity": 1}
+              for i, (c, p) in enumerate([("a", "x"), ("b", "y"), ("a", "z"), ("a", "y")])]
+    store.append_events(events, NOW)
+    window = Window(NOW - timedelta(days=14), NOW - timedelta(days=7), NOW - timedelta(days=5),
+                    NOW)
+    many_consents = store.consents_of(["a", "b", "c"], False)
+    many_exposure = store.exposures(["a", "b", "c"], window)
+    many_events = store.live_events(["a", "b", "c"], NOW - timedelta(days=1), NOW, 2)
+    assert len(many_events["a"]) == 2 and set(many_exposure) == {"a", "b"}
+    for held in (False, True):
+        with store.reading() if held else nullcontext():
+            for customer in ("a", "b", "c"):
+                assert store.consent(customer, False) == many_consents[customer]
+                alone = store.exposure(customer, window)
+                expected = many_exposure.get(customer, NO_EXPOSURE)
+                assert alone.product_ids == expected.product_ids
+                for field in ("shown", "clicked", "dismissed", "converted_ns"):
+                    assert getattr(alone, field).tolist() == getattr(expected, field).tolist()
+                assert store.live_events([customer], NOW - timedelta(days=1), NOW, 2).get(
+                    customer, []) == many_events.get(customer, [])
+
+
+def test_one_answers_reads_take_one_connection(store: Store) -> None:
+    checkouts = []
+    sqlalchemy_event.listen(store.engine, "checkout", lambda *_: checkouts.append(1))
+    window = Window(NOW - timedelta(days=14), NOW, NOW)
+    with store.reading():
+        store.consent("a", False)
+        store.is_erased("a")
+        store.exposure("a", window)
+        store.live_events(["a"], NOW - timedelta(days=1), NOW, 5)
+    assert len(checkouts) == 1
 
 
 def test_erasure_keeps_counts_and_a_keyed_hash_only(store: Store, consent_url: str) -> None:
