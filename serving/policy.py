@@ -9,6 +9,7 @@ wrong one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -97,9 +98,25 @@ class Offers:
             margin=pd.to_numeric(optional(C.margin, np.nan), errors="coerce").to_numpy(float),
         )
 
-    @property
+    # what a request asks of the table but only the table decides, worked out once
+    @cached_property
     def stage_targeted(self) -> np.ndarray:
         return self.stages != (1 << len(Stage.all)) - 1
+
+    @cached_property
+    def _by_region(self) -> dict[str, np.ndarray]:
+        everywhere = self.region == ""
+        return {"": everywhere} | {region: everywhere | (self.region == region)
+                                   for region in set(self.region.tolist()) if region}
+
+    def in_region(self, region: str | None) -> np.ndarray:
+        """Offers for a customer of ``region``: those for everywhere and, where the region
+        is known, its own (read-only)."""
+        return self._by_region.get(region or "", self._by_region[""])
+
+    @cached_property
+    def for_any_age(self) -> np.ndarray:
+        return self.min_age <= 0
 
 
 # --- 1. eligibility ---------------------------------------------------------------------
@@ -110,12 +127,11 @@ def eligible(offers: Offers, now_ns: int, channel: str, region: str | None,
     (regional offers only where the region is known and matches) and age (age-restricted
     offers only for customers known to be old enough)."""
     channel_bit = 1 << CHANNELS.index(channel)
-    regional = offers.region != ""
-    old_enough = offers.min_age <= (age if age is not None else 0)
+    old_enough = offers.for_any_age if age is None else offers.min_age <= age
     return (
         (offers.valid_from <= now_ns) & (now_ns <= offers.valid_to) & offers.in_stock
         & ((offers.channels & channel_bit) != 0)
-        & (~regional | (offers.region == (region or "\0")))
+        & offers.in_region(region)
         & old_enough
     )
 

@@ -88,7 +88,10 @@ def test_an_offers_rank_counts_the_offers_scoring_higher_ties_sharing_the_best()
     rng = np.random.default_rng(2)
     for _ in range(200):
         scores = rng.integers(0, 5, int(rng.integers(1, 50))).astype(float)
-        assert higher(scores).tolist() == [int((scores > s).sum()) for s in scores]
+        counts = [int((scores > s).sum()) for s in scores]
+        assert higher(scores).tolist() == counts
+        cap = int(rng.integers(0, len(scores) + 2))
+        assert higher(scores, cap).tolist() == [min(c, cap) for c in counts]
 
 
 def test_suppressed_offers_and_campaigns_out_of_their_window_are_never_served(

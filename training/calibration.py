@@ -45,8 +45,13 @@ class Curve:
     source: str  # "holdout" or "feedback"
     observations: int  # customers (holdout) or impressions (feedback) behind it
 
+    @property
+    def last_rank(self) -> int:
+        """Ranks from here on share its propensity."""
+        return len(self.by_rank) - 1
+
     def at(self, ranks: np.ndarray) -> np.ndarray:
-        return self.by_rank[np.minimum(ranks, len(self.by_rank) - 1)]
+        return self.by_rank[np.minimum(ranks, self.last_rank)]
 
 
 @dataclass(frozen=True)

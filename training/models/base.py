@@ -231,18 +231,17 @@ class Recommender(ABC):
         similarity = None
         if len(anchors) and (targets >= 0).all():
             similarity = self.item_similarity(targets, anchors)
-        reasons = []
-        for i, target in enumerate(targets):
-            if similarity is not None and similarity.shape[1]:
-                row = similarity[i].copy()
-                row[anchors == target] = -np.inf  # an offer is no reason for itself
-                best = int(np.argmax(row))
-                if np.isfinite(row[best]) and row[best] > 0:
-                    anchor = self.items.names[anchors[best]]
-                    reasons.append(Reason("because_you_bought", str(anchor)))
-                    continue
-            reasons.append(Reason("popular"))
-        return reasons
+        if similarity is None or not similarity.shape[1]:
+            return [Reason("popular")] * len(targets)
+        # an offer is no reason for itself
+        similarity = np.where(anchors[np.newaxis, :] == targets[:, np.newaxis], -np.inf,
+                              similarity)
+        best = np.argmax(similarity, axis=1)
+        value = similarity[np.arange(len(targets)), best]
+        anchored = np.isfinite(value) & (value > 0)
+        names = self.items.names[anchors[best]]
+        return [Reason("because_you_bought", str(name)) if ok else Reason("popular")
+                for name, ok in zip(names, anchored, strict=True)]
 
     # --- configuration ------------------------------------------------------------------
 
