@@ -63,6 +63,9 @@ class ShopSpec:
     products: int | None = None  # default scales with customers
     chunk_customers: int = 50_000
     file_format: str = "parquet"
+    # a shop that only learns what its customers rated (a review or streaming site): each
+    # thing taken is rated 1 to 5 by how well it fits, nothing else is recorded
+    ratings_only: bool = False
 
     @property
     def n_products(self) -> int:
@@ -436,6 +439,9 @@ def _events(
     rating_time = view_time[bought][rated] + rng.integers(2, 15, rated.sum()) * 86_400
     parts.append(_frame(view_who[bought][rated], product[bought][rated], "rating", rating_time,
                         rating=stars[rated]))
+    if spec.ratings_only:  # the same draws as a full shop, every taken thing rated
+        parts = [_frame(view_who[bought], product[bought], "rating",
+                        view_time[bought] + 2 * 86_400, rating=stars)]
     events = pd.concat(parts, ignore_index=True)
     events = events[events[C.timestamp] <= np.datetime64(end, "s").astype(np.int64)]
     events[C.customer] = people[C.customer].to_numpy()[events.pop("who").to_numpy()]

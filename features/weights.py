@@ -16,6 +16,7 @@ INTERACTION_COLUMNS = [
     "returned", "last_rating", "positive",
 ]
 _NAT = np.iinfo(np.int64).min
+LOW_RATING = 2  # a last rating at or below this makes a pair negative, however bought
 
 
 def event_contributions(
@@ -70,7 +71,7 @@ def interactions(events: pd.DataFrame, now: pd.Timestamp, w: EventWeights,
 
 def is_positive(pairs: pd.DataFrame) -> pd.Series:
     """Net weight above zero, never returned, and no last rating of 2 or below."""
-    return (pairs[C.weight] > 0) & ~pairs["returned"] & ~(pairs["last_rating"] <= 2)
+    return (pairs[C.weight] > 0) & ~pairs["returned"] & ~(pairs["last_rating"] <= LOW_RATING)
 
 
 def _with_feedback(table: pd.DataFrame, responses: pd.DataFrame) -> pd.DataFrame:

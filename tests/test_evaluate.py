@@ -15,6 +15,7 @@ from training.evaluate import (
     evaluate,
     ranked_scores,
     ranking_metrics,
+    taken_events,
     time_split,
     value_tradeoff,
 )
@@ -187,3 +188,35 @@ def test_the_value_trade_off_at_b_0_is_the_models_own_ranking(data) -> None:  # 
     assert table.loc[0.0, "ndcg"] == pytest.approx(plain["ndcg"])
     assert table.loc[0.0, "value"] == pytest.approx(plain["value"])
     assert table.loc[2.0, "ndcg"] != pytest.approx(plain["ndcg"])  # value reorders
+
+
+def test_a_shop_without_purchases_is_judged_on_its_high_ratings() -> None:
+    """Purchases are what a recommendation should find; a shop that knows only ratings is
+    judged on ratings above 2 (low ones are what it should not offer)."""
+    events = pd.DataFrame({"event_type": ["rating", "purchase", "rating", "view"],
+                           "rating": [5.0, np.nan, 2.0, np.nan]})
+    assert taken_events(events).tolist() == [False, True, False, False]
+    rated = events[events["event_type"] == "rating"].reset_index(drop=True)
+    assert taken_events(rated).tolist() == [True, False]
+    three = pd.DataFrame({"event_type": ["rating"] * 3, "rating": ["3", "2", "x"]})
+    assert taken_events(three).tolist() == [True, False, False]
+
+
+def test_the_blend_beats_plain_ease_on_a_ratings_only_shop(tmp_path: Path) -> None:
+    """A shop that only knows ratings trains and is judged end to end (low ratings are
+    negatives, high ones what to find): the default blend's NDCG@10 leads plain EASE's on
+    every customer's next high ratings ("all")."""
+    from features.generate import ShopSpec, generate_shop
+    from features.snapshot import build_snapshot
+    from training.evaluate import fit_and_evaluate
+    from training.pipeline import prepare
+
+    generate_shop(ShopSpec(customers=3000, seed=7, ratings_only=True), tmp_path / "shop")
+    build_snapshot(tmp_path / "shop", tmp_path / "snapshot")
+    split = prepare(tmp_path / "snapshot").split
+    ndcg = {}
+    for kind in ("ease", "blend"):
+        metrics, _ = fit_and_evaluate(create(kind), split)
+        overall = metrics[(metrics["group"] == "overall") & (metrics["task"] == "all")]
+        ndcg[kind] = float(overall["ndcg"].iloc[0])
+    assert ndcg["blend"] > 1.1 * ndcg["ease"] > 0, ndcg

@@ -85,3 +85,21 @@ def test_csv_format(tmp_path: Path) -> None:
     data = load_dataset(tmp_path)
     assert data.reports["events"].read > 0
     assert data.reports["events"].quarantined == 0
+
+
+def test_a_ratings_only_shop_records_only_ratings_of_what_was_taken(tmp_path: Path) -> None:
+    """The same customers and tastes as a full shop, every taken thing rated 1 to 5 and
+    nothing else recorded; the contract accepts it."""
+    generate_shop(ShopSpec(customers=300, seed=3), tmp_path / "full")
+    generate_shop(ShopSpec(customers=300, seed=3, ratings_only=True), tmp_path / "rated")
+    full, rated = (load_dataset(tmp_path / name) for name in ("full", "rated"))
+    assert all(report.quarantined == 0 for report in rated.reports.values())
+    events = rated.events
+    assert set(events["event_type"].astype(str)) == {"rating"}
+    assert events["rating"].between(1, 5).all() and events["rating"].nunique() == 5
+    bought = full.events[full.events["event_type"] == "purchase"]
+    # a rating per purchase of the full shop, but those rated after the shop's last day
+    pairs = set(zip(bought["customer_id"], bought["product_id"], strict=True))
+    assert set(zip(events["customer_id"], events["product_id"], strict=True)) <= pairs
+    assert 0.97 * len(bought) <= len(events) <= len(bought)
+    pd.testing.assert_frame_equal(rated.customers, full.customers)

@@ -18,6 +18,7 @@ from features.columns import Columns as C
 from features.columns import EventType as E
 from features.config import FeatureConfig
 from features.snapshot import Features, compute_features
+from features.weights import LOW_RATING
 from training.data import TrainData
 from training.fallbacks import RegionalPopularity
 from training.models.base import Query, Recommender
@@ -83,16 +84,30 @@ def time_split(
         feedback = feedback[feedback[C.timestamp] < cutoff]
     features = compute_features(before, products, customers, cutoff, config, feedback=feedback)
     data = TrainData.from_features(features)
-    after = events[(events[C.timestamp] >= cutoff) & (events[C.event_type] == E.purchase)]
+    taken = taken_events(events)
+    after = events[(events[C.timestamp] >= cutoff) & taken]
     if test_days is not None:
         after = after[after[C.timestamp] < cutoff + pd.Timedelta(days=test_days)]
     truth = _pairs(data, after)
-    bought = _pairs(data, before[before[C.event_type] == E.purchase])
+    bought = _pairs(data, before[taken[events[C.timestamp] < cutoff]])
     test_customers = np.flatnonzero(np.diff(truth.indptr) > 0)
     if not len(test_customers):
-        raise ValueError(f"no purchases after the cut-off {cutoff} to evaluate on")
+        raise ValueError(f"nothing taken (bought, or rated above {LOW_RATING} in a shop "
+                         f"without purchases) after the cut-off {cutoff} to evaluate on")
     return Split(cutoff, features, data, truth, bought, test_customers,
                  offer_values(products, data))
+
+
+def taken_events(events: pd.DataFrame) -> pd.Series:
+    """The events that say a customer took an offer, what a recommendation should find:
+    purchases; in a shop without any (one that knows only ratings), ratings above
+    ``LOW_RATING``, as the features count them positive."""
+    kinds = events[C.event_type]
+    bought = kinds == E.purchase
+    if bought.any():
+        return bought
+    return (kinds == E.rating) & (pd.to_numeric(events[C.rating], errors="coerce")
+                                  > LOW_RATING)
 
 
 def offer_values(products: pd.DataFrame, data: TrainData) -> np.ndarray:

@@ -35,20 +35,24 @@ def generate(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same shop.")] = 42,
     end: Annotated[datetime, typer.Option(help="Date of the last event.")] = datetime(2026, 6, 30),
     file_format: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+    ratings_only: Annotated[bool, typer.Option(
+        "--ratings-only", help="Record only ratings (1-5) of what the customers took, as a "
+        "review site knows them; no purchases, views or carts.")] = False,
 ) -> None:
     """Generate a shop in the data contract: customers with hidden tastes, every event type,
     lifecycle spread, coupons, regional, age-restricted and sensitive offers, consent gaps."""
     if file_format not in ("parquet", "csv"):
         raise typer.BadParameter("use parquet or csv", param_hint="--format")
-    counts = generate_shop(out, customers, seed, end, file_format)
+    counts = generate_shop(out, customers, seed, end, file_format, ratings_only)
     console.print(f"Wrote {out}: " + ", ".join(f"{n:,} {name}" for name, n in counts.items()))
 
 
-def generate_shop(out: Path, customers: int, seed: int, end: datetime, file_format: str
-              ) -> dict[str, int]:
+def generate_shop(out: Path, customers: int, seed: int, end: datetime, file_format: str,
+                  ratings_only: bool = False) -> dict[str, int]:
     from features.generate import ShopSpec, generate_shop
 
-    spec = ShopSpec(customers=customers, seed=seed, end=end, file_format=file_format)
+    spec = ShopSpec(customers=customers, seed=seed, end=end, file_format=file_format,
+                    ratings_only=ratings_only)
     with Progress(TextColumn("generating shop"), BarColumn(), TextColumn("{task.completed:,}"
                   "/{task.total:,} customers"), TimeElapsedColumn(), console=err_console,
                   transient=True) as progress:
