@@ -58,12 +58,25 @@ def mailable_buyer(snapshot_dir: Path) -> str:
     return next(str(c) for c in state["customer_id"] if c in mailable and c not in denied)
 
 
+def follow(driver: Any, element_id: str) -> None:
+    """Click what leads to another page and return once the browser left this one: a click
+    returns before the page it asked for arrives, and the old page's URL or headings would
+    be read meanwhile."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as shown
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    element = driver.find_element(By.ID, element_id)
+    element.click()
+    WebDriverWait(driver, 20).until(shown.staleness_of(element))
+
+
 def log_in(driver: Any, url: str, key: str) -> None:
     from selenium.webdriver.common.by import By
 
     driver.get(f"{url}/console/login")
     driver.find_element(By.ID, "key").send_keys(key)
-    driver.find_element(By.ID, "login").click()
+    follow(driver, "login")
 
 
 def test_a_marketer_looks_up_withdraws_consent_exports_and_erases_in_a_browser(
@@ -82,7 +95,7 @@ def test_a_marketer_looks_up_withdraws_consent_exports_and_erases_in_a_browser(
     assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
 
     driver.find_element(By.ID, "customer-id").send_keys(customer)
-    driver.find_element(By.ID, "look-up").click()
+    follow(driver, "look-up")
     assert driver.find_element(By.ID, "customer").text == customer
     web = driver.find_element(By.ID, "channel-web")
     reasons = [cell.text for cell in web.find_elements(By.CSS_SELECTOR, "td.reason")]
@@ -91,7 +104,7 @@ def test_a_marketer_looks_up_withdraws_consent_exports_and_erases_in_a_browser(
     assert "exclusion" in rules, rules  # what they bought is removed, and the page says why
     assert driver.find_elements(By.CSS_SELECTOR, "#mail .mail-block")
 
-    driver.find_element(By.ID, "withdraw-email").click()
+    follow(driver, "withdraw-email")
     assert "Consent to email changed" in driver.find_element(By.ID, "changed").text
     assert "no e-mail consent" in driver.find_element(By.ID, "no-mail").text
     assert "no e-mail consent" in driver.find_element(By.ID, "channel-email").text
@@ -106,22 +119,22 @@ def test_a_marketer_looks_up_withdraws_consent_exports_and_erases_in_a_browser(
     assert held["customer_id"] == customer and held["consent_trail"][-1]["source"] == "console"
     assert next(c for c in held["consents"] if c["purpose"] == "email")["granted"] is False
 
-    driver.find_element(By.ID, "erase").click()
+    follow(driver, "erase")
     driver.find_element(By.ID, "confirm").send_keys(customer)
-    driver.find_element(By.ID, "erase-confirm").click()
+    follow(driver, "erase-confirm")
     assert driver.find_element(By.ID, "erased").text == "Customer erased"
-    driver.find_element(By.ID, "nav-customer").click()
+    follow(driver, "nav-customer")
     driver.find_element(By.ID, "customer-id").send_keys(customer)
-    driver.find_element(By.ID, "look-up").click()
+    follow(driver, "look-up")
     assert "is erased" in driver.find_element(By.ID, "customer-erased").text
     gone = httpx.get(f"{served}/customers/{customer}/export", timeout=10,
                      headers={"Authorization": "Bearer admin-key-for-the-console"})
     assert gone.status_code == 410 and gone.json() == {"customer_id": customer, "erased": True}
 
     for page in ("offers", "experiments", "models"):
-        driver.find_element(By.ID, f"nav-{page}").click()
+        follow(driver, f"nav-{page}")
         assert driver.find_element(By.TAG_NAME, "h1").text.lower() == page
-    driver.find_element(By.ID, "logout").click()
+    follow(driver, "logout")
     driver.get(f"{served}/console/models")
     assert driver.current_url.endswith("/console/login")
     violations = [entry["message"] for entry in driver.get_log("browser")
