@@ -318,6 +318,8 @@ def test_only_the_last_worker_to_leave_a_study_is_told_it_is_last(
     early, late, killed = (tune.StudyWorkers(url, "shared") for _ in range(3))
     for worker in (early, late, killed):
         worker.join()
+    # the first to join opened the study: it alone queues the default configuration
+    assert [w.opened for w in (early, late, killed)] == [True, False, False]
     late.seen()
     assert early.leave() is False  # late (and killed) still sampling
     monkeypatch.setattr(tune.time, "time", lambda: 10**10)  # far later: all unseen since
@@ -325,4 +327,5 @@ def test_only_the_last_worker_to_leave_a_study_is_told_it_is_last(
     assert late.leave() is True
     again = tune.StudyWorkers(url, "shared")
     again.join()
+    assert not again.opened  # the default ran when the study opened
     assert again.leave() is True  # the study can be tuned again

@@ -82,11 +82,14 @@ class StudyWorkers:
 
     def __init__(self, url: str, study: str) -> None:
         self.study, self.worker = study, secrets.token_hex(8)
+        self.opened = False  # whether this worker opened the study (see join)
         self.engine = sqlalchemy.create_engine(url, **_engine_kwargs(url))
         opened(lambda: COORDINATION.create_all(self.engine))
 
     def join(self) -> None:
-        self.claim(STUDIES, touched=time.time())  # False: another worker made the row first
+        # the first worker to make the study's row opens it: it alone puts the default
+        # configuration first (two workers that each found no trial queued both did)
+        self.opened = self.claim(STUDIES, touched=time.time())
         with self.engine.begin() as db:
             db.execute(WORKERS.insert().values(study=self.study, worker=self.worker,
                                                seen=time.time()))
@@ -190,8 +193,9 @@ def tune(
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     )
-    defaults = model_class().params()
-    study.enqueue_trial({key: defaults[key] for key in space}, skip_if_exists=True)
+    if workers.opened:
+        defaults = model_class().params()
+        study.enqueue_trial({key: defaults[key] for key in space}, skip_if_exists=True)
     rng = np.random.default_rng(seed)
     tests = folds[0].split.test_customers
     first = np.sort(rng.choice(tests, max(1, int(len(tests) * FIRST_LOOK)), replace=False))
