@@ -77,7 +77,8 @@ def time_split(
     Responses to served offers (``feedback``) before the cut-off join the training signal.
     """
     config = config or FeatureConfig()
-    before = events[events[C.timestamp] < cutoff]
+    earlier = events[C.timestamp] < cutoff
+    before = events[earlier]
     if before.empty:
         raise ValueError(f"no events before the cut-off {cutoff}")
     if feedback is not None:
@@ -89,7 +90,7 @@ def time_split(
     if test_days is not None:
         after = after[after[C.timestamp] < cutoff + pd.Timedelta(days=test_days)]
     truth = _pairs(data, after)
-    bought = _pairs(data, before[taken[events[C.timestamp] < cutoff]])
+    bought = _pairs(data, events[earlier & taken])
     test_customers = np.flatnonzero(np.diff(truth.indptr) > 0)
     if not len(test_customers):
         raise ValueError(f"nothing taken (bought, or rated above {LOW_RATING} in a shop "

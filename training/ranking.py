@@ -9,8 +9,8 @@ import numpy as np
 def best_first(scores: np.ndarray, candidates: np.ndarray, n: int,
                then: np.ndarray | None = None) -> np.ndarray:
     """The ``n`` best ``candidates`` by score, best first, ties by ``then`` (a second score,
-    higher first) and then in offer order (found by partition: everything tied with the
-    n-th best is kept until the order is known)."""
+    higher first) and then in offer order (the n are found by partitions, :func:`_leading`,
+    and only they are sorted)."""
     if n < len(candidates):
         candidates = _leading(candidates, n, scores, then)
     keys = (candidates, -scores[candidates]) if then is None else \
