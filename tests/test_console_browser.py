@@ -62,13 +62,20 @@ def follow(driver: Any, element_id: str) -> None:
     """Click what leads to another page and return once the browser left this one: a click
     returns before the page it asked for arrives, and the old page's URL or headings would
     be read meanwhile."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as shown
     from selenium.webdriver.support.ui import WebDriverWait
 
-    element = driver.find_element(By.ID, element_id)
-    element.click()
-    WebDriverWait(driver, 20).until(shown.staleness_of(element))
+    # The page is marked, and the wait ends when a loaded page without the mark shows. Asking
+    # after the clicked element instead raced the navigation: Chrome answered "node does not
+    # belong to the document" rather than "stale" when the old page was half torn down. A
+    # question asked while the page changes may fail the same way, so such failures retry.
+    driver.execute_script("document.documentElement.setAttribute('data-left', 'no')")
+    driver.find_element(By.ID, element_id).click()
+    WebDriverWait(driver, 20, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script(
+            "return document.readyState === 'complete'"
+            " && !document.documentElement.hasAttribute('data-left')"))
 
 
 def log_in(driver: Any, url: str, key: str) -> None:
