@@ -7,7 +7,7 @@ cut-off from those events alone; the truth is what customers bought after it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,19 +161,9 @@ def evaluate(model: Recommender, split: Split, k: int = 10,
     ``rows`` restricts the evaluation to some of the split's test customers.
     """
     rows = split.test_customers if rows is None else rows
-    ids = split.data.customers.ids[rows].to_numpy()
-    features = split.data.customer_features.iloc[rows]
     stages, cold = split.stages[rows], split.cold[rows]
-    fallbacks = RegionalPopularity(split.regions, split.bought_before)
     results = []
-    for task in TASKS:
-        truth = split.truth[rows]
-        if task == "novel":
-            truth = (truth - truth.multiply(split.bought_before[rows])).tocsr()
-            truth.eliminate_zeros()
-        per_customer, recommended = _score_task(model, split, ids, features, truth, rows,
-                                                fallbacks, task, k)
-        relevant = np.diff(truth.indptr) > 0
+    for task, relevant, per_customer, recommended in _tasks(model, split, k, rows):
         groups = {"overall": relevant, "cold-start": relevant & cold}
         groups |= {f"stage: {s}": relevant & (stages == s) for s in pd.unique(stages)}
         for group, mask in groups.items():
@@ -184,6 +174,38 @@ def evaluate(model: Recommender, split: Split, k: int = 10,
             row["coverage"] = len(np.unique(recommended[mask])) / len(split.data.items)
             results.append(row)
     return pd.DataFrame(results)
+
+
+def customer_metrics(model: Recommender, split: Split, k: int = 10) -> pd.DataFrame:
+    """Each test customer's metrics on each task where they have something to find: one
+    row per task and customer (``row`` of the split's data, ``cold`` without training
+    history), the material of paired comparisons between models."""
+    rows = split.test_customers
+    parts = []
+    for task, relevant, per_customer, _ in _tasks(model, split, k, rows):
+        part = pd.DataFrame({name: values[relevant] for name, values in per_customer.items()})
+        part.insert(0, "cold", split.cold[rows][relevant])
+        part.insert(0, "row", rows[relevant])
+        part.insert(0, "task", task)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _tasks(model: Recommender, split: Split, k: int, rows: np.ndarray
+           ) -> Iterator[tuple[str, np.ndarray, dict[str, np.ndarray], np.ndarray]]:
+    """Per task: which of ``rows`` have something to find, their metrics and what was
+    recommended to them (both over all of ``rows``)."""
+    ids = split.data.customers.ids[rows].to_numpy()
+    features = split.data.customer_features.iloc[rows]
+    fallbacks = RegionalPopularity(split.regions, split.bought_before)
+    for task in TASKS:
+        truth = split.truth[rows]
+        if task == "novel":
+            truth = (truth - truth.multiply(split.bought_before[rows])).tocsr()
+            truth.eliminate_zeros()
+        per_customer, recommended = _score_task(model, split, ids, features, truth, rows,
+                                                fallbacks, task, k)
+        yield task, np.diff(truth.indptr) > 0, per_customer, recommended
 
 
 def _score_task(

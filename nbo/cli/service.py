@@ -84,14 +84,14 @@ def _demo_models(snapshot: Path) -> None:
     from nbo.jobs.champion import publish_champion
     from training.pipeline import compare_candidates, train
     from training.tracking import promote as run_promotion
-    from training.tune import OBJECTIVE
+    from training.tune import OBJECTIVE, balanced
 
     experiment = experiment_of(snapshot, None, 30.0, 10)
     client = tracking()
     with steps("comparing candidate models") as step:
         table = compare_candidates(experiment, report=step, log=True)
     wide = table.pivot(index="model", columns="task", values="ndcg")
-    wide["objective"] = wide[[name.split(".")[0] for name in OBJECTIVE]].mean(axis=1)
+    wide["objective"] = balanced(wide[[name.split(".")[0] for name in OBJECTIVE]].to_numpy())
     wide["fit_s"] = table.groupby("model")["fit_s"].first()
     wide = wide.sort_values("objective", ascending=False).reset_index()
     console.print("3. compared the candidates on the last 30 days (NDCG@10)")
