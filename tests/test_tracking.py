@@ -155,9 +155,40 @@ def test_tuning_on_validation_windows_leaves_the_test_window_unseen(  # type: ig
         [client.get_run(result.parent_run_id).info.experiment_id],
         filter_string="tags.`nbo.trial` = 'complete'")[0]
     assert {"fold0.all.ndcg", "fold1.all.ndcg", "objective"} <= set(child.data.metrics)
-    assert child.data.metrics["objective"] == pytest.approx(
-        (child.data.metrics["fold0.all.ndcg"] + child.data.metrics["fold0.novel.ndcg"]
-         + child.data.metrics["fold1.all.ndcg"] + child.data.metrics["fold1.novel.ndcg"]) / 4)
+    metrics = child.data.metrics  # each fold's geometric mean of the tasks, then their mean
+    assert metrics["objective"] == pytest.approx(
+        (np.sqrt(metrics["fold0.all.ndcg"] * metrics["fold0.novel.ndcg"])
+         + np.sqrt(metrics["fold1.all.ndcg"] * metrics["fold1.novel.ndcg"])) / 2)
+
+
+def test_the_objective_weighs_a_relative_gain_in_discovery_as_one_on_all() -> None:
+    """A config 10% behind on "all" but 15% ahead on "novel" wins: with the tasks' plain
+    mean, "all" (about three times the NDCG) decided alone."""
+    from training.tune import objective_value
+
+    def evaluation(all_: float, novel: float) -> pd.DataFrame:
+        others = ("recall", "precision", "map", "hit_rate", "coverage")
+        return pd.DataFrame({"task": ["all", "novel"], "group": "overall",
+                             "ndcg": [all_, novel], **{name: 0.0 for name in others}})
+
+    assert objective_value(evaluation(0.30, 0.115)) > objective_value(evaluation(0.33, 0.10))
+    assert objective_value(evaluation(0.3, 0.1)) == pytest.approx(np.sqrt(0.03))
+    assert objective_value(evaluation(0.3, 0.0)) == 0.0
+
+
+def test_a_search_without_registering_refits_and_registers_nothing(  # type: ignore[no-untyped-def]
+        experiment, client, tmp_path: Path) -> None:
+    from training.tune import tune
+
+    result = tune(experiment, "ease", trials=2, storage=f"sqlite:///{tmp_path / 'o.db'}",
+                  seed=3, register=False)
+    assert result.trained is None and len(result.study.trials) == 2
+    assert set(result.best_params) == {"l2", "binary"}
+    children = client.search_runs(
+        [client.get_run(result.parent_run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    assert all(r.info.run_name.startswith("trial-") for r in children)
+    assert list_versions(client).empty
 
 
 def test_a_logged_comparison_is_a_parent_run_with_one_child_per_candidate(  # type: ignore[no-untyped-def]
