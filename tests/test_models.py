@@ -162,6 +162,42 @@ def test_blend_trend_puts_what_sells_now_first(board: tuple) -> None:
     assert int(np.argmax(blended.score(["u0"])[0])) < truth["half"]
 
 
+def test_an_offer_sells_since_its_oldest_customers_last_event() -> None:
+    matrix = sparse.csr_matrix(np.array([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 1.0]]))
+    ages = matrix.copy()
+    ages.data = np.array([3.0, 40.0, 90.0, np.inf])  # row by row
+    empty = pd.DataFrame(index=pd.Index(["a", "b"]))
+    data = TrainData(IdMap(["a", "b"]), IdMap(["w", "x", "y", "z"]), matrix, empty, empty, ages)
+    np.testing.assert_array_equal(data.selling_days(), [90.0, 40.0, np.inf, np.inf])
+    undated = TrainData(data.customers, data.items, matrix, empty, empty)
+    assert np.isinf(undated.selling_days()).all()
+
+
+def test_blend_newness_puts_what_is_new_and_selling_first(board: tuple) -> None:
+    """Two offers every customer of the board took yesterday: the one that began selling
+    then tops the ranking; the one whose oldest customer took it half a year ago is old
+    stock bought again, and newness leaves it where every old offer is."""
+    data, truth = board
+    ages = data.ages.copy()
+    ages.data[:] = 180.0
+    new, revived = int(truth["half"]) + 3, int(truth["half"]) + 5  # in the second block
+    ages.data[ages.indices == new] = 1.0
+    again = np.flatnonzero(ages.indices == revived)
+    ages.data[again] = 1.0
+    ages.data[again[0]] = 180.0
+    dated = TrainData(data.customers, data.items, data.matrix, data.customer_features,
+                      data.item_features, ages)
+    only_newness = {"ease_weight": 0.0, "als_weight": 0.0, "itemknn_weight": 0.0,
+                    "repeat": 0.0, "trend": 0.0, "newness": 1.0, "newness_days": 30.0}
+    model = create("blend", FAST["blend"] | only_newness).fit(dated)
+    scores = model.score(["u0"])[0]
+    assert int(np.argmax(scores)) == new
+    old = np.delete(np.arange(len(scores)), new)
+    assert np.ptp(scores[old]) == 0.0  # the revived offer among them
+    blended = create("blend", FAST["blend"] | {"newness": 0.0}).fit(dated)
+    assert int(np.argmax(blended.score(["u0"])[0])) < truth["half"]
+
+
 def test_csr_rows_picks_rows_and_gives_unknown_ones_an_empty_row() -> None:
     matrix = sparse.random(30, 12, density=0.3, format="csr", random_state=3)
     rows = np.array([4, -1, 29, 4, 0, -1])

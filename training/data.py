@@ -44,6 +44,18 @@ class TrainData:
         counts = np.bincount(self.ages.indices, weights=lately, minlength=self.ages.shape[1])
         return counts.astype(np.float32)
 
+    def selling_days(self) -> np.ndarray:
+        """Per offer, days from the oldest of its customers' last events to the moment the
+        features describe: how long it has been selling, at least (an offer all of whose
+        customers took it again lately looks younger than it is). Infinite for offers no
+        dated event shows, and for all when the ages are not known."""
+        if self.ages is None:
+            return np.full(self.matrix.shape[1], np.inf, dtype=np.float32)
+        oldest = np.full(self.ages.shape[1], -np.inf, dtype=np.float32)
+        np.maximum.at(oldest, self.ages.indices, self.ages.data)
+        oldest[~np.isfinite(oldest)] = np.inf
+        return oldest
+
     @classmethod
     def from_features(cls, features: Features) -> TrainData:
         items = IdMap(features.item_features[C.product])

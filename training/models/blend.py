@@ -1,6 +1,6 @@
 """A blend of EASE, ALS and item-item neighbours on per-customer standardised scores, with
-a buy-again term from the customer's own weighted history and a term for what is selling
-now."""
+a buy-again term from the customer's own weighted history, a term for what is selling now and
+one for what is new and selling."""
 
 from __future__ import annotations
 
@@ -37,6 +37,16 @@ class BlendConfig(ModelConfig):
     trend_half_life_days: float = Field(
         7.0, gt=0, description="A customer who took an offer this many days before the "
         "training data ends counts half towards its trend."
+    )
+    newness: float = Field(
+        0.6, ge=0, description="Weight of what is new and selling: offers that began selling "
+        "less than newness_days before the training data ends, by the logarithm of their "
+        "recent customers (weighted as for the trend), standardised, the same for every "
+        "customer. Few customers have them yet, so they are what discovery finds."
+    )
+    newness_days: float = Field(
+        60.0, gt=0, description="An offer whose oldest customer took it less than this many "
+        "days before the training data ends counts as new."
     )
     ease_max_offers: int | None = Field(
         None, ge=1, description="Largest catalogue EASE is fitted on: past it, item "
@@ -81,6 +91,8 @@ class Blend(Recommender):
         "repeat": Param("float", 0.5, 64.0, log=True),
         "trend": Param("float", 0.0, 3.0),
         "trend_half_life_days": Param("float", 2.0, 60.0, log=True),
+        "newness": Param("float", 0.0, 2.0),
+        "newness_days": Param("float", 14.0, 180.0, log=True),
         "ease.l2": Param("float", 50.0, 3000.0, log=True),
         "als.factors": Param("int", 32, 192, log=True),
         "als.regularization": Param("float", 0.01, 20.0, log=True),
@@ -93,6 +105,7 @@ class Blend(Recommender):
         super().__init__(config)
         self.parts: dict[str, Recommender] = {}
         self.trending = np.zeros(0, dtype=np.float32)
+        self.fresh = np.zeros(0, dtype=np.float32)
 
     def _components(self) -> dict[str, tuple[type[Recommender], ModelConfig, float]]:
         c = self.config
@@ -110,10 +123,14 @@ class Blend(Recommender):
                 "ease_weight": 0.0, "itemknn_weight": c.itemknn_weight + c.ease_weight})
         self.parts = {name: cls(config).fit(data)
                       for name, (cls, config, weight) in self._components().items() if weight > 0}
-        if not self.parts and self.config.repeat == 0 and self.config.trend == 0:
-            raise ValueError("a blend needs a component weight, repeat or trend above 0")
-        recent = data.recent_buyers(self.config.trend_half_life_days)
+        c = self.config
+        if not self.parts and c.repeat == 0 and c.trend == 0 and c.newness == 0:
+            raise ValueError("a blend needs a component weight, repeat, trend or newness "
+                             "above 0")
+        recent = data.recent_buyers(c.trend_half_life_days)
         self.trending = standardised(recent[np.newaxis, :])[0]
+        new = data.selling_days() < c.newness_days
+        self.fresh = standardised((np.log1p(recent) * new)[np.newaxis, :])[0]
 
     def ease_fits(self, offers: int) -> bool:
         """Whether EASE is fitted on a catalogue of ``offers`` (see ``ease_max_offers``)."""
@@ -133,6 +150,8 @@ class Blend(Recommender):
             total += self.config.repeat * own_weights(history)
         if self.config.trend:
             total += self.config.trend * self.trending
+        if self.config.newness:
+            total += self.config.newness * self.fresh
         return total
 
     def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray | None:
@@ -152,7 +171,7 @@ class Blend(Recommender):
                           for name, part in self.parts.items()}}
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {"trending": self.trending}
+        return {"trending": self.trending, "fresh": self.fresh}
 
     def save(self, path: Path) -> Path:
         super().save(path)
@@ -161,7 +180,10 @@ class Blend(Recommender):
         return path
 
     def _restore(self, arrays: dict[str, np.ndarray], path: Path) -> None:
-        # a blend saved before the trend term ranks as it did: no offer is trending
-        self.trending = arrays.get("trending", np.zeros(len(self.items), dtype=np.float32))
+        # a blend saved before the trend or newness terms ranks as it did: no offer is
+        # trending or new
+        none = np.zeros(len(self.items), dtype=np.float32)
+        self.trending = arrays.get("trending", none)
+        self.fresh = arrays.get("fresh", none)
         self.parts = {name: Recommender.load(path / name) for name in ("ease", "als", "itemknn")
                       if (path / name / "model.json").exists()}
