@@ -196,6 +196,11 @@ def test_blend_newness_puts_what_is_new_and_selling_first(board: tuple) -> None:
     assert np.ptp(scores[old]) == 0.0  # the revived offer among them
     blended = create("blend", FAST["blend"] | {"newness": 0.0}).fit(dated)
     assert int(np.argmax(blended.score(["u0"])[0])) < truth["half"]
+    # in a history of 180 days, newness asks for at least 179 of them before the first sale
+    for quiet, top in ((179.0, new), (179.5, None)):
+        scores = create("blend", FAST["blend"] | only_newness | {"newness_quiet_days": quiet}
+                        ).fit(dated).score(["u0"])[0]
+        assert (int(np.argmax(scores)) == top) if top is not None else np.ptp(scores) == 0.0
 
 
 def test_csr_rows_picks_rows_and_gives_unknown_ones_an_empty_row() -> None:

@@ -48,6 +48,11 @@ class BlendConfig(ModelConfig):
         60.0, gt=0, description="An offer whose oldest customer took it less than this many "
         "days before the training data ends counts as new."
     )
+    newness_quiet_days: float = Field(
+        120.0, ge=0, description="An offer counts as new only where the data shows the shop "
+        "selling for at least this many days before the offer's first customer: in a short "
+        "history, an offer first seen lately may be old stock that had not sold yet."
+    )
     ease_max_offers: int | None = Field(
         None, ge=1, description="Largest catalogue EASE is fitted on: past it, item "
         "neighbours take EASE's weight. None: the largest whose fit stays within 60% of this "
@@ -129,7 +134,10 @@ class Blend(Recommender):
                              "above 0")
         recent = data.recent_buyers(c.trend_half_life_days)
         self.trending = standardised(recent[np.newaxis, :])[0]
-        new = data.selling_days() < c.newness_days
+        selling = data.selling_days()
+        dated = selling[np.isfinite(selling)]
+        recorded = float(dated.max()) if len(dated) else 0.0  # how far back the data goes
+        new = (selling < c.newness_days) & (recorded - selling >= c.newness_quiet_days)
         self.fresh = standardised((np.log1p(recent) * new)[np.newaxis, :])[0]
 
     def ease_fits(self, offers: int) -> bool:
