@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, help="trials per model, in place of the scale")
     parser.add_argument("--models", nargs="*", default=list(TRIALS), choices=list(TRIALS))
     args = parser.parse_args(argv)
+    args.command = " ".join(["bench/quality.py", *(sys.argv[1:] if argv is None else argv)])
     if not ONLINE_RETAIL.exists():
         raise SystemExit(f"skipped: {ONLINE_RETAIL} is absent")
     if args.folds < 1:
@@ -181,10 +182,9 @@ def write(args: argparse.Namespace, table: pd.DataFrame, summary: pd.DataFrame,
 
     info = machine()
     first, last = windows[0].cutoff, windows[-1].cutoff
-    ran = " ".join(["bench/quality.py", *sys.argv[1:]])
     lines = [
         "# Quality benchmark: UCI Online Retail, rolling origin", "",
-        f"Run {datetime.now(UTC).isoformat(timespec='seconds')} by `{ran}` on "
+        f"Run {datetime.now(UTC).isoformat(timespec='seconds')} by `{args.command}` on "
         f"{info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB.", "",
         f"{len(windows)} consecutive test windows of {WINDOW_DAYS} days, cut-offs "
         f"{first.date()} to {last.date()} (the last ends with the data). In each, every model "

@@ -157,6 +157,7 @@ def test_the_reduced_rolling_benchmark_keeps_the_blend_ahead_of_ease_on_discover
     table = pd.read_csv(tmp_path / "out" / "quality.csv")
     report = (tmp_path / "out" / "quality.md").read_text()
     assert "## Summary over the windows" in report and report.count("## Window from") == 2
+    assert "by `bench/quality.py --windows 2 --trials 2 --folds 1 --work" in report
     history = table[(table["group"] == "history") & (table["metric"] == "ndcg")
                     & (table["task"] == "novel")]
     assert history["cutoff"].nunique() == 2
