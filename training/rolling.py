@@ -52,14 +52,6 @@ def _group(table: pd.DataFrame, task: str, group: str) -> pd.DataFrame:
     return part[part["cold"] == (group == "cold-start")]
 
 
-def lift_draws(model: np.ndarray, base: np.ndarray, picks: np.ndarray) -> np.ndarray:
-    """The relative difference of two means over the same customers (model / base - 1) in
-    each resample of ``picks`` (resamples x customers, indices of those customers)."""
-    base_means = base[picks].mean(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return model[picks].mean(axis=1) / base_means - 1.0
-
-
 def _interval(draws: np.ndarray) -> tuple[float, float]:
     tail = (1.0 - LEVEL) / 2 * 100
     low, high = np.nanpercentile(draws, [tail, 100 - tail])
@@ -101,13 +93,18 @@ def compare(windows: list[Window], baselines: tuple[str, ...], rounds: int = ROU
                 for metric in METRICS:
                     values = {label: part[metric].to_numpy() for label, part in parts.items()}
                     best = max(baselines, key=lambda b: values[b].mean())
+                    # each model's mean in each resample, the best baseline's among them
+                    resampled = ({label: value[picks].mean(axis=1)
+                                  for label, value in values.items()}
+                                 if picks is not None else {})
                     for label, value in values.items():
                         row = {"cutoff": window.cutoff, "model": label, "task": task,
                                "group": group, "metric": metric, "customers": customers,
                                "mean": float(value.mean()), "baseline": best,
                                "lift": float(value.mean() / values[best].mean() - 1.0)}
                         if picks is not None:
-                            sample = lift_draws(value, values[best], picks)
+                            with np.errstate(divide="ignore", invalid="ignore"):
+                                sample = resampled[label] / resampled[best] - 1.0
                             row["low"], row["high"] = _interval(sample)
                             draws.setdefault((label, task, metric), []).append(sample)
                         rows.append(row)
