@@ -163,6 +163,20 @@ class RecommenderContract:
         assert model.held("u17") == {"model": self.kind, "known": False, "history": []}
         assert model.held("nobody")["known"] is False
 
+    def test_a_reason_is_the_same_asked_alone_together_or_in_a_batch(
+            self, fitted: Recommender) -> None:
+        """The newsletter explains many customers' offers in one call
+        (``explain_rows``); a request explains its list (``explain``): the same reasons."""
+        customers = BOARD[0].customers.to_list()[:10]
+        names = list(fitted.items.names)
+        batch = fitted.explain_rows(np.repeat(fitted.customers.index_of(customers), len(names)),
+                                    np.tile(np.arange(len(names)), len(customers)))
+        together = [r for c in customers for r in fitted.explain(c, names)]
+        alone = [fitted.explain(c, [name])[0] for c in customers for name in names]
+        assert batch == together == alone
+        if fitted.pair_similarity(np.array([0]), np.array([1])) is not None:
+            assert sum(r.code == "because_you_bought" for r in batch) > len(batch) // 4
+
     def test_one_customer_and_no_customers(self) -> None:
         one = sparse.csr_matrix(np.array([[1.0, 0.0, 1.0, 0.0]], dtype=np.float32))
         features = pd.DataFrame({"region": ["x"], "age_band": ["u"], "lifecycle_stage": ["new"],

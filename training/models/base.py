@@ -45,6 +45,7 @@ class Reason:
     anchor: str | None = None
 
 
+POPULAR_REASON = Reason("popular")
 POPULAR = "popular"  # the fallback of a customer a model cannot rank
 PROFILE = "profile"  # ranked from the customer features given, without history
 
@@ -210,9 +211,17 @@ class Recommender(ABC):
 
     # --- explaining ---------------------------------------------------------------------
 
+    def pair_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray | None:
+        """Similarity of each target offer to the anchor offer beside it (parallel arrays),
+        or None for a model without one. Each pair's value does not depend on the others, so
+        a reason is the same whether asked for alone or in a batch."""
+        return None
+
     def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray | None:
         """Similarity of target offers (rows) to anchor offers (columns), or None."""
-        return None
+        similarity = self.pair_similarity(np.repeat(targets, len(anchors)),
+                                          np.tile(anchors, len(targets)))
+        return None if similarity is None else similarity.reshape(len(targets), len(anchors))
 
     def bought_row(self, row: int) -> np.ndarray:
         """The offers of stored customer ``row``'s history with a positive weight (none for
@@ -228,20 +237,40 @@ class Recommender(ABC):
         anchors = (history.indices[history.data > 0] if history is not None
                    else self.bought_row(self.customers.index_of([customer_id])[0]))
         targets = self.items.index_of(product_ids)
-        similarity = None
-        if len(anchors) and (targets >= 0).all():
-            similarity = self.item_similarity(targets, anchors)
-        if similarity is None or not similarity.shape[1]:
-            return [Reason("popular")] * len(targets)
-        # an offer is no reason for itself
-        similarity = np.where(anchors[np.newaxis, :] == targets[:, np.newaxis], -np.inf,
-                              similarity)
-        best = np.argmax(similarity, axis=1)
-        value = similarity[np.arange(len(targets)), best]
-        anchored = np.isfinite(value) & (value > 0)
-        names = self.items.names[anchors[best]]
-        return [Reason("because_you_bought", str(name)) if ok else Reason("popular")
-                for name, ok in zip(names, anchored, strict=True)]
+        if not (targets >= 0).all():
+            return [POPULAR_REASON] * len(targets)
+        return self._anchored(targets, [anchors] * len(targets))
+
+    def explain_rows(self, rows: np.ndarray, targets: np.ndarray) -> list[Reason]:
+        """:meth:`explain` of one offer (``targets``, indices) for each of many stored
+        customers (``rows``), from their stored history."""
+        return self._anchored(targets, [self.bought_row(row) for row in rows.tolist()])
+
+    def _anchored(self, targets: np.ndarray, anchors: list[np.ndarray]) -> list[Reason]:
+        """Per target, the anchor of its own list that is most similar to it (the first of
+        equals; never the target itself) where that similarity is positive, else
+        popularity."""
+        counts = np.array([len(a) for a in anchors], dtype=np.int64)
+        if not counts.sum():
+            return [POPULAR_REASON] * len(targets)
+        pair_targets = np.repeat(targets, counts)
+        pair_anchors = np.concatenate(anchors)
+        similarity = self.pair_similarity(pair_targets, pair_anchors)
+        if similarity is None:
+            return [POPULAR_REASON] * len(targets)
+        similarity = np.where(pair_anchors == pair_targets, -np.inf, similarity)
+        owner = np.repeat(np.arange(len(targets)), counts)
+        listed = counts > 0
+        highest = np.full(len(targets), -np.inf)
+        highest[listed] = np.maximum.reduceat(similarity, (np.cumsum(counts) - counts)[listed])
+        hits = np.flatnonzero(similarity == highest[owner])  # none where a NaN is highest
+        found, first = np.unique(owner[hits], return_index=True)
+        best = np.full(len(targets), -1)
+        best[found] = hits[first]
+        anchored = (best >= 0) & np.isfinite(highest) & (highest > 0)
+        names = self.items.names
+        return [Reason("because_you_bought", str(names[pair_anchors[b]])) if ok
+                else POPULAR_REASON for b, ok in zip(best.tolist(), anchored, strict=True)]
 
     # --- configuration ------------------------------------------------------------------
 
@@ -311,3 +340,10 @@ def csr_rows(matrix: sparse.csr_matrix, rows: np.ndarray) -> sparse.csr_matrix:
 def normalised_rows(matrix: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return matrix / np.maximum(norms, 1e-12)
+
+
+def cosine_pairs(vectors: np.ndarray, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """Cosine of each target's vector with its anchor's (parallel index arrays), pair by pair
+    (a matrix product would round a pair differently with other pairs beside it)."""
+    return np.einsum("ij,ij->i", normalised_rows(vectors[targets]),
+                     normalised_rows(vectors[anchors]))

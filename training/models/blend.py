@@ -162,9 +162,9 @@ class Blend(Recommender):
             total += self.config.newness * self.fresh
         return total
 
-    def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray | None:
+    def pair_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray | None:
         for part in self.parts.values():
-            similarity = part.item_similarity(targets, anchors)
+            similarity = part.pair_similarity(targets, anchors)
             if similarity is not None:
                 return similarity
         return None

@@ -11,7 +11,7 @@ from pydantic import Field
 from scipy import sparse
 
 from training.data import TrainData
-from training.models.base import ModelConfig, Param, Recommender, normalised_rows
+from training.models.base import ModelConfig, Param, Recommender, cosine_pairs
 
 # A fold-in solves a request's one row (or a batch's few): one thread. implicit's default
 # starts an OpenMP team on every core per call, and with one serving worker per core the
@@ -48,9 +48,8 @@ class FactorModel(Recommender):
         weights = sparse.diags(1.0 / np.maximum(np.asarray(history.sum(axis=1)).ravel(), 1e-9))
         return np.asarray(weights @ history @ self.item_factors, dtype=np.float32)
 
-    def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-        return normalised_rows(self.item_factors[targets]) @ \
-            normalised_rows(self.item_factors[anchors]).T
+    def pair_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+        return cosine_pairs(self.item_factors, targets, anchors)
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"user_factors": self.user_factors, "item_factors": self.item_factors}

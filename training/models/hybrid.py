@@ -21,7 +21,7 @@ from training.models.base import (
     Param,
     Reason,
     Recommender,
-    normalised_rows,
+    cosine_pairs,
 )
 
 
@@ -149,9 +149,8 @@ class LightFMHybrid(Recommender):
         fallback[no_history & ~described & (rows < 0)] = POPULAR
         return fallback
 
-    def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-        return normalised_rows(self.item_vectors[targets]) @ \
-            normalised_rows(self.item_vectors[anchors]).T
+    def pair_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+        return cosine_pairs(self.item_vectors, targets, anchors)
 
     def explain(self, customer_id: str, product_ids: list[str],
                 history: sparse.csr_matrix | None = None) -> list[Reason]:

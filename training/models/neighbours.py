@@ -55,8 +55,8 @@ class ItemKNN(Recommender):
                customer_features: pd.DataFrame | None) -> np.ndarray:
         return np.asarray((history @ self.similarity).todense(), dtype=np.float32)
 
-    def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-        return np.asarray(self.similarity[anchors][:, targets].T.todense())
+    def pair_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+        return np.asarray(self.similarity[anchors, targets]).ravel()
 
     def _arrays(self) -> dict[str, np.ndarray]:
         s = self.similarity
@@ -134,8 +134,8 @@ class EASE(Recommender):
         inputs = self._inputs(history).astype(np.float32, copy=False)
         return np.asarray(inputs @ self.weights, dtype=np.float32)
 
-    def item_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-        return self.weights[np.ix_(anchors, targets)].T
+    def pair_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+        return self.weights[anchors, targets]
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"weights": self.weights}
