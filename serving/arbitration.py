@@ -183,58 +183,115 @@ class Arbiter:
     def priorities(self, scores: np.ndarray, candidates: np.ndarray, channel: str, stage: str,
                    now_ns: int) -> Priorities:
         """The priority of each candidate (a boolean mask over the offers) for one request."""
-        items = np.flatnonzero(candidates)
-        propensity = np.zeros(len(scores))
-        ranks = higher(scores, self.calibration.curve(channel).last_rank)
-        propensity[items] = self.calibration.propensity(channel, ranks[items],
-                                                        self.offers.ids[items])
-        if self.prior:  # the policy's prior, for offers without a response rate of their own
-            own = self.calibration.offers.get(channel, {})
-            for item, prior in self.prior.items():
-                if candidates[item] and str(self.offers.ids[item]) not in own:
-                    propensity[item] = prior
+        at_rank = self._propensity(channel, scores[np.newaxis])[0]
+        weight, context = self._weight(now_ns), self._context(channel, stage)
+        return Priorities(self._priority(at_rank, candidates, channel, weight, context),
+                          {"propensity": np.where(candidates, at_rank, 0.0),
+                           "value": self.value, "weight": weight, "context_weight": context})
+
+    def priority_rows(self, scores: np.ndarray, candidates: np.ndarray, channel: str,
+                      stages: list[str], now_ns: int) -> np.ndarray:
+        """:meth:`priorities` of many customers at once: ``scores`` and ``candidates`` have a
+        row per customer, ``stages`` their lifecycle stages; the priority matrix alone."""
+        by_stage = {stage: self._context(channel, stage) for stage in set(stages)}
+        contexts = list(by_stage.values())
+        context = (contexts[0] if all(np.array_equal(c, contexts[0]) for c in contexts)
+                   else np.stack([by_stage[stage] for stage in stages])) if contexts \
+            else np.ones(len(self.offers))  # one row for all where the stages weigh alike
+        return self._priority(self._propensity(channel, scores), candidates, channel,
+                              self._weight(now_ns), context)
+
+    def _priority(self, at_rank: np.ndarray, candidates: np.ndarray, channel: str,
+                  weight: np.ndarray, context: np.ndarray) -> np.ndarray:
+        """The product of the components, zero where not a candidate."""
+        exponents = self.exponents[channel]
+        return np.where(candidates, at_rank ** exponents.a * self.value ** exponents.b
+                        * weight * context, 0.0)
+
+    def _weight(self, now_ns: int) -> np.ndarray:
+        """Each offer's weight with the campaigns running at ``now_ns``."""
         weight = self.weight.copy()
         for members, start, end, campaign_weight in self.campaigns:
             if start <= now_ns < end:
                 weight[members] *= campaign_weight
-        context = np.ones(len(scores))
+        return weight
+
+    def _propensity(self, channel: str, scores: np.ndarray) -> np.ndarray:
+        """Calibrated propensity at the rank each offer has in each row's scores, the
+        policy's prior for offers without a response rate of their own. Past the curve's
+        last rank every offer has the last rank's, so only the offers above it are looked
+        up one by one."""
+        cap = self.calibration.curve(channel).last_rank
+        beyond = self.calibration.propensity(channel, np.full(len(self.offers), cap),
+                                             self.offers.ids)
+        propensity = np.tile(beyond, (len(scores), 1))
+        rows, columns, ranks = above_cap(scores, cap)
+        propensity[rows, columns] = self.calibration.propensity(channel, ranks,
+                                                                self.offers.ids[columns])
+        if self.prior:
+            own = self.calibration.offers.get(channel, {})
+            for item, prior in self.prior.items():
+                if str(self.offers.ids[item]) not in own:
+                    propensity[:, item] = prior
+        return propensity
+
+    def _context(self, channel: str, stage: str) -> np.ndarray:
+        context = np.ones(len(self.offers))
         for rule_channel, rule_stage, members, rule_weight in self.context:
             if rule_channel in (None, channel) and rule_stage in (None, stage):
                 context[members] *= rule_weight
-        exponents = self.exponents[channel]
-        priority = np.zeros(len(scores))
-        priority[items] = (propensity[items] ** exponents.a * self.value[items] ** exponents.b
-                           * weight[items] * context[items])
-        return Priorities(priority, {"propensity": propensity, "value": self.value,
-                                     "weight": weight, "context_weight": context})
+        return context
 
 
 def higher(scores: np.ndarray, cap: int | None = None) -> np.ndarray:
     """Per offer, how many offers score higher: its rank in the model's ranking of every
     offer, ties sharing the best rank; at most ``cap`` (a propensity curve's last rank, past
-    which every rank is alike), so that only the offers above the cap are sorted. From one
-    sort, each tie group's last place carried back through the group (a binary search per
-    offer took four times as long)."""
-    n = len(scores)
-    if cap is not None and cap < n:
-        if cap <= 0:
-            return np.zeros(n, dtype=np.int64)
-        # fewer than ``cap`` offers score higher exactly where the score reaches the
-        # cap-th best; every offer that beats one of those is one of them
-        kth = scores[np.argpartition(-scores, cap - 1)[cap - 1]]
-        top = np.flatnonzero(scores >= kth)
-        counts = np.full(n, cap, dtype=np.int64)
-        counts[top] = higher(scores[top])
-        return counts
-    order = np.argsort(scores)
-    ordered = scores[order]
-    last = np.empty(n, dtype=bool)
-    np.not_equal(ordered[1:], ordered[:-1], out=last[:-1])
-    last[-1:] = True
-    group_end = np.minimum.accumulate(np.where(last, np.arange(n), n)[::-1])[::-1]
-    counts = np.empty(n, dtype=np.int64)
-    counts[order] = n - 1 - group_end
+    which every rank is alike)."""
+    return higher_rows(scores[np.newaxis], cap)[0]
+
+
+def higher_rows(scores: np.ndarray, cap: int | None = None) -> np.ndarray:
+    """:func:`higher` of each row."""
+    rows, n = scores.shape
+    counts = np.full((rows, n), n if cap is None else max(min(cap, n), 0), dtype=np.int64)
+    row, column, above = above_cap(scores, cap)
+    counts[row, column] = above
     return counts
+
+
+def above_cap(scores: np.ndarray, cap: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The offers of each row that fewer than ``cap`` offers score higher (all where None),
+    as row, column and how many score higher: the ``cap`` best of each row sorted, each
+    offer's count where its tie group starts, and any other offer tied with the last of
+    them counted as it is (a binary search per offer took four times as long)."""
+    rows, n = scores.shape
+    if cap is not None and cap <= 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    width = n if cap is None or cap >= n else cap
+    chosen = (np.argpartition(scores, n - width, axis=1)[:, n - width:] if width < n
+              else np.broadcast_to(np.arange(n), (rows, n)))
+    values = np.take_along_axis(scores, chosen, axis=1)
+    order = np.argsort(-values, axis=1, kind="stable")
+    chosen = np.take_along_axis(chosen, order, axis=1)
+    values = np.take_along_axis(values, order, axis=1)
+    place = np.broadcast_to(np.arange(width), (rows, width))
+    new_value = np.ones((rows, width), dtype=bool)
+    np.not_equal(values[:, 1:], values[:, :-1], out=new_value[:, 1:])
+    above = np.maximum.accumulate(np.where(new_value, place, 0), axis=1)
+    row = np.repeat(np.arange(rows), width)
+    column, counts = chosen.ravel(), above.ravel()
+    if width < n:  # offers tied with a row's last chosen one that the partition left out
+        last = values[:, -1:]
+        left_out = np.flatnonzero(np.count_nonzero(scores == last, axis=1)
+                                  > np.count_nonzero(values == last, axis=1))
+        for r in left_out.tolist():
+            tied = np.setdiff1d(np.flatnonzero(scores[r] == last[r]), chosen[r])
+            row = np.concatenate([row, np.full(len(tied), r)])
+            column = np.concatenate([column, tied])
+            counts = np.concatenate([counts, np.full(len(tied), above[r, -1])])
+    return row, column, counts
 
 
 def period_of(period: str, now: datetime) -> str:

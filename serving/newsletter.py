@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -12,6 +12,9 @@ import numpy as np
 from serving import ranker
 from serving.arbitration import Arbiter
 from serving.assignment import CONTROL
+from serving.letters import BLOCK_REASONS, BLOCKS, Letter, LetterBlock
+from serving.live import NOTHING, activity
+from serving.newsletter_batch import Plain, compose
 from serving.policy import Consent
 from serving.reasons import FEATURED
 from serving.requests import Prepared, Request, RequestError
@@ -21,27 +24,7 @@ from serving.store import NO_EXPOSURE, Exposure, LiveEvent
 if TYPE_CHECKING:
     from serving.engine import Engine
 
-BLOCKS = ("profile", "lifecycle", "last_visit", "regional")
-BLOCK_REASONS = {"regional": "popular in your region", "last_visit": "from your last visit"}
-
-
-@dataclass(frozen=True)
-class LetterBlock:
-    block: str
-    product_id: str
-    title: str
-    score: float
-    reason: str
-
-
-@dataclass(frozen=True)
-class Letter:
-    customer_id: str
-    blocks: list[LetterBlock] = field(default_factory=list)
-    lifecycle_stage: str | None = None
-    fallback: str | None = None
-    no_mail: str | None = None  # why the customer gets no personalised mail
-    arm: str | None = None  # of the universal control group, where there is one
+__all__ = ["BLOCKS", "Letter", "LetterBlock", "Newsletter"]
 
 
 class Newsletter:
@@ -67,11 +50,55 @@ class Newsletter:
         arbiter = engine.arbiter  # one policy for the call
         used = (store.budget_used(arbiter.budget_keys(now), own_reserve_free=True)
                 if arbiter.budgets else None)
-        return [self.letter(customer_id, blocks, now, consents[customer_id], batch,
-                            exposures.get(customer_id, NO_EXPOSURE), live.get(customer_id, []),
-                            customer_id in erased, customer_id in with_records, arbiter, used,
-                            preview)
-                for customer_id in customer_ids]
+        plain = self.plain(customer_ids, now, consents, exposures, live, erased)
+        composed = dict(zip([p.customer_id for p in plain],
+                            compose(engine, plain, blocks, now, batch, arbiter, used),
+                            strict=True)) if plain else {}
+        letters = []
+        for customer_id in customer_ids:  # budgets are taken from in the customers' order
+            letter = composed.get(customer_id)
+            if letter is None:
+                letter = self.letter(customer_id, blocks, now, consents[customer_id], batch,
+                                     exposures.get(customer_id, NO_EXPOSURE),
+                                     live.get(customer_id, []), customer_id in erased,
+                                     customer_id in with_records, arbiter, used, preview)
+            elif not preview:
+                letter = self.spent(letter, arbiter, now)
+            letters.append(letter)
+        return letters
+
+    def spent(self, letter: Letter, arbiter: Arbiter, now: datetime) -> Letter:
+        """The letter less the offers whose budget other letters or requests used up
+        meanwhile, its impressions taken from the budgets of the others."""
+        items = self.engine.items.index_of([b.product_id for b in letter.blocks])
+        refused = set(self.engine.spend(arbiter, items, now).tolist())
+        if not refused:
+            return letter
+        return replace(letter, blocks=[b for b, i in zip(letter.blocks, items.tolist(),
+                                                         strict=True) if i not in refused])
+
+    def plain(self, customer_ids: list[str], now: datetime, consents: dict[str, Consent],
+              exposures: dict[str, Exposure], live: dict[str, list[LiveEvent]],
+              erased: set[str]) -> list[Plain]:
+        """The customers whose letters the snapshot alone makes, to be composed together:
+        known to the model and not erased, with e-mail consent, not in the control group,
+        and no events or responses since the snapshot."""
+        engine = self.engine
+        now_ns = int(np.datetime64(now, "ns").astype(np.int64))
+        plain = []
+        for customer_id in dict.fromkeys(customer_ids):
+            consent = consents[customer_id]
+            if (customer_id in erased or live.get(customer_id)
+                    or engine.state.row_of(customer_id) < 0
+                    or not consent.allows_channel("email")):
+                continue
+            arm = engine.settings.control.arm(customer_id, now)
+            exposure = exposures.get(customer_id, NO_EXPOSURE)
+            if arm == CONTROL or activity([], exposure, engine.items, now_ns,
+                                          engine.weights) is not NOTHING:
+                continue
+            plain.append(Plain(customer_id, consent, exposure, arm))
+        return plain
 
     def letter(self, customer_id: str, blocks: tuple[str, ...], now: datetime, consent: Consent,
                batch: Batch, exposure: Exposure, events: list[LiveEvent], erased: bool,

@@ -13,6 +13,7 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from features.columns import CHANNELS, MESSAGING_CHANNELS, Stage
 from features.columns import Columns as C
@@ -171,11 +172,30 @@ def not_excluded(offers: Offers, bought: np.ndarray, bought_days_ago: np.ndarray
     are parallel arrays of offer indices and days since the last purchase."""
     keep = np.ones(len(offers), dtype=bool)
     if len(bought):
-        window = offers.repurchase_days[bought]
-        keep[bought[np.isnan(window) | (bought_days_ago < window)]] = False
+        keep[bought[too_soon(offers, bought, bought_days_ago)]] = False
     keep[returned] = False
     keep[cart] = False
     return keep
+
+
+def not_excluded_rows(offers: Offers, bought: sparse.csr_matrix, returned: sparse.csr_matrix,
+                      now_days: float) -> np.ndarray:
+    """:func:`not_excluded` of many customers at once (customers x offers), with nothing in
+    a cart: ``bought`` holds the day of each offer's last purchase, ``returned`` the offers
+    returned, a row per customer; ``now_days``: the moment in days."""
+    keep = np.ones(bought.shape, dtype=bool)
+    owners = np.repeat(np.arange(bought.shape[0]), np.diff(bought.indptr))
+    again = too_soon(offers, bought.indices, now_days - bought.data)
+    keep[owners[again], bought.indices[again]] = False
+    keep[np.repeat(np.arange(returned.shape[0]), np.diff(returned.indptr)),
+         returned.indices] = False
+    return keep
+
+
+def too_soon(offers: Offers, bought: np.ndarray, bought_days_ago: np.ndarray) -> np.ndarray:
+    """Per purchase, whether buying the offer again is not due yet."""
+    window = offers.repurchase_days[bought]
+    return np.isnan(window) | (bought_days_ago < window)
 
 
 # --- 5. contact policy ------------------------------------------------------------------

@@ -34,7 +34,7 @@ class Anchors:
         """The most telling thing they did with ``item``; for a product that only the
         trained history holds (a wish or a view before the snapshot), a neutral word."""
         for name, verb in VERBS:
-            if item in getattr(self, name):
+            if item in getattr(self, name).tolist():  # a few offers: faster than numpy's in
                 return verb
         return "showed interest in"
 

@@ -13,7 +13,6 @@ import pandas as pd
 from scipy import sparse
 
 from features.columns import Columns as C
-from features.columns import Stage
 from features.config import LifecycleConfig
 from features.context import BIRTHDAY
 from features.ids import MISSING, IdMap
@@ -84,12 +83,22 @@ class CustomerState:
         if since[0] != NO_TIME:
             first = since[0] if first == NO_TIME else min(first, since[0])
             last = max(last, since[1])
-        if first == NO_TIME:
-            return Stage.prospect
-        days = np.array([(now_ns - first) / NS_PER_DAY])
-        since_last = np.array([(now_ns - last) / NS_PER_DAY])
         gap = self.usual_gap[row:row + 1] if row >= 0 else np.array([np.nan])
-        return str(stage_from_days(days, since_last, gap, self.lifecycle)[0])
+        return str(self._stages(np.array([first], np.int64), np.array([last], np.int64), gap,
+                                now_ns)[0])
+
+    def stages(self, rows: np.ndarray, now_ns: int) -> np.ndarray:
+        """:meth:`stage` of many known customers with nothing bought since the snapshot."""
+        return self._stages(self.first_ns[rows], self.last_ns[rows], self.usual_gap[rows],
+                            now_ns)
+
+    def _stages(self, first: np.ndarray, last: np.ndarray, gap: np.ndarray, now_ns: int
+                ) -> np.ndarray:
+        bought = first != NO_TIME  # the others never bought: NaN days make them prospects
+        days, since_last = np.full(len(first), np.nan), np.full(len(first), np.nan)
+        days[bought] = (now_ns - first[bought]) / NS_PER_DAY
+        since_last[bought] = (now_ns - last[bought]) / NS_PER_DAY
+        return stage_from_days(days, since_last, gap, self.lifecycle)
 
     def age(self, row: int, now: datetime) -> int | None:
         if row < 0 or np.isnan(self.birth_year[row]):

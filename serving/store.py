@@ -492,7 +492,7 @@ class Store:
             rows: list[Row[Any]] = []
             for start in range(0, len(ids), IDS_AT_ONCE):
                 rows.extend(db.execute(statement, {"customers": ids[start:start + IDS_AT_ONCE],
-                                                   **params}))
+                                                   **params}).all())  # not row by row
         return rows
 
     @contextmanager
