@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from serving.engine import Engine
 
 __all__ = ["BLOCKS", "Letter", "LetterBlock", "Newsletter"]
+BATCH = 1000  # customers composed together: a few customers x offers matrices in memory
 
 
 class Newsletter:
@@ -51,9 +52,12 @@ class Newsletter:
         used = (store.budget_used(arbiter.budget_keys(now), own_reserve_free=True)
                 if arbiter.budgets else None)
         plain = self.plain(customer_ids, now, consents, exposures, live, erased)
-        composed = dict(zip([p.customer_id for p in plain],
-                            compose(engine, plain, blocks, now, batch, arbiter, used),
-                            strict=True)) if plain else {}
+        composed: dict[str, Letter | None] = {}
+        for first in range(0, len(plain), BATCH):  # the matrices of a part at a time
+            part = plain[first:first + BATCH]
+            composed.update(zip([p.customer_id for p in part],
+                                compose(engine, part, blocks, now, batch, arbiter, used),
+                                strict=True))
         letters = []
         for customer_id in customer_ids:  # budgets are taken from in the customers' order
             letter = composed.get(customer_id)
