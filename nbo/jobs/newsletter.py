@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -78,8 +77,8 @@ def letters_table(served: Engine | ModelHolder, ids: list[str], blocks: tuple[st
         for letter in letters:
             if not letter.blocks:
                 rows.append({"customer_id": letter.customer_id, "no_mail": letter.no_mail})
-            rows.extend({"customer_id": letter.customer_id, **asdict(block), "no_mail": None}
-                        for block in letter.blocks)
+            rows.extend({"customer_id": letter.customer_id, **vars(block), "no_mail": None}
+                        for block in letter.blocks)  # vars: asdict's deep copy took a sixth
         if advance is not None:
             advance(len(letters))
     return pd.DataFrame(rows, columns=COLUMNS).astype(DTYPES)  # alike however many parts
