@@ -66,8 +66,15 @@ def run_stage(stage: str, work: Path, customers: int, workers: int, sample: int
             manifest = build_snapshot_dask(client, shop, work / f"dask-{customers}")
             seconds = time.perf_counter() - started
             worker_peaks = sorted(client.run(peak_gb).values())
+        # what the projection reads, kept with the figures (the folders may be gone)
+        events = shop / "events.parquet"
         detail = {"rows": manifest["rows"], "workers": workers,
-                  "worker_peak_gb": [round(gb, 2) for gb in worker_peaks]}
+                  "worker_peak_gb": [round(gb, 2) for gb in worker_peaks],
+                  "partitions": len(list((work / f"dask-{customers}" / "customer_state.parquet"
+                                          ).glob("part-*"))),
+                  "events_bytes": sum(f.stat().st_size for f in events.rglob("*")
+                                      if f.is_file()) if events.is_dir()
+                  else events.stat().st_size}
         return {"seconds": seconds, "peak_gb": peak_gb(), "detail": detail}
     elif stage == "newsletter":
         return newsletter_stage(work, customers, workers, sample)
@@ -210,11 +217,18 @@ def main() -> None:
 
 
 def write_results(work: Path) -> None:
-    """Every stage's figures kept in ``work``, as one table."""
-    rows = []
+    """Every stage's figures kept in ``work``, as one table, with those of earlier runs in
+    bench/results/scale.json that this one did not measure again."""
+    measured = {}
+    previous = RESULTS / "scale.json"
+    if previous.exists():
+        for row in json.loads(previous.read_text())["stages"]:
+            measured[row["stage"], row["customers"]] = row
     for kept in sorted(work.glob("result-*.json")):
         _, stage, customers = kept.stem.split("-")
-        rows.append({"stage": stage, "customers": int(customers), **json.loads(kept.read_text())})
+        measured[stage, int(customers)] = {"stage": stage, "customers": int(customers),
+                                           **json.loads(kept.read_text())}
+    rows = list(measured.values())
     rows.sort(key=lambda r: (r["customers"], STAGES.index(r["stage"])
                              if r["stage"] in STAGES else 99))
     info = machine()
@@ -268,12 +282,14 @@ def projection(rows: list[dict[str, Any]], work: Path) -> list[str]:
     largest = built[-1]
     customers, detail = largest["customers"], largest["detail"]
     events, workers = detail["rows"]["events"], detail["workers"]
-    parts = len(list((work / f"dask-{customers}" / "customer_state.parquet").glob("part-*")))
+    parts = detail.get("partitions") or len(list(
+        (work / f"dask-{customers}" / "customer_state.parquet").glob("part-*")))
     per_partition = events / max(parts, 1)
     rate = events / largest["seconds"] / workers  # events per second per worker
     target, cluster = 100_000_000, 16
     shop = work / f"shop-{customers}" / "events.parquet"
-    stored = shop.stat().st_size / events if shop.exists() else float("nan")
+    stored = (detail["events_bytes"] / events if "events_bytes" in detail
+              else shop.stat().st_size / events if shop.is_file() else float("nan"))
     lines = ["", "## A shop of 100M events on a cluster", "",
              f"Projected from the Dask builds above; the largest: {customers:,} customers, "
              f"{events:,} events in {parts} partitions, {largest['seconds']:.0f} s on "
@@ -298,10 +314,14 @@ def projection(rows: list[dict[str, Any]], work: Path) -> list[str]:
             "workers take less each.")
     lines += [
         "- Shuffles: one per table keyed by customer (events, customers, feedback), each moving "
-        f"its table once between workers; the events weigh about {stored:.0f} bytes each as "
-        f"Parquet here, so about {target * stored / 1e9:,.1f} GB of events cross the network "
-        "(more in memory as pandas), spilled to the workers' disks by Dask's shuffle as they "
-        "go. Consents are validated where they are read, without a shuffle.",
+        "its table once between workers, spilled to the workers' disks by Dask's shuffle as "
+        "it goes; " + (
+            f"the events weigh about {stored:.0f} bytes each as Parquet here, so about "
+            f"{target * stored / 1e9:,.1f} GB of events cross the network (more in memory as "
+            "pandas)" if stored == stored  # not NaN
+            else "the events' size as Parquet was not kept with this build's figures (it "
+            "ran before they were), so the network's share is not projected") +
+        ". Consents are validated where they are read, without a shuffle.",
         f"- Time: at the whole build's rate here (its clustering included), "
         f"{target / rate / 60:,.0f} worker-minutes of "
         f"work: about {target / rate / 60 / cluster:,.1f} minutes on {cluster} workers if it "
