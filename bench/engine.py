@@ -30,17 +30,14 @@ ONLINE_RETAIL = ROOT.parent / "shared" / "data" / "online_retail" / "online_reta
 CHILD = r'''
 import json, sys, time
 from pathlib import Path
+sys.path.insert(0, sys.argv[4])  # this checkout's bench folder: the model is built alike
+from pipeline import calibrated_blend
 from features.generate import ShopSpec, generate_shop
 from features.importers import import_online_retail
-from features.snapshot import build_snapshot, load_snapshot
+from features.snapshot import load_snapshot
 from serving.engine import Engine, PolicySettings, Request
 from serving.policy import Consent
 from serving.store import Store
-from training.calibration import calibrate
-from training.data import TrainData
-from training.evaluate import fit_and_evaluate
-from training.models import create
-from training.pipeline import prepare, write_serving_context
 
 work, customers, source = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 if not (work / "model" / "model.json").exists():
@@ -48,15 +45,8 @@ if not (work / "model" / "model.json").exists():
         generate_shop(ShopSpec(customers=customers, seed=5), work / "shop")
     else:
         import_online_retail(Path(source), work / "shop")
-    build_snapshot(work / "shop", work / "snap")
-    experiment = prepare(work / "snap")
-    candidate = create("blend", {})
-    fit_and_evaluate(candidate, experiment.split, experiment.k, None)
-    calibration = calibrate(candidate, experiment.split, experiment.snapshot.feedback)
-    create("blend", {}).fit(TrainData.from_features(experiment.snapshot.features)).save(
-        work / "model")
-    write_serving_context(experiment.snapshot, work / "model" / "context", calibration)
-now = load_snapshot(work / "snap").now.to_pydatetime()
+calibrated_blend(work / "shop", work)
+now = load_snapshot(work / "snapshot").now.to_pydatetime()
 import inspect
 keyed = "erasure_key" in inspect.signature(Store).parameters  # a revision before the key
 store = Store(f"sqlite:///{work}/store-{time.time_ns()}.db",
@@ -89,8 +79,8 @@ print(json.dumps({"rank_ms": sorted(per_rank)[2], "newsletter_per_s": max(letter
 
 def measure(tree: Path, work: Path, customers: int, source: str) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(tree), "OPENBLAS_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(work), str(customers), source],
-                         cwd=tree,
+    out = subprocess.run([sys.executable, "-c", CHILD, str(work), str(customers), source,
+                          str(ROOT / "bench")], cwd=tree,
                          env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline import ONLINE_RETAIL, RESULTS, machine
+from pipeline import ONLINE_RETAIL, RESULTS, calibrated_blend, machine
 
 BLOCKS = ("profile", "lifecycle", "last_visit", "regional")
 ERASURE_KEY = "the-benchmarks-erasure-key"
@@ -30,25 +30,10 @@ ERASURE_KEY = "the-benchmarks-erasure-key"
 def champion(work: Path) -> Path:
     """The default blend of Online Retail with its calibration, as training makes it."""
     from features.importers import import_online_retail
-    from features.snapshot import build_snapshot
-    from training.calibration import calibrate
-    from training.data import TrainData
-    from training.evaluate import fit_and_evaluate
-    from training.models import create
-    from training.pipeline import prepare, write_serving_context
 
-    model = work / "model"
-    if not (model / "model.json").exists():
+    if not (work / "model" / "model.json").exists():
         import_online_retail(ONLINE_RETAIL, work / "dataset")
-        build_snapshot(work / "dataset", work / "snapshot")
-        experiment = prepare(work / "snapshot")
-        candidate = create("blend", {})
-        fit_and_evaluate(candidate, experiment.split, experiment.k, None)
-        calibration = calibrate(candidate, experiment.split, experiment.snapshot.feedback)
-        create("blend", {}).fit(TrainData.from_features(experiment.snapshot.features)).save(
-            model)
-        write_serving_context(experiment.snapshot, model / "context", calibration)
-    return model
+    return calibrated_blend(work / "dataset", work)
 
 
 def best_of(rounds: int, run):  # type: ignore[no-untyped-def]

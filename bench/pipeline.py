@@ -30,6 +30,30 @@ TARGETS = {  # stage: (seconds, GB) from the foundation issue
 }
 
 
+def calibrated_blend(dataset: Path, work: Path) -> Path:
+    """The default blend of ``dataset`` with its propensity calibration, as training
+    registers it: the snapshot in ``work/snapshot``, the model folder ``work/model`` (built
+    once; kept for later runs)."""
+    from features.snapshot import build_snapshot
+    from training.calibration import calibrate
+    from training.data import TrainData
+    from training.evaluate import fit_and_evaluate
+    from training.models import create
+    from training.pipeline import prepare, write_serving_context
+
+    model = work / "model"
+    if not (model / "model.json").exists():
+        build_snapshot(dataset, work / "snapshot")
+        experiment = prepare(work / "snapshot")
+        candidate = create("blend", {})
+        fit_and_evaluate(candidate, experiment.split, experiment.k, None)
+        calibration = calibrate(candidate, experiment.split, experiment.snapshot.feedback)
+        create("blend", {}).fit(TrainData.from_features(experiment.snapshot.features)).save(
+            model)
+        write_serving_context(experiment.snapshot, model / "context", calibration)
+    return model
+
+
 def run_stage(stage: str, work: Path, customers: int) -> None:
     """Runs inside the child process; prints one JSON line with its own figures."""
     started = time.perf_counter()
