@@ -40,6 +40,14 @@ NEWSLETTER_BLOCKS = ("profile", "lifecycle", "last_visit", "regional")
 
 
 def peak_gb() -> float:
+    """This process's own peak resident memory. Linux's ``VmHWM`` starts anew in a spawned
+    process; ``ru_maxrss`` carries the parent's peak over (a worker started by a client that
+    had fitted a model reported the client's)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2  # KiB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
 
