@@ -20,7 +20,7 @@ from serving.policy import Consent
 from serving.reasons import FEATURED, Anchors
 from serving.scorer import NON_PERSONALISED, Batch, CustomerScores
 from serving.store import Exposure
-from training.models.base import POPULAR_REASON, Reason, csr_rows
+from training.models.base import POPULAR_REASON, Reason, csr_rows, row_owners
 
 if TYPE_CHECKING:
     from serving.engine import BudgetsUsed, Engine
@@ -57,9 +57,9 @@ def compose(engine: Engine, plain: list[Plain], blocks: tuple[str, ...], now: da
     now_ns = int(np.datetime64(now, "ns").astype(np.int64))
     rows = np.array([state.row_of(p.customer_id) for p in plain], dtype=np.int64)
     regions = [state.region_of(row) for row in rows.tolist()]
-    scores = batch.scores[[batch.rows[p.customer_id] for p in plain]].astype(np.float64)
-    fallback = state.popular_in_region.apply(
-        scores, batch.fallback[[batch.rows[p.customer_id] for p in plain]], regions)
+    answered = [batch.rows[p.customer_id] for p in plain]  # their rows of the model's answer
+    scores = batch.scores[answered].astype(np.float64)
+    fallback = state.popular_in_region.apply(scores, batch.fallback[answered], regions)
     withheld = np.array([not p.consent.personalization for p in plain], dtype=bool)
     scores[withheld] = engine.model.popularity.astype(np.float64)
     fallback[withheld] = NON_PERSONALISED
@@ -142,8 +142,7 @@ class Blocks:
         elif block == "last_visit":
             visits = csr_rows(engine.state.last_visit, self.rows)
             visited = np.zeros_like(candidates)
-            visited[np.repeat(np.arange(len(self.rows)), np.diff(visits.indptr)),
-                    visits.indices] = True
+            visited[row_owners(visits), visits.indices] = True
             candidates = candidates & visited
         candidates = self._room(candidates)
         if block == "profile":

@@ -17,6 +17,7 @@ from scipy import sparse
 
 from features.columns import CHANNELS, MESSAGING_CHANNELS, Stage
 from features.columns import Columns as C
+from training.models.base import row_owners
 
 RULES = ("eligibility", "consent", "lifecycle", "exclusion", "contact", "policy", "diversity")
 NO_LIMIT = np.iinfo(np.int64).max
@@ -184,11 +185,9 @@ def not_excluded_rows(offers: Offers, bought: sparse.csr_matrix, returned: spars
     a cart: ``bought`` holds the day of each offer's last purchase, ``returned`` the offers
     returned, a row per customer; ``now_days``: the moment in days."""
     keep = np.ones(bought.shape, dtype=bool)
-    owners = np.repeat(np.arange(bought.shape[0]), np.diff(bought.indptr))
     again = too_soon(offers, bought.indices, now_days - bought.data)
-    keep[owners[again], bought.indices[again]] = False
-    keep[np.repeat(np.arange(returned.shape[0]), np.diff(returned.indptr)),
-         returned.indices] = False
+    keep[row_owners(bought)[again], bought.indices[again]] = False
+    keep[row_owners(returned), returned.indices] = False
     return keep
 
 

@@ -337,6 +337,11 @@ def csr_rows(matrix: sparse.csr_matrix, rows: np.ndarray) -> sparse.csr_matrix:
                              shape=(len(rows), matrix.shape[1]))
 
 
+def row_owners(matrix: sparse.csr_matrix) -> np.ndarray:
+    """The row of each stored entry of a CSR matrix, parallel to its ``indices``."""
+    return np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+
+
 def normalised_rows(matrix: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return matrix / np.maximum(norms, 1e-12)

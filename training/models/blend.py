@@ -14,7 +14,7 @@ from pydantic import Field
 from scipy import sparse
 
 from training.data import TrainData
-from training.models.base import ModelConfig, Param, Recommender
+from training.models.base import ModelConfig, Param, Recommender, row_owners
 from training.models.factorization import ALS, ALSConfig
 from training.models.neighbours import EASE, EASEConfig, ItemKNN, ItemKNNConfig, ease_fits
 
@@ -80,8 +80,7 @@ def own_weights(history: sparse.csr_matrix) -> np.ndarray:
         history = history.copy()
         history.sum_duplicates()
     weights = np.zeros(history.shape, dtype=np.float32)
-    rows = np.repeat(np.arange(history.shape[0]), np.diff(history.indptr))
-    weights[rows, history.indices] = np.maximum(history.data, 0)
+    weights[row_owners(history), history.indices] = np.maximum(history.data, 0)
     weights *= 1.0 / np.maximum(weights.max(axis=1, keepdims=True), np.float32(1e-9))
     return weights
 
