@@ -105,6 +105,7 @@ class Arbiter:
             str(block): np.array([index[i] for i in ids], np.int64)
             for block, ids in policy.fallbacks.blocks.items()}
         self.exponents = {channel: policy.exponents(channel) for channel in CHANNELS}
+        self._beyond: dict[str, np.ndarray] = {}  # per channel: propensity past the curve
 
     @property
     def version(self) -> str:
@@ -222,8 +223,10 @@ class Arbiter:
         last rank every offer has the last rank's, so only the offers above it are looked
         up one by one."""
         cap = self.calibration.curve(channel).last_rank
-        beyond = self.calibration.propensity(channel, np.full(len(self.offers), cap),
-                                             self.offers.ids)
+        beyond = self._beyond.get(channel)
+        if beyond is None:  # the same for every request of the channel: the arbiter's own
+            beyond = self._beyond[channel] = self.calibration.propensity(
+                channel, np.full(len(self.offers), cap), self.offers.ids)
         propensity = np.tile(beyond, (len(scores), 1))
         rows, columns, ranks = above_cap(scores, cap)
         propensity[rows, columns] = self.calibration.propensity(channel, ranks,
