@@ -468,37 +468,37 @@ def _event_reasons(frame: pd.DataFrame, known: pd.Index, duplicates: bool = True
                    ) -> tuple[pd.DataFrame, pd.Series]:
     n = len(frame)
     reasons = _Reasons(n)
-    out = pd.DataFrame(index=frame.index)
-    out[C.customer] = as_id(frame[C.customer])
-    out[C.product] = as_id(frame[C.product])
-    out[C.event_type] = as_text(frame[C.event_type]).str.lower()
-    out[C.timestamp] = parse_timestamps(frame[C.timestamp])
+    customer, product = as_id(frame[C.customer]), as_id(frame[C.product])
+    event_type = as_text(frame[C.event_type]).str.lower()
+    timestamp = parse_timestamps(frame[C.timestamp])
     quantity, quantity_bad = _numbers(frame, C.quantity)
     rating, rating_bad = _numbers(frame, C.rating)
-    is_sale = out[C.event_type].isin([EventType.purchase, EventType.return_])
-    is_rating = out[C.event_type] == EventType.rating
+    is_sale = event_type.isin([EventType.purchase, EventType.return_]).to_numpy()
+    is_rating = event_type.eq(EventType.rating).to_numpy(dtype=bool, na_value=False)
+    rated = rating.to_numpy()
+    given = quantity.fillna(1.0).to_numpy()
 
-    reasons.add(out[C.customer].isna(), "missing customer_id")
-    reasons.add(out[C.product].isna(), "missing product_id")
-    reasons.add(~out[C.event_type].isin(EventType.all), "unknown event_type")
-    reasons.add(out[C.timestamp].isna(), "bad timestamp")
-    quantity_given = quantity.fillna(1.0)
-    reasons.add(
-        is_sale
-        & (quantity_bad | (quantity_given <= 0) | (quantity_given != quantity_given.round())),
-        "bad quantity",
-    )
-    reasons.add(is_rating & (rating_bad | rating.isna() | ~rating.between(1, 5)),
+    reasons.add(customer.isna(), "missing customer_id")
+    reasons.add(product.isna(), "missing product_id")
+    reasons.add(~event_type.isin(EventType.all), "unknown event_type")
+    reasons.add(timestamp.isna(), "bad timestamp")
+    reasons.add(is_sale & (quantity_bad.to_numpy() | (given <= 0) | (given != np.round(given))),
+                "bad quantity")
+    reasons.add(is_rating & (rating_bad.to_numpy() | ~((rated >= 1) & (rated <= 5))),
                 "rating out of range")
-    reasons.add(~out[C.product].isin(known), "unknown product")
+    reasons.add(~product.isin(known), "unknown product")
 
-    out[C.quantity] = np.where(is_sale & reasons.ok, quantity_given, 1).astype("int64")
-    out[C.rating] = rating.where(is_rating)
-    out[C.order] = as_id(_optional(frame, C.order))
-    out[C.channel] = as_text(_optional(frame, C.channel))
-    extra = [c for c in frame.columns if c not in out.columns]
-    out[extra] = frame[extra]
-
+    columns = {
+        C.customer: customer, C.product: product, C.event_type: event_type,
+        C.timestamp: timestamp,
+        C.quantity: pd.Series(np.where(is_sale & reasons.ok, given, 1).astype("int64"),
+                              index=frame.index),
+        C.rating: rating.where(is_rating),
+        C.order: as_id(_optional(frame, C.order)),
+        C.channel: as_text(_optional(frame, C.channel)),
+    }
+    columns.update((c, frame[c]) for c in frame.columns if c not in columns)
+    out = pd.DataFrame(columns, index=frame.index)
     if duplicates:
         reasons.add(duplicated_rows(out, EVENT_KEY, among=reasons.ok, hashed=EVENT_KEY[:-1]),
                     "duplicate event")

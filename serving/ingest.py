@@ -12,6 +12,7 @@ from collections.abc import Container
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from features.columns import Columns as C
@@ -47,11 +48,12 @@ def event_rows(events: list[EventIn], products: Container[str], now: datetime
         C.event_type: [e.event_type for e in unique],
         C.timestamp: [now.isoformat() if e.timestamp is None else str(e.timestamp)
                       for e in unique],
-        C.quantity: [e.quantity for e in unique],
-        C.rating: [e.rating for e in unique],
         C.order: [e.order_id for e in unique],
         C.channel: [e.channel for e in unique],
-    }, dtype=object)  # as a CSV file is read: the contract parses every column itself
+    }, dtype=object)  # text as a CSV file is read: the contract parses every column itself
+    # numbers as a Parquet file holds them (the body parsed them already)
+    frame[C.quantity] = np.array([e.quantity for e in unique], dtype=float)
+    frame[C.rating] = np.array([e.rating for e in unique], dtype=float)
     # only the call's own products are looked up (an Arrow-backed index of the whole
     # catalogue would be walked in Python by isin, milliseconds per call)
     named = set(frame[C.product].astype(str))
@@ -61,12 +63,15 @@ def event_rows(events: list[EventIn], products: Container[str], now: datetime
         raise BadEvents([{"index": first[unique[int(row) - 1].event_id][0],
                           "event_id": unique[int(row) - 1].event_id, "reason": str(reason)}
                          for row, reason in zip(bad[C.source_row], bad[C.reason], strict=True)])
+    when = kept[C.timestamp].dt.to_pydatetime()
     rows = {event.event_id: {
-        "event_id": event.event_id, "customer_id": row[C.customer],
-        "product_id": row[C.product], "event_type": str(row[C.event_type]),
-        "timestamp": row[C.timestamp].to_pydatetime(), "quantity": int(row[C.quantity]),
-        "rating": None if pd.isna(row[C.rating]) else float(row[C.rating]),
-        "order_id": None if pd.isna(row[C.order]) else str(row[C.order]),
-        "channel": None if pd.isna(row[C.channel]) else str(row[C.channel]),
-    } for event, row in zip(unique, kept.to_dict("records"), strict=True)}
+        "event_id": event.event_id, "customer_id": customer, "product_id": product,
+        "event_type": str(kind), "timestamp": moment, "quantity": int(quantity),
+        "rating": None if pd.isna(given) else float(given),
+        "order_id": None if pd.isna(placed) else str(placed),
+        "channel": None if pd.isna(via) else str(via),
+    } for event, customer, product, kind, moment, quantity, given, placed, via in zip(
+        unique, kept[C.customer].tolist(), kept[C.product].tolist(),
+        kept[C.event_type].tolist(), when, kept[C.quantity].tolist(), kept[C.rating].tolist(),
+        kept[C.order].tolist(), kept[C.channel].tolist(), strict=True)}
     return [rows[event.event_id] for event in events]  # the store stores a repeat once

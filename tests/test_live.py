@@ -199,3 +199,37 @@ def test_the_live_event_bound_is_checked(limit: int) -> None:
 
     with pytest.raises(ValidationError):
         Settings(live_events_per_customer=limit)
+
+
+def test_posted_events_become_store_rows_with_every_column_as_given() -> None:
+    from datetime import datetime
+
+    from serving.ingest import event_rows
+    from serving.schemas import EventIn
+
+    now = datetime(2011, 12, 9, 12, 30)
+    events = [EventIn(**e) for e in [
+        {"event_id": "a", "customer_id": " c1 ", "product_id": "p1", "event_type": "Purchase",
+         "timestamp": "2011-12-09T10:00:00+02:00", "quantity": 3, "order_id": "o-7",
+         "channel": "email"},
+        {"event_id": "b", "customer_id": "c2", "product_id": "p2", "event_type": "rating",
+         "timestamp": 1323400000.0, "rating": 4.5},
+        {"event_id": "c", "customer_id": "c3", "product_id": "p1", "event_type": "view"},
+        {"event_id": "a", "customer_id": " c1 ", "product_id": "p1", "event_type": "Purchase",
+         "timestamp": "2011-12-09T10:00:00+02:00", "quantity": 3, "order_id": "o-7",
+         "channel": "email"}]]
+    rows = event_rows(events, {"p1", "p2"}, now)
+    assert rows == [
+        {"event_id": "a", "customer_id": "c1", "product_id": "p1", "event_type": "purchase",
+         "timestamp": datetime(2011, 12, 9, 8), "quantity": 3, "rating": None,
+         "order_id": "o-7", "channel": "email"},
+        {"event_id": "b", "customer_id": "c2", "product_id": "p2", "event_type": "rating",
+         "timestamp": datetime(2011, 12, 9, 3, 6, 40), "quantity": 1, "rating": 4.5,
+         "order_id": None, "channel": None},
+        {"event_id": "c", "customer_id": "c3", "product_id": "p1", "event_type": "view",
+         "timestamp": now, "quantity": 1, "rating": None, "order_id": None, "channel": None},
+        {"event_id": "a", "customer_id": "c1", "product_id": "p1", "event_type": "purchase",
+         "timestamp": datetime(2011, 12, 9, 8), "quantity": 3, "rating": None,
+         "order_id": "o-7", "channel": "email"}]
+    assert [type(row["timestamp"]) for row in rows] == [datetime] * 4
+    assert [type(row["quantity"]) for row in rows] == [int] * 4
