@@ -3,15 +3,19 @@ every rule on, loaded at fixed request rates from a separate process (bench/load
 
     uv run python bench/latency.py [--seconds 15] [--rates 100,...,800] [--models als,blend]
                                    [--workers 2] [--event-share 0.1] [--reuse]
+                                   [--against REF]
     uv run python bench/latency.py --configs   # the settings study, ALS on one worker
 
 By default serves each model (ALS and the blend the demo promotes) with NBO_WORKERS workers,
 a share of the load posting events to /events, and measures per rate the latency and errors,
 then how long an acknowledged event takes to show in the next answer of any worker, the
 ranking's in-process time, and /newsletter throughput; writes bench/results/serving.md and
-serving.json. ``--configs`` runs the same load against the service's defaults and against
-configurations that take one of them back (BentoML's own defaults first) and counts the
-worker's full garbage collections (bench/results/serving-configs.md).
+serving.json. ``--against REF`` serves each model from a checkout of that git revision too,
+under the same load right before this checkout's, each on a store of its own (this machine's
+speed drifts from hour to hour: a figure of another run compares badly). ``--configs`` runs
+the same load against the service's defaults and against configurations that take one of
+them back (BentoML's own defaults first) and counts the worker's full garbage collections
+(bench/results/serving-configs.md).
 """
 
 from __future__ import annotations
@@ -78,14 +82,17 @@ CONFIGS = {
 }
 
 
-def start_server(work: Path, key: str, settings: dict[str, str]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "NBO_API_KEYS": key, "NBO_ADMIN_API_KEYS": secrets.token_hex(8),
+def start_server(work: Path, key: str, settings: dict[str, str], tree: Path = ROOT
+                 ) -> subprocess.Popen[bytes]:
+    """The service of the checkout ``tree`` (its code before the installed one)."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "NBO_API_KEYS": key,
+           "NBO_ADMIN_API_KEYS": secrets.token_hex(8),
            "NBO_ERASURE_KEY": ERASURE_KEY,
            "NBO_NOW": NOW, "NBO_HOME": str(work),
            "NBO_CONSENT_DB_URL": f"sqlite:///{work / 'consent.db'}", **settings}
     if not process.port_is_free(PORT):
         raise SystemExit(f"port {PORT} is in use (another service?): stop it first")
-    server = process.start(PORT, env, work / "serve.log")
+    server = process.start(PORT, env, work / "serve.log", cwd=tree)
     try:
         process.wait_ready(server, f"http://127.0.0.1:{PORT}", work / "serve.log", 180)
     except RuntimeError as error:
@@ -211,6 +218,14 @@ def grant_email(work: Path, customers: list[str]) -> None:
         store.close()
 
 
+def fresh_store(work: Path, customers: list[str]) -> None:
+    """A new store (no events or feedback of an earlier run) with the mailed customers'
+    consent."""
+    for name in ("consent.db", "consent.db-wal", "consent.db-shm"):
+        (work / name).unlink(missing_ok=True)
+    grant_email(work, customers[:MAILED])
+
+
 def newsletter_rate(key: str, customers: list[str], per_call: int = 1000
                     ) -> dict[str, float]:
     """Customers per second and blocks per mailed customer, ``per_call`` customers a call."""
@@ -238,6 +253,8 @@ def main() -> None:
     parser.add_argument("--event-share", type=float, default=0.02,
                         help="Share of the requests that post events instead of ranking.")
     parser.add_argument("--events-per-call", type=int, default=25)
+    parser.add_argument("--against", help="A git revision whose service is measured too, "
+                        "under the same load, before this checkout's.")
     parser.add_argument("--configs", action="store_true",
                         help="Run the settings study (ALS, one worker) instead.")
     parser.add_argument("--reuse", action="store_true",
@@ -261,33 +278,65 @@ def main() -> None:
         tags_file.write_text(json.dumps(tags))
     key = secrets.token_hex(16)
     rates = [float(r) for r in args.rates.split(",")]
-    (work / "consent.db").unlink(missing_ok=True)
-    grant_email(work, customers[:MAILED])
+    fresh_store(work, customers)
     if args.configs:
         settings_study(work, key, customers, ids, rates, args.seconds, tags["als"])
         return
-    runs, seen, letters, in_process = [], {}, {}, {}
-    for kind in kinds:
-        in_process[kind] = ranking_ms(work, customers, tags[kind])
-        print(json.dumps({kind: {"ranking_ms_in_process": in_process[kind]}}), flush=True)
-        server = start_server(work, key, {"NBO_WORKERS": str(args.workers),
-                                          "NBO_MODEL_TAG": tags[kind]})
-        try:
-            workers_ready(args.workers)
-            for rate in rates:
-                result = load(key, rate, args.seconds, ids, args.event_share,
-                              products_file, args.events_per_call) | {"model": kind}
-                print(json.dumps(result), flush=True)
-                runs.append(result)
-            seen[kind] = visibility(key, customers)
-            letters[kind] = newsletter_rate(key, customers[:MAILED], 250)
-            print(json.dumps({kind: {"visibility": seen[kind], "newsletter": letters[kind]}}),
-                  flush=True)
-        finally:
-            stop_server(server)
+    runs: list[dict] = []
+    seen: dict[str, dict[str, float]] = {}
+    letters: dict[str, dict[str, float]] = {}
+    in_process: dict[str, float] = {}
+    trees = {"": ROOT}
+    if args.against:
+        checkout = work / "reference"
+        subprocess.run(["git", "worktree", "remove", "--force", str(checkout)], cwd=ROOT,
+                       check=False, capture_output=True)
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(checkout),
+                        args.against], cwd=ROOT, check=True)
+        trees = {f" (reference {args.against})": checkout, "": ROOT}
+    try:
+        for kind in kinds:
+            for suffix, tree in trees.items():
+                label = kind + suffix
+                if tree == ROOT:
+                    in_process[label] = ranking_ms(work, customers, tags[kind])
+                    print(json.dumps({label: {"ranking_ms_in_process": in_process[label]}}),
+                          flush=True)
+                runs += serve(work, key, tree, label, tags[kind], rates, ids, products_file,
+                              customers, args, seen, letters)
+    finally:
+        if args.against:
+            subprocess.run(["git", "worktree", "remove", "--force", str(work / "reference")],
+                           cwd=ROOT, check=False)
     reference = yardstick(work, key, tags["als"] if "als" in tags else tags[kinds[0]], ids,
                           rates, args)
     write_models(runs, seen, letters, in_process, args, reference)
+
+
+def serve(work: Path, key: str, tree: Path, label: str, tag: str, rates: list[float],
+          ids: Path, products: Path, customers: list[str], args: argparse.Namespace,
+          seen: dict[str, dict[str, float]], letters: dict[str, dict[str, float]]
+          ) -> list[dict]:
+    """One model served from one checkout on a fresh store: every rate, then the visibility
+    of an event and the newsletter's rate (into ``seen`` and ``letters``)."""
+    fresh_store(work, customers)
+    server = start_server(work, key, {"NBO_WORKERS": str(args.workers), "NBO_MODEL_TAG": tag},
+                          tree)
+    runs = []
+    try:
+        workers_ready(args.workers)
+        for rate in rates:
+            result = load(key, rate, args.seconds, ids, args.event_share, products,
+                          args.events_per_call) | {"model": label}
+            print(json.dumps(result), flush=True)
+            runs.append(result)
+        seen[label] = visibility(key, customers)
+        letters[label] = newsletter_rate(key, customers[:MAILED], 250)
+        print(json.dumps({label: {"visibility": seen[label], "newsletter": letters[label]}}),
+              flush=True)
+    finally:
+        stop_server(server)
+    return runs
 
 
 REFERENCE = "plain Starlette"
@@ -342,7 +391,11 @@ def write_models(runs: list[dict], seen: dict[str, dict[str, float]],
         f"{args.events_per_call} views by random customers to `/events` (so later rankings "
         f"of those customers score a history with live events). The {REFERENCE} rows are "
         f"the same load, without events, on `bench/yardstick.py`: the ALS model's top 10 "
-        f"and nothing else, under uvicorn with as many workers, measured in the same run.",
+        f"and nothing else, under uvicorn with as many workers, measured in the same run."
+        + (f" Rows marked (reference {args.against}) serve the same model from a checkout of "
+           f"git revision {args.against}, on a fresh store, right before this checkout's."
+           if args.against else ""),
+        "", f"Produced by `uv run python {' '.join(['bench/latency.py', *sys.argv[1:]])}`.",
         "", "| model | rate (req/s) | achieved | p50 ms | p95 ms | p99 ms | max ms | errors "
         "| events posted | events p99 ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
