@@ -116,6 +116,30 @@ def test_ease_reads_only_a_customers_history_rows(tmp_path: Path) -> None:
     assert weights.flags.c_contiguous and weights.dtype == np.float32
 
 
+@pytest.mark.parametrize("kind", ["ease", "itemknn"])
+def test_a_customers_item_scores_alone_are_their_scores_in_a_batch(fitted: dict,
+                                                                   kind: str) -> None:
+    """The item models score a request's one customer without scipy's sparse products: to
+    the last bit what a batch gives (the newsletter's batch and /rank must agree), with
+    repeated entries too."""
+    model = fitted[kind]
+    offers = len(model.items)
+    rng = np.random.default_rng(3)
+    history = sparse.random(40, offers, density=0.5, random_state=rng, dtype=np.float32,
+                            format="csr")
+    history.data = rng.uniform(0.1, 3.0, history.nnz).astype(np.float32)
+    rows = np.full(40, -1)
+    batch = model.raw_scores(rows, history)
+    alone = np.vstack([model.raw_scores(rows[:1], history[i]) for i in range(40)])
+    assert np.array_equal(alone, batch) and np.abs(batch).sum() > 0
+    # an offer twice in a history (scipy adds such entries up first where it compares)
+    repeated = sparse.csr_matrix((np.array([1.0, 2.0, -1.5, 1.0], np.float32),
+                                  np.array([3, 1, 3, 2]), np.array([0, 3, 4])),
+                                 shape=(2, offers))
+    np.testing.assert_array_equal(model.raw_scores(rows[:1], repeated[:1]),
+                                  model.raw_scores(rows[:2], repeated)[:1])
+
+
 def test_als_folds_a_history_in_on_one_thread(tmp_path: Path) -> None:
     """A request's fold-in starts no OpenMP team: with a serving worker per core, teams on
     every core waited on each other. Fitted or loaded, and the answer is the fitted one's."""
