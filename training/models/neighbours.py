@@ -72,10 +72,18 @@ class ItemKNN(Recommender):
         )
 
 
+# the most history entries a one-row path takes: past about a hundred, scipy's product is as
+# fast or faster (EASE 394 against 330 us for 100 to 300 entries, item neighbours 888 against
+# 324 us past 300; under 30 entries 41 against 146 and 62 against 118, on Online Retail)
+ONE_ROW_ENTRIES = 100
+
+
 def one_plain_row(history: sparse.csr_matrix) -> bool:
-    """One customer's history with each offer once, in order: what the one-row paths take
-    (others go through scipy, which sums repeated entries first)."""
-    return history.shape[0] == 1 and bool(history.has_canonical_format)
+    """One customer's history of at most ``ONE_ROW_ENTRIES`` entries, each offer once, in
+    order: what the one-row paths take (others go through scipy, which sums repeated entries
+    first)."""
+    return (history.shape[0] == 1 and history.nnz <= ONE_ROW_ENTRIES
+            and bool(history.has_canonical_format))
 
 
 def one_row_product(row: sparse.csr_matrix, matrix: sparse.csr_matrix) -> np.ndarray:
