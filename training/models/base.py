@@ -325,6 +325,14 @@ class Recommender(ABC):
 def csr_rows(matrix: sparse.csr_matrix, rows: np.ndarray) -> sparse.csr_matrix:
     """Rows of a CSR matrix by position, an empty row for -1, sliced from its arrays (a
     request's one row costs microseconds instead of a sparse product)."""
+    take, indptr = row_entries(matrix, rows)
+    return sparse.csr_matrix((matrix.data[take], matrix.indices[take], indptr),
+                             shape=(len(rows), matrix.shape[1]))
+
+
+def row_entries(matrix: sparse.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the stored entries of ``rows`` (-1: none) sit in a CSR matrix's ``data`` and
+    ``indices``, row after row, and the ``indptr`` of those rows taken on their own."""
     rows = np.asarray(rows, dtype=np.int64)
     starts = np.where(rows >= 0, matrix.indptr[np.maximum(rows, 0)], 0)
     ends = np.where(rows >= 0, matrix.indptr[np.maximum(rows, 0) + 1], 0)
@@ -333,8 +341,7 @@ def csr_rows(matrix: sparse.csr_matrix, rows: np.ndarray) -> sparse.csr_matrix:
     # position j of output row r reads matrix entry starts[r] + (j - indptr[r])
     take = np.arange(indptr[-1], dtype=np.int64) + np.repeat(starts - indptr[:-1],
                                                              ends - starts)
-    return sparse.csr_matrix((matrix.data[take], matrix.indices[take], indptr),
-                             shape=(len(rows), matrix.shape[1]))
+    return take, indptr
 
 
 def row_owners(matrix: sparse.csr_matrix) -> np.ndarray:

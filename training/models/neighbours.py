@@ -13,7 +13,7 @@ from pydantic import Field
 from scipy import linalg, sparse
 
 from training.data import TrainData
-from training.models.base import ModelConfig, Param, Recommender
+from training.models.base import ModelConfig, Param, Recommender, row_entries
 
 
 class ItemKNNConfig(ModelConfig):
@@ -90,13 +90,10 @@ def one_row_product(row: sparse.csr_matrix, matrix: sparse.csr_matrix) -> np.nda
     """``row @ matrix`` of a one-row history, dense float32, added up in the order scipy's
     sparse product adds (the same scores to the last bit as in a batch) without its three
     sparse matrices, most of the product's time for one customer."""
-    items, weights = row.indices, row.data.astype(np.float32, copy=False)
-    starts, ends = matrix.indptr[items], matrix.indptr[items + 1]
-    counts = ends - starts
-    # entry j of the run of item i reads matrix entry starts[i] + j
-    take = np.arange(counts.sum()) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
+    take, indptr = row_entries(matrix, row.indices)  # the matrix rows of the row's items
     scores = np.zeros((1, matrix.shape[1]), dtype=np.float32)
-    np.add.at(scores[0], matrix.indices[take], np.repeat(weights, counts) * matrix.data[take])
+    np.add.at(scores[0], matrix.indices[take],
+              np.repeat(row.data, np.diff(indptr)) * matrix.data[take])
     return scores
 
 
