@@ -277,8 +277,8 @@ def main() -> None:
         tags_file.write_text(json.dumps(tags))
     key = secrets.token_hex(16)
     rates = [float(r) for r in args.rates.split(",")]
-    fresh_store(work, customers)
     if args.configs:
+        fresh_store(work, customers)
         settings_study(work, key, customers, ids, rates, args.seconds, tags["als"])
         return
     runs: list[dict] = []
@@ -297,8 +297,8 @@ def main() -> None:
         for kind in kinds:
             for suffix, tree in trees.items():
                 label = kind + suffix
-                if tree == ROOT:  # on a store without the other checkout's events
-                    fresh_store(work, customers)
+                fresh_store(work, customers)  # without another run's events and feedback
+                if tree == ROOT:
                     in_process[label] = ranking_ms(work, customers, tags[kind])
                     print(json.dumps({label: {"ranking_ms_in_process": in_process[label]}}),
                           flush=True)
@@ -317,9 +317,8 @@ def serve(work: Path, key: str, tree: Path, label: str, tag: str, rates: list[fl
           ids: Path, products: Path, customers: list[str], args: argparse.Namespace,
           seen: dict[str, dict[str, float]], letters: dict[str, dict[str, float]]
           ) -> list[dict]:
-    """One model served from one checkout on a fresh store: every rate, then the visibility
-    of an event and the newsletter's rate (into ``seen`` and ``letters``)."""
-    fresh_store(work, customers)
+    """One model served from one checkout: every rate, then the visibility of an event and
+    the newsletter's rate (into ``seen`` and ``letters``)."""
     server = start_server(work, key, {"NBO_WORKERS": str(args.workers), "NBO_MODEL_TAG": tag},
                           tree)
     runs = []
