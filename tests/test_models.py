@@ -179,7 +179,7 @@ def test_blend_trend_puts_what_sells_now_first(board: tuple) -> None:
     dated = TrainData(data.customers, data.items, data.matrix, data.customer_features,
                       data.item_features, ages)
     only_trend = {"ease_weight": 0.0, "als_weight": 0.0, "itemknn_weight": 0.0, "repeat": 0.0,
-                  "trend": 1.0}
+                  "trend": 1.0, "rising": 0.0}
     model = create("blend", FAST["blend"] | only_trend).fit(dated)
     assert int(np.argmax(model.score(["u0"])[0])) == lately
     blended = create("blend", FAST["blend"] | {"trend": 0.0}).fit(dated)
@@ -212,7 +212,8 @@ def test_blend_newness_puts_what_is_new_and_selling_first(board: tuple) -> None:
     dated = TrainData(data.customers, data.items, data.matrix, data.customer_features,
                       data.item_features, ages)
     only_newness = {"ease_weight": 0.0, "als_weight": 0.0, "itemknn_weight": 0.0,
-                    "repeat": 0.0, "trend": 0.0, "newness": 1.0, "newness_days": 30.0}
+                    "repeat": 0.0, "trend": 0.0, "newness": 1.0, "newness_days": 30.0,
+                    "rising": 0.0}
     model = create("blend", FAST["blend"] | only_newness).fit(dated)
     scores = model.score(["u0"])[0]
     assert int(np.argmax(scores)) == new
@@ -225,6 +226,41 @@ def test_blend_newness_puts_what_is_new_and_selling_first(board: tuple) -> None:
         scores = create("blend", FAST["blend"] | only_newness | {"newness_quiet_days": quiet}
                         ).fit(dated).score(["u0"])[0]
         assert (int(np.argmax(scores)) == top) if top is not None else np.ptp(scores) == 0.0
+
+
+def test_an_offer_rises_by_how_much_faster_its_customers_came_lately() -> None:
+    from training.models.blend import rising
+
+    recent = np.array([10.0, 10.0, 10.0, 1.0, 0.0])
+    base = np.array([12.0, 60.0, 200.0, 1.0, 5.0])  # the same half-lives for all
+    rise = rising(recent, base, 7.0, 90.0)[0]
+    assert rise[0] > rise[1] > 0.0  # more of its customers were lately: faster lately
+    assert rise[2] == 0.0 and rise[4] == 0.0  # slower lately than over the longer run
+    assert 0.0 < rise[3] < rise[0] / 4  # one customer, even a first, is a small surge
+
+
+def test_blend_rising_puts_what_sells_faster_first_to_those_it_suits(board: tuple) -> None:
+    """Every offer of the board has the same number of buyers; the one all of them took
+    yesterday (and the others two months ago) tops the ranking of rising alone, and in the
+    blend it gains more for a customer of its block than for one of the other block."""
+    data, truth = board
+    ages = data.ages.copy()
+    ages.data[:] = 60.0
+    lately = int(truth["half"]) + 3  # in the second block, where u1 buys
+    ages.data[ages.indices == lately] = 1.0
+    dated = TrainData(data.customers, data.items, data.matrix, data.customer_features,
+                      data.item_features, ages)
+    only_rising = {"ease_weight": 0.0, "als_weight": 0.0, "itemknn_weight": 0.0,
+                   "repeat": 0.0, "trend": 0.0, "newness": 0.0, "rising": 1.0}
+    model = create("blend", FAST["blend"] | only_rising).fit(dated)
+    scores = model.score(["u0", "u1"])
+    assert (np.argmax(scores, axis=1) == lately).all()
+    np.testing.assert_array_equal(scores[0], scores[1])  # nothing personal to suit
+    blended = create("blend", FAST["blend"] | {"trend": 0.0, "newness": 0.0}).fit(dated)
+    with_rising = blended.score(["u0", "u1"])[:, lately]
+    blended.config = blended.config.model_copy(update={"rising": 0.0})
+    gained = with_rising - blended.score(["u0", "u1"])[:, lately]
+    assert gained[1] > 2 * gained[0] > 0.0
 
 
 def test_csr_rows_picks_rows_and_gives_unknown_ones_an_empty_row() -> None:

@@ -1,6 +1,6 @@
 """A blend of EASE, ALS and item-item neighbours on per-customer standardised scores, with
-a buy-again term from the customer's own weighted history, a term for what is selling now and
-one for what is new and selling."""
+a buy-again term from the customer's own weighted history, a term for what is selling now, one
+for what is new and selling and one for what is rising, given to the customers it suits."""
 
 from __future__ import annotations
 
@@ -53,6 +53,17 @@ class BlendConfig(ModelConfig):
         "selling for at least this many days before the offer's first customer: in a short "
         "history, an offer first seen lately may be old stock that had not sold yet."
     )
+    rising: float = Field(
+        1.0, ge=0, description="Weight of what is rising: offers whose customers came faster "
+        "lately (over trend_half_life_days) than over rising_base_days, by the logarithm of "
+        "that ratio times the logarithm of their recent customers, standardised. It counts "
+        "for a customer as far as the offer suits them (a logistic curve of the personal "
+        "components' standardised score), so a rising offer goes first to those it fits."
+    )
+    rising_base_days: float = Field(
+        90.0, gt=0, description="Half-life of the longer run that an offer's recent "
+        "customers are set against for 'rising'."
+    )
     ease_max_offers: int | None = Field(
         None, ge=1, description="Largest catalogue EASE is fitted on: past it, item "
         "neighbours take EASE's weight. None: the largest whose fit stays within 60% of this "
@@ -70,6 +81,19 @@ def standardised(scores: np.ndarray) -> np.ndarray:
     mean = scores.mean(axis=1, keepdims=True)
     spread = scores.std(axis=1, keepdims=True)
     return (scores - mean) / np.maximum(spread, 1e-9)
+
+
+def rising(recent: np.ndarray, base: np.ndarray, half_life_days: float,
+           base_days: float) -> np.ndarray:
+    """Per offer, how much faster its customers came lately than over the longer run: the
+    logarithm of the ratio of the two rates (customers a day, each count weighted with its
+    half-life; a customer per 20 days added to both, so that a sale or two make a small surge),
+    none where it slowed, times the logarithm of its recent customers. One row, for
+    :func:`standardised`."""
+    lately = recent * (np.log(2.0) / half_life_days)
+    usually = base * (np.log(2.0) / base_days)
+    faster = np.maximum(np.log((lately + 0.05) / (usually + 0.05)), 0.0)
+    return (np.log1p(recent) * faster)[np.newaxis, :].astype(np.float32)
 
 
 def own_weights(history: sparse.csr_matrix) -> np.ndarray:
@@ -97,6 +121,8 @@ class Blend(Recommender):
         "trend_half_life_days": Param("float", 2.0, 60.0, log=True),
         "newness": Param("float", 0.0, 2.0),
         "newness_days": Param("float", 14.0, 180.0, log=True),
+        "rising": Param("float", 0.0, 3.0),
+        "rising_base_days": Param("float", 30.0, 180.0, log=True),
         "ease.l2": Param("float", 50.0, 3000.0, log=True),
         "als.factors": Param("int", 32, 192, log=True),
         "als.regularization": Param("float", 0.01, 20.0, log=True),
@@ -110,6 +136,7 @@ class Blend(Recommender):
         self.parts: dict[str, Recommender] = {}
         self.trending = np.zeros(0, dtype=np.float32)
         self.fresh = np.zeros(0, dtype=np.float32)
+        self.rise = np.zeros(0, dtype=np.float32)
 
     def _components(self) -> dict[str, tuple[type[Recommender], ModelConfig, float]]:
         c = self.config
@@ -128,9 +155,9 @@ class Blend(Recommender):
         self.parts = {name: cls(config).fit(data)
                       for name, (cls, config, weight) in self._components().items() if weight > 0}
         c = self.config
-        if not self.parts and c.repeat == 0 and c.trend == 0 and c.newness == 0:
-            raise ValueError("a blend needs a component weight, repeat, trend or newness "
-                             "above 0")
+        if not self.parts and c.repeat == c.trend == c.newness == c.rising == 0:
+            raise ValueError("a blend needs a component weight, repeat, trend, newness or "
+                             "rising above 0")
         recent = data.recent_buyers(c.trend_half_life_days)
         self.trending = standardised(recent[np.newaxis, :])[0]
         selling = data.selling_days()
@@ -138,6 +165,8 @@ class Blend(Recommender):
         recorded = float(dated.max()) if len(dated) else 0.0  # how far back the data goes
         new = (selling < c.newness_days) & (recorded - selling >= c.newness_quiet_days)
         self.fresh = standardised((np.log1p(recent) * new)[np.newaxis, :])[0]
+        self.rise = standardised(rising(recent, data.recent_buyers(c.rising_base_days),
+                                        c.trend_half_life_days, c.rising_base_days))[0]
 
     def ease_fits(self, offers: int) -> bool:
         """Whether EASE is fitted on a catalogue of ``offers`` (see ``ease_max_offers``)."""
@@ -153,6 +182,13 @@ class Blend(Recommender):
         for name, (_, _, weight) in self._components().items():
             if name in self.parts:
                 total += weight * standardised(self.parts[name].raw_scores(rows, history))
+        if self.config.rising:  # as far as the offer suits the customer: 0 to 1
+            suits = standardised(total)
+            np.negative(suits, out=suits)
+            with np.errstate(over="ignore"):  # far below the rest: the offer suits not at all
+                np.exp(suits, out=suits)
+            suits += 1.0
+            total += self.config.rising * self.rise / suits
         if self.config.repeat:
             total += self.config.repeat * own_weights(history)
         if self.config.trend:
@@ -178,7 +214,7 @@ class Blend(Recommender):
                           for name, part in self.parts.items()}}
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {"trending": self.trending, "fresh": self.fresh}
+        return {"trending": self.trending, "fresh": self.fresh, "rise": self.rise}
 
     def save(self, path: Path) -> Path:
         super().save(path)
@@ -187,10 +223,11 @@ class Blend(Recommender):
         return path
 
     def _restore(self, arrays: dict[str, np.ndarray], path: Path) -> None:
-        # a blend saved before the trend or newness terms ranks as it did: no offer is
-        # trending or new
+        # a blend saved before the trend, newness or rising terms ranks as it did: no offer
+        # is trending, new or rising
         none = np.zeros(len(self.items), dtype=np.float32)
         self.trending = arrays.get("trending", none)
         self.fresh = arrays.get("fresh", none)
+        self.rise = arrays.get("rise", none)
         self.parts = {name: Recommender.load(path / name) for name in ("ease", "als", "itemknn")
                       if (path / name / "model.json").exists()}
