@@ -77,10 +77,14 @@ class BlendConfig(ModelConfig):
 
 
 def standardised(scores: np.ndarray) -> np.ndarray:
-    """Each row to zero mean and unit spread, so components on other scales can be added."""
-    mean = scores.mean(axis=1, keepdims=True)
-    spread = scores.std(axis=1, keepdims=True)
-    return (scores - mean) / np.maximum(spread, 1e-9)
+    """Each row to zero mean and unit spread, so components on other scales can be added.
+    The spread is numpy's ``std`` step by step, on the centred rows it would centre again."""
+    centred = scores - scores.mean(axis=1, keepdims=True)
+    squares = np.multiply(centred, centred)
+    spread = np.sqrt(squares.sum(axis=1, keepdims=True) / scores.shape[1])
+    del squares
+    centred /= np.maximum(spread, 1e-9)
+    return centred
 
 
 def rising(recent: np.ndarray, base: np.ndarray, half_life_days: float,
@@ -188,7 +192,7 @@ class Blend(Recommender):
             with np.errstate(over="ignore"):  # far below the rest: the offer suits not at all
                 np.exp(suits, out=suits)
             suits += 1.0
-            total += self.config.rising * self.rise / suits
+            total += np.divide(self.config.rising * self.rise, suits, out=suits)
         if self.config.repeat:
             total += self.config.repeat * own_weights(history)
         if self.config.trend:
