@@ -228,6 +228,19 @@ def test_blend_newness_puts_what_is_new_and_selling_first(board: tuple) -> None:
         assert (int(np.argmax(scores)) == top) if top is not None else np.ptp(scores) == 0.0
 
 
+def test_standardised_rows_are_numpys_centred_rows_over_their_spread() -> None:
+    from training.models.blend import standardised
+
+    rows = np.random.default_rng(5).gamma(0.5, 3.0, (6, 257)).astype(np.float32)
+    rows[2] = 4.0  # no spread: all zero
+    expected = (rows - rows.mean(axis=1, keepdims=True)) / np.maximum(
+        rows.std(axis=1, keepdims=True), 1e-9)
+    got = standardised(rows)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)  # to the bit: rankings stay as served
+    assert not got[2].any()
+
+
 def test_an_offer_rises_by_how_much_faster_its_customers_came_lately() -> None:
     from training.models.blend import rising
 
