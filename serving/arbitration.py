@@ -204,10 +204,14 @@ class Arbiter:
 
     def _priority(self, at_rank: np.ndarray, candidates: np.ndarray, channel: str,
                   weight: np.ndarray, context: np.ndarray) -> np.ndarray:
-        """The product of the components, zero where not a candidate."""
+        """The product of the components, zero where not a candidate. Multiplied in place,
+        in the order of the formula: a batch's rows are tens of megabytes a step."""
         exponents = self.exponents[channel]
-        return np.where(candidates, at_rank ** exponents.a * self.value ** exponents.b
-                        * weight * context, 0.0)
+        priority = at_rank ** exponents.a * self.value ** exponents.b
+        priority *= weight
+        priority *= context
+        priority[~candidates] = 0.0
+        return priority
 
     def _weight(self, now_ns: int) -> np.ndarray:
         """Each offer's weight with the campaigns running at ``now_ns``."""
