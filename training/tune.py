@@ -167,9 +167,9 @@ DEFAULT_ATTR = "nbo.default_config"  # trial attribute: the trial is the model's
 def chosen_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     """The trial a study's search settles on: the best of those that beat the default config
     on every validation fold, else the default. A config that wins on the folds' mean by
-    winning one fold and losing another is as likely noise as a gain, and the windows after
-    the folds are where it serves. Studies whose trials lack the fold objectives (or the
-    default) settle on their best trial."""
+    winning one fold and losing another is as likely noise as a gain, and such configs did
+    worse than the default on the windows after them. Studies whose trials lack the fold
+    objectives (or the default) settle on their best trial."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     default = next((t for t in done if t.user_attrs.get(DEFAULT_ATTR)), None)
     if default is None or FOLDS_ATTR not in default.user_attrs:
