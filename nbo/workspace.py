@@ -170,7 +170,7 @@ def _champion(space: Workspace) -> None:
         return
     from nbo.jobs.champion import publish_champion
 
-    decision = promote(space.client)  # the study registered its chosen trial as challenger
+    decision = promote(space.client)  # the study registered its best trial as challenger
     space.log.append(decision.message)
     if decision.promoted:  # as 'nbo promote' does: the service would serve it
         space.log.append(f"published the champion to BentoML's model store as "

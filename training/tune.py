@@ -160,27 +160,6 @@ def balanced(values: np.ndarray) -> float | np.ndarray:
     return np.prod(np.maximum(values, 0.0), axis=-1) ** (1.0 / values.shape[-1])
 
 
-FOLDS_ATTR = "nbo.fold_objectives"  # trial attribute: the objective on each validation fold
-DEFAULT_ATTR = "nbo.default_config"  # trial attribute: the trial is the model's default config
-
-
-def chosen_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    """The trial a study's search settles on: the best of those that beat the default config
-    on every validation fold, else the default. A config that wins on the folds' mean by
-    winning one fold and losing another is as likely noise as a gain, and such configs did
-    worse than the default on the windows after them. Studies whose trials lack the fold
-    objectives (or the default) settle on their best trial."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    default = next((t for t in done if t.user_attrs.get(DEFAULT_ATTR)), None)
-    if default is None or FOLDS_ATTR not in default.user_attrs:
-        return study.best_trial
-    floor = np.asarray(default.user_attrs[FOLDS_ATTR], dtype=float)
-    better = [t for t in done if FOLDS_ATTR in t.user_attrs
-              and len(t.user_attrs[FOLDS_ATTR]) == len(floor)
-              and (np.asarray(t.user_attrs[FOLDS_ATTR], dtype=float) > floor).all()]
-    return max(better, key=lambda t: float(t.value or 0.0), default=default)
-
-
 @dataclass
 class Tuned:
     study: optuna.Study
@@ -200,17 +179,15 @@ def tune(
     """Search ``kind``'s space; the default config is trial 0 of a new study.
 
     Trials are judged by the mean objective over the ``validation`` splits (by default the
-    experiment's own split). The study settles on the best trial that beats the default on
-    every split, else the default (:func:`chosen_trial`); that trial is evaluated on the
-    experiment's split, refit on all data, logged under the study's run and registered as
-    challenger.
+    experiment's own split). The best trial is evaluated on the experiment's split, refit on
+    all data, logged under the study's run and registered as challenger.
 
     Several workers may share one study (one ``storage``): each samples with its own seed
     (``seed``, else a fresh one; both logged), and only the worker that finishes last (no
-    other worker still sampling, no trial of the study running) registers the study's choice,
+    other worker still sampling, no trial of the study running) registers the study's best,
     unless that trial is registered already: one challenger per study. ``workers``: this
     worker's sign-in to the study, made as early as the caller could (else here). Without
-    ``register`` the search is all: the chosen config is returned, nothing is refitted or
+    ``register`` the search is all: the best config is returned, nothing is refitted or
     registered (a benchmark that judges configs on windows of its own).
     """
     seed = secrets.randbits(31) if seed is None else seed
@@ -229,10 +206,9 @@ def tune(
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     )
-    defaults = model_class().params()
-    defaults = {key: defaults[key] for key in space}
     if workers.opened:
-        study.enqueue_trial(defaults, skip_if_exists=True)
+        defaults = model_class().params()
+        study.enqueue_trial({key: defaults[key] for key in space}, skip_if_exists=True)
     rng = np.random.default_rng(seed)
     tests = folds[0].split.test_customers
     first = np.sort(rng.choice(tests, max(1, int(len(tests) * FIRST_LOOK)), replace=False))
@@ -247,7 +223,6 @@ def tune(
         def objective(trial: optuna.Trial) -> float:
             workers.seen()
             params = suggest(trial, space)
-            trial.set_user_attr(DEFAULT_ATTR, params == defaults)
             with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
                 mlflow.log_params({"trial": trial.number,
                                    **{f"model.{k}": v for k, v in params.items()}})
@@ -269,7 +244,6 @@ def tune(
                     mlflow.log_metrics({f"fold{i}.{k}": v
                                         for k, v in flat_metrics(evaluation).items()})
                 value = float(np.mean(values))
-                trial.set_user_attr(FOLDS_ATTR, values)
                 mlflow.log_metric("objective", value)
                 mlflow.set_tag("nbo.trial", "complete")
                 return value
@@ -278,7 +252,7 @@ def tune(
             study.optimize(objective, n_trials=trials)
         finally:
             last = workers.leave()
-        best = chosen_trial(study)
+        best = study.best_trial
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         left = ("not asked for" if not register
                 else "left to the workers still sampling" if not last
@@ -286,16 +260,13 @@ def tune(
                 else None if workers.claim_registration(best.number)
                 else f"trial {best.number} registered by another worker")
         workers.close()
-        mlflow.log_metrics({"best_objective": study.best_value,
-                            "chosen_objective": float(best.value or 0.0),
-                            "chosen_trial": best.number})
+        mlflow.log_metric("best_objective", study.best_value)
         mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
         if left:
             mlflow.set_tag("nbo.challenger", left)
-            return Tuned(study, best.params, float(best.value or 0.0), None, parent.info.run_id,
-                         seed)
+            return Tuned(study, best.params, study.best_value, None, parent.info.run_id, seed)
         if report:
             report(f"refitting the best trial ({best.number})")
         study.set_user_attr(REGISTERED_TRIAL, best.number)
         trained = train(experiment, kind, best.params, nested=True, report=report)
-    return Tuned(study, best.params, float(best.value or 0.0), trained, parent.info.run_id, seed)
+    return Tuned(study, best.params, study.best_value, trained, parent.info.run_id, seed)

@@ -199,9 +199,8 @@ def tune(
     trials_done = result.study.trials
     pruned = sum(t.state.name == "PRUNED" for t in trials_done)
     console.print(f"{len(trials_done)} trials in study '{result.study.study_name}' "
-                  f"({pruned} pruned); settled on objective {result.best_value:.4f} with "
-                  f"{result.best_params} (the best config that beats the default on every "
-                  f"validation window, else the default)")
+                  f"({pruned} pruned); best objective {result.best_value:.4f} with "
+                  f"{result.best_params}")
     console.print(f"sampler seed {result.seed}")
     if result.trained is None:
         console.print("not registered here: another worker of the study registers its best "
