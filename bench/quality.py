@@ -201,8 +201,7 @@ def write(args: argparse.Namespace, table: pd.DataFrame, summary: pd.DataFrame,
         f"({ending}). In each, every model trains on what came before the cut-off; 'tuned' configs "
         f"were searched on the {args.folds} validation window(s) of {WINDOW_DAYS} days before "
         f"that cut-off (objective: geometric mean of {' and '.join(OBJECTIVE)}, over the "
-        f"windows; the search settles on the best config that beats the default on every "
-        f"validation window, else the default), so no tuning saw its test window. k = 10.", "",
+        f"windows), so no tuning saw its test window. k = 10.", "",
         f"Lift: relative difference of the mean to the window's best plain baseline (of "
         f"{', '.join(f'{b} default' for b in BASELINES)}, the best per task and metric), over "
         f"the same customers, with a {LEVEL:.0%} percentile interval from {ROUNDS:,} "
