@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"skipped: {ONLINE_RETAIL} is absent")
     if args.folds < 1:
         parser.error("--folds must be at least 1: a window's tuning never judges on the window")
+    if args.skip < 0:
+        parser.error("--skip must be at least 0")
 
     from features.importers import import_online_retail
     from features.snapshot import build_snapshot, load_snapshot
@@ -81,8 +83,6 @@ def main(argv: list[str] | None = None) -> None:
     started_run = datetime.now(UTC)
 
     windows, tuned, fits = [], [], []
-    if args.skip < 0:
-        parser.error("--skip must be at least 0")
     for cutoff in cutoffs(snapshot.now, args.windows + args.skip, WINDOW_DAYS)[:args.windows]:
         experiment = prepare(snapshot, cutoff=cutoff, window_days=WINDOW_DAYS)
         window = Window(cutoff)
