@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline import RESULTS, machine
 
-MODELS = ("popularity", "als", "bpr", "itemknn", "lightfm", "ease", "blend")
+MODELS = ("popularity", "als", "bpr", "itemknn", "follows", "lightfm", "ease", "blend")
 CUSTOMERS_PER_OFFER = 3
 
 CHILD = r'''

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline import ONLINE_RETAIL, RESULTS, ROOT, machine
 
 WINDOW_DAYS = 30
-TRIALS = {"popularity": 6, "als": 30, "bpr": 12, "itemknn": 15, "ease": 15, "lightfm": 4,
-          "blend": 30}
+TRIALS = {"popularity": 6, "als": 30, "bpr": 12, "itemknn": 15, "follows": 15, "ease": 15,
+          "lightfm": 4, "blend": 30}
 
 
 def main(argv: list[str] | None = None) -> None:

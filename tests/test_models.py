@@ -21,12 +21,15 @@ FAST = {  # small but sufficient settings so the suite stays quick
     "als": {"factors": 3, "iterations": 10, "regularization": 0.1},  # the data is rank 2
     "bpr": {"factors": 8, "iterations": 200, "learning_rate": 0.05},
     "itemknn": {"neighbours": 20},
+    "follows": {"neighbours": 20},
     "ease": {"l2": 10.0},
     "lightfm": {"components": 8, "epochs": 30},
     "blend": {"als.factors": 3, "als.regularization": 0.1, "ease.l2": 10.0,
-              "itemknn.neighbours": 20},
+              "itemknn.neighbours": 20, "follows.neighbours": 20},
 }
 PERSONAL = [kind for kind in MODELS if kind != "popularity"]
+# the blend's parts all weighed out: what is left are its terms
+NO_PARTS = {"ease_weight": 0.0, "als_weight": 0.0, "itemknn_weight": 0.0, "follows_weight": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +181,7 @@ def test_blend_trend_puts_what_sells_now_first(board: tuple) -> None:
     ages.data[ages.indices == lately] = 1.0
     dated = TrainData(data.customers, data.items, data.matrix, data.customer_features,
                       data.item_features, ages)
-    only_trend = {"ease_weight": 0.0, "als_weight": 0.0, "itemknn_weight": 0.0, "repeat": 0.0,
-                  "trend": 1.0, "rising": 0.0}
+    only_trend = NO_PARTS | {"repeat": 0.0, "trend": 1.0, "rising": 0.0}
     model = create("blend", FAST["blend"] | only_trend).fit(dated)
     assert int(np.argmax(model.score(["u0"])[0])) == lately
     blended = create("blend", FAST["blend"] | {"trend": 0.0}).fit(dated)
@@ -211,9 +213,8 @@ def test_blend_newness_puts_what_is_new_and_selling_first(board: tuple) -> None:
     ages.data[again[0]] = 180.0
     dated = TrainData(data.customers, data.items, data.matrix, data.customer_features,
                       data.item_features, ages)
-    only_newness = {"ease_weight": 0.0, "als_weight": 0.0, "itemknn_weight": 0.0,
-                    "repeat": 0.0, "trend": 0.0, "newness": 1.0, "newness_days": 30.0,
-                    "rising": 0.0}
+    only_newness = NO_PARTS | {"repeat": 0.0, "trend": 0.0, "newness": 1.0,
+                               "newness_days": 30.0, "rising": 0.0}
     model = create("blend", FAST["blend"] | only_newness).fit(dated)
     scores = model.score(["u0"])[0]
     assert int(np.argmax(scores)) == new
@@ -241,6 +242,77 @@ def test_standardised_rows_are_numpys_centred_rows_over_their_spread() -> None:
     assert not got[2].any()
 
 
+def took(visits: dict[str, dict[str, float]], offers: int) -> TrainData:
+    """Training data of customers' offers ``o0``.. with the days since they took each."""
+    customers, items = IdMap(list(visits)), IdMap([f"o{i}" for i in range(offers)])
+    rows = [r for r, taken in enumerate(visits.values()) for _ in taken]
+    cols = [int(o[1:]) for taken in visits.values() for o in taken]
+    days = [d for taken in visits.values() for d in taken.values()]
+    shape = (len(customers), offers)
+    matrix = sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=shape)
+    ages = sparse.csr_matrix((np.asarray(days, np.float32), (rows, cols)), shape=shape)
+    unknown = dict.fromkeys(("region", "age_band", "lifecycle_stage", "segment"), "unknown")
+    about = dict.fromkeys(("category", "brand", "price_band", "offer_type"), "unknown")
+    return TrainData(customers, items, matrix, pd.DataFrame(unknown, index=customers.ids),
+                     pd.DataFrame(about, index=items.ids), ages)
+
+
+def test_an_offer_follows_another_that_its_customers_took_on_an_earlier_visit() -> None:
+    """o1 came a month after o0 for three customers; o2 was in o0's basket; o3 came a year
+    later; o4 came after o0 as o1 did but is bought by many more."""
+    later = {f"c{c}": {"o0": 40.0, "o1": 10.0, "o2": 40.0, "o4": 10.0} for c in range(3)}
+    late = {"c3": {"o0": 400.0, "o3": 35.0}, "c4": {"o0": 400.0, "o3": 35.0}}
+    crowd = {f"p{c}": {"o4": 5.0} for c in range(12)}
+    model = create("follows", {"gap_days": 7.0, "half_life_days": 90.0, "damping": 0.7}).fit(
+        took(later | late | crowd, 5))
+    follows = model.similarity.toarray()  # type: ignore[attr-defined]
+    assert follows[0, 1] > 0 and follows[1, 0] == 0  # directed: o0 leads to o1, not back
+    assert follows[0, 2] == follows[2, 0] == 0  # the same visit: nothing follows
+    assert follows[0, 1] > follows[0, 3] > 0  # a year after counts less than a month after
+    assert follows[0, 1] > follows[0, 4] > 0  # as often, but o4 everyone buys anyway
+    scores = model.score(["c3"])[0]  # who took o0 and o3: o1 before the popular o4
+    assert scores[1] > scores[4] > scores[2]
+    undated = took(later | late | crowd, 5)
+    undated.ages = None  # no dates: plain co-purchase, both ways, o2 with o0 too
+    plain = create("follows").fit(undated).similarity.toarray()  # type: ignore[attr-defined]
+    assert plain[0, 2] > 0 and plain[2, 0] > 0 and plain[0, 1] > 0 and plain[1, 0] > 0
+
+
+def test_follows_counts_each_customers_latest_offers_in_chunks_as_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.models import neighbours
+    from training.models.neighbours import following
+
+    rng = np.random.default_rng(3)
+    visits = {f"c{c}": {f"o{o}": float(rng.integers(0, 300))
+                        for o in rng.choice(30, int(rng.integers(1, 25)), replace=False)}
+              for c in range(60)}
+    ages = took(visits, 30).ages
+    assert ages is not None
+    whole = following(ages, 7.0, 90.0, 1_000)
+    monkeypatch.setattr(neighbours, "PAIRS_AT_ONCE", 50)  # a customer or two per chunk
+    np.testing.assert_allclose(following(ages, 7.0, 90.0, 1_000).toarray(), whole.toarray(),
+                               rtol=1e-6)
+    expected = np.zeros((30, 30))
+    for taken in visits.values():
+        latest = sorted(taken.items(), key=lambda pair: (pair[1], int(pair[0][1:])))[:10]
+        for first, before in latest:
+            for then, after in latest:
+                if before - after >= 7.0:
+                    expected[int(first[1:]), int(then[1:])] += 2.0 ** (-(before - after) / 90)
+    np.testing.assert_allclose(following(ages, 7.0, 90.0, 10).toarray(), expected, rtol=1e-5)
+
+
+def test_the_blend_lifts_what_follows_the_customers_offers() -> None:
+    later = {f"c{c}": {"o0": 40.0, "o1": 10.0} for c in range(4)}
+    others = {f"d{c}": {"o2": 40.0, "o3": 20.0} for c in range(4)}
+    data = took(later | others | {"new": {"o0": 3.0}}, 6)
+    scores = {weight: create("blend", FAST["blend"] | {"follows_weight": weight, "als_weight": 0.0,
+                                                        "itemknn_weight": 0.0, "ease_weight": 0.0})
+              .fit(data).score(["new"])[0] for weight in (0.0, 1.0)}
+    assert scores[1.0][1] - scores[1.0][3] > scores[0.0][1] - scores[0.0][3]
+
+
 def test_an_offer_rises_by_how_much_faster_its_customers_came_lately() -> None:
     from training.models.blend import rising
 
@@ -263,8 +335,7 @@ def test_blend_rising_puts_what_sells_faster_first_to_those_it_suits(board: tupl
     ages.data[ages.indices == lately] = 1.0
     dated = TrainData(data.customers, data.items, data.matrix, data.customer_features,
                       data.item_features, ages)
-    only_rising = {"ease_weight": 0.0, "als_weight": 0.0, "itemknn_weight": 0.0,
-                   "repeat": 0.0, "trend": 0.0, "newness": 0.0, "rising": 1.0}
+    only_rising = NO_PARTS | {"repeat": 0.0, "trend": 0.0, "newness": 0.0, "rising": 1.0}
     model = create("blend", FAST["blend"] | only_rising).fit(dated)
     scores = model.score(["u0", "u1"])
     assert (np.argmax(scores, axis=1) == lately).all()
@@ -307,6 +378,10 @@ class TestItemKNN(RecommenderContract):
     kind, params = "itemknn", FAST["itemknn"]
 
 
+class TestFollows(RecommenderContract):
+    kind, params = "follows", FAST["follows"]
+
+
 class TestEASE(RecommenderContract):
     kind, params = "ease", FAST["ease"]
 
@@ -333,13 +408,13 @@ def test_the_blend_gives_eases_weight_to_neighbours_past_its_catalogue_limit(
     data, _ = BOARD
     offers = data.matrix.shape[1]
     whole = create("blend", {"ease_max_offers": offers}).fit(data)
-    assert set(whole.parts) == {"ease", "als", "itemknn"}
+    assert set(whole.parts) == {"ease", "als", "itemknn", "follows"}
     cut = create("blend", {"ease_max_offers": offers - 1}).fit(data)
-    assert set(cut.parts) == {"als", "itemknn"}
+    assert set(cut.parts) == {"als", "itemknn", "follows"}
     assert (cut.config.ease_weight, cut.config.itemknn_weight) == (
         0.0, whole.config.itemknn_weight + whole.config.ease_weight)
     loaded = Recommender.load(cut.save(tmp_path / "cut"))
-    assert set(loaded.parts) == {"als", "itemknn"}
+    assert set(loaded.parts) == {"als", "itemknn", "follows"}
     np.testing.assert_allclose(loaded.score(["u1", "u2"]), cut.score(["u1", "u2"]), rtol=1e-6)
     assert not np.allclose(cut.score(["u1"]), whole.score(["u1"]))
 

@@ -31,7 +31,7 @@ from nbo.cli.common import (
 
 # the names of training.models.MODELS, for help texts without importing every model (a test
 # keeps the two equal)
-MODEL_KINDS = ("popularity", "als", "bpr", "itemknn", "ease", "lightfm", "blend")
+MODEL_KINDS = ("popularity", "als", "bpr", "itemknn", "follows", "ease", "lightfm", "blend")
 models_app = typer.Typer(help="Registered models and model settings.")
 app.add_typer(models_app, name="models")
 
@@ -261,7 +261,8 @@ def model_params(
         raise typer.BadParameter(f"choose one of {', '.join(MODELS)}", param_hint="MODEL")
     kind = MODELS[model]
     table = Table(title=f"{model} settings")
-    for column in ("setting", "default", "searched by nbo tune", "description"):
+    table.add_column("setting", no_wrap=True)  # a name cut short cannot be --set
+    for column in ("default", "searched by nbo tune", "description"):
         table.add_column(column)
     fields = kind.config_class.model_fields
     for name, default in kind().params().items():

@@ -6,11 +6,12 @@ from training.models.base import ModelConfig, Param, Reason, Recommender
 from training.models.blend import Blend
 from training.models.factorization import ALS, BPR
 from training.models.hybrid import LightFMHybrid
-from training.models.neighbours import EASE, ItemKNN
+from training.models.neighbours import EASE, Follows, ItemKNN
 from training.models.popularity import Popularity
 
 MODELS: dict[str, type[Recommender]] = {
-    model.kind: model for model in (Popularity, ALS, BPR, ItemKNN, EASE, LightFMHybrid, Blend)
+    model.kind: model for model in (Popularity, ALS, BPR, ItemKNN, Follows, EASE, LightFMHybrid,
+                                 Blend)
 }
 
 

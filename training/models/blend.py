@@ -1,4 +1,5 @@
-"""A blend of EASE, ALS and item-item neighbours on per-customer standardised scores, with
+"""A blend of EASE, ALS, item-item neighbours and what follows what on per-customer
+standardised scores, with
 a buy-again term from the customer's own weighted history, a term for what is selling now, one
 for what is new and selling and one for what is rising, given to the customers it suits."""
 
@@ -16,7 +17,15 @@ from scipy import sparse
 from training.data import TrainData
 from training.models.base import ModelConfig, Param, Recommender, row_owners
 from training.models.factorization import ALS, ALSConfig
-from training.models.neighbours import EASE, EASEConfig, ItemKNN, ItemKNNConfig, ease_fits
+from training.models.neighbours import (
+    EASE,
+    EASEConfig,
+    Follows,
+    FollowsConfig,
+    ItemKNN,
+    ItemKNNConfig,
+    ease_fits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +34,10 @@ class BlendConfig(ModelConfig):
     ease_weight: float = Field(1.0, ge=0, description="Weight of the EASE scores.")
     als_weight: float = Field(1.0, ge=0, description="Weight of the ALS scores.")
     itemknn_weight: float = Field(0.5, ge=0, description="Weight of the neighbour scores.")
+    follows_weight: float = Field(
+        0.5, ge=0, description="Weight of what follows what the customer took (offers "
+        "others took on a later visit), which finds what they have not bought yet."
+    )
     repeat: float = Field(
         8.0, ge=0, description="Buy-again term: standard deviations added for offers the "
         "customer already has, times the offer's share of their heaviest (recency- and "
@@ -74,6 +87,7 @@ class BlendConfig(ModelConfig):
     ease: EASEConfig = EASEConfig()
     als: ALSConfig = ALSConfig()
     itemknn: ItemKNNConfig = ItemKNNConfig(similarity="bm25", neighbours=200)
+    follows: FollowsConfig = FollowsConfig()
 
 
 def standardised(scores: np.ndarray) -> np.ndarray:
@@ -121,6 +135,7 @@ class Blend(Recommender):
         "ease_weight": Param("float", 0.0, 2.0),
         "als_weight": Param("float", 0.0, 2.0),
         "itemknn_weight": Param("float", 0.0, 2.0),
+        "follows_weight": Param("float", 0.0, 2.0),
         "repeat": Param("float", 0.5, 64.0, log=True),
         "trend": Param("float", 0.0, 3.0),
         "trend_half_life_days": Param("float", 2.0, 60.0, log=True),
@@ -133,6 +148,9 @@ class Blend(Recommender):
         "als.regularization": Param("float", 0.01, 20.0, log=True),
         "als.alpha": Param("float", 0.1, 20.0, log=True),
         "itemknn.neighbours": Param("int", 50, 1000, log=True),
+        "follows.gap_days": Param("float", 1.0, 30.0, log=True),
+        "follows.half_life_days": Param("float", 14.0, 365.0, log=True),
+        "follows.damping": Param("float", 0.0, 1.0),
     }
     config: BlendConfig
 
@@ -146,7 +164,8 @@ class Blend(Recommender):
     def _components(self) -> dict[str, tuple[type[Recommender], ModelConfig, float]]:
         c = self.config
         return {"ease": (EASE, c.ease, c.ease_weight), "als": (ALS, c.als, c.als_weight),
-                "itemknn": (ItemKNN, c.itemknn, c.itemknn_weight)}
+                "itemknn": (ItemKNN, c.itemknn, c.itemknn_weight),
+                "follows": (Follows, c.follows, c.follows_weight)}
 
     def _fit(self, data: TrainData) -> None:
         offers = data.matrix.shape[1]
@@ -234,5 +253,6 @@ class Blend(Recommender):
         self.trending = arrays.get("trending", none)
         self.fresh = arrays.get("fresh", none)
         self.rise = arrays.get("rise", none)
-        self.parts = {name: Recommender.load(path / name) for name in ("ease", "als", "itemknn")
+        # a blend saved before 'follows' ranks as it did too: it has no such part
+        self.parts = {name: Recommender.load(path / name) for name in self._components()
                       if (path / name / "model.json").exists()}
