@@ -1,7 +1,7 @@
 """A blend of EASE, ALS, item-item neighbours and what follows what on per-customer
-standardised scores, with
-a buy-again term from the customer's own weighted history, a term for what is selling now, one
-for what is new and selling and one for what is rising, given to the customers it suits."""
+standardised scores, with a buy-again term from the customer's own weighted history, a term
+for what is selling now, one for what is new and selling and one for what is rising, given to
+the customers it suits."""
 
 from __future__ import annotations
 
