@@ -307,8 +307,7 @@ def test_the_blend_lifts_what_follows_the_customers_offers() -> None:
     later = {f"c{c}": {"o0": 40.0, "o1": 10.0} for c in range(4)}
     others = {f"d{c}": {"o2": 40.0, "o3": 20.0} for c in range(4)}
     data = took(later | others | {"new": {"o0": 3.0}}, 6)
-    scores = {weight: create("blend", FAST["blend"] | {"follows_weight": weight, "als_weight": 0.0,
-                                                        "itemknn_weight": 0.0, "ease_weight": 0.0})
+    scores = {weight: create("blend", FAST["blend"] | NO_PARTS | {"follows_weight": weight})
               .fit(data).score(["new"])[0] for weight in (0.0, 1.0)}
     assert scores[1.0][1] - scores[1.0][3] > scores[0.0][1] - scores[0.0][3]
 
