@@ -119,7 +119,7 @@ def test_ease_reads_only_a_customers_history_rows(tmp_path: Path) -> None:
     assert weights.flags.c_contiguous and weights.dtype == np.float32
 
 
-@pytest.mark.parametrize("kind", ["ease", "itemknn"])
+@pytest.mark.parametrize("kind", ["ease", "itemknn", "follows"])
 def test_a_customers_item_scores_alone_are_their_scores_in_a_batch(fitted: dict,
                                                                    kind: str) -> None:
     """The item models score a request's one customer without scipy's sparse products: to
