@@ -32,9 +32,19 @@ class ItemItem(Recommender):
 
     def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
                customer_features: pd.DataFrame | None) -> np.ndarray:
-        if one_plain_row(history) and self.similarity.dtype == history.dtype == np.float32:
-            return one_row_product(history, self.similarity)  # a request's one customer
-        return np.asarray((history @ self.similarity).todense(), dtype=np.float32)
+        if one_plain_row(history):  # a request's one customer
+            offers, weights = self._row_inputs(history)
+            if self.similarity.dtype == weights.dtype == np.float32:
+                return one_row_product(offers, weights, self.similarity)
+        return np.asarray((self._inputs(history) @ self.similarity).todense(), dtype=np.float32)
+
+    def _inputs(self, history: sparse.csr_matrix) -> sparse.csr_matrix:
+        """What the similarity is multiplied with: the weighted history itself."""
+        return history
+
+    def _row_inputs(self, row: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_inputs` of one plain row, as its offers and their weights."""
+        return row.indices, row.data
 
     def pair_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
         return np.asarray(self.similarity[anchors, targets]).ravel()
@@ -131,9 +141,14 @@ class Follows(ItemItem):
                   @ sparse.diags(customers ** -c.damping))
         self.similarity = strongest_per_row(counts.tocsr(), c.neighbours)
 
-    def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
-               customer_features: pd.DataFrame | None) -> np.ndarray:
-        return super()._score(rows, bought(history), customer_features)
+    def _inputs(self, history: sparse.csr_matrix) -> sparse.csr_matrix:
+        return bought(history)
+
+    def _row_inputs(self, row: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        # without building bought()'s matrix, which took more than the product itself (a
+        # request's 'follows' scores on Online Retail: 266 us with it, 104 without)
+        taken = row.data > 0
+        return row.indices[taken], np.ones(int(taken.sum()), dtype=np.float32)
 
 
 def following(ages: sparse.csr_matrix, gap_days: float, half_life_days: float,
@@ -214,14 +229,16 @@ def one_plain_row(history: sparse.csr_matrix) -> bool:
             and bool(history.has_canonical_format))
 
 
-def one_row_product(row: sparse.csr_matrix, matrix: sparse.csr_matrix) -> np.ndarray:
-    """``row @ matrix`` of a one-row history, dense float32, added up in the order scipy's
-    sparse product adds (the same scores to the last bit as in a batch) without its three
-    sparse matrices, most of the product's time for one customer."""
-    take, indptr = row_entries(matrix, row.indices)  # the matrix rows of the row's items
+def one_row_product(offers: np.ndarray, weights: np.ndarray, matrix: sparse.csr_matrix
+                    ) -> np.ndarray:
+    """``row @ matrix`` of a one-row history (its ``offers`` in order, with their
+    ``weights``), dense float32, added up in the order scipy's sparse product adds (the same
+    scores to the last bit as in a batch) without its three sparse matrices, most of the
+    product's time for one customer."""
+    take, indptr = row_entries(matrix, offers)  # the matrix rows of the row's offers
     scores = np.zeros((1, matrix.shape[1]), dtype=np.float32)
     np.add.at(scores[0], matrix.indices[take],
-              np.repeat(row.data, np.diff(indptr)) * matrix.data[take])
+              np.repeat(weights, np.diff(indptr)) * matrix.data[take])
     return scores
 
 
