@@ -34,6 +34,11 @@ class TrainData:
     item_features: pd.DataFrame
     ages: sparse.csr_matrix | None = None
 
+    def buyers(self) -> np.ndarray:
+        """Per offer, its positive customers (the matrix holds each pair once)."""
+        return np.bincount(self.matrix.indices[self.matrix.data > 0],
+                           minlength=self.matrix.shape[1])
+
     def recent_buyers(self, half_life_days: float) -> np.ndarray:
         """Per offer, its positive customers weighted by how lately they took it (one who
         took it ``half_life_days`` ago counts half): what is selling now. Zeros when the

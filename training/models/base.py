@@ -105,7 +105,7 @@ class Recommender(ABC):
 
     def fit(self, data: TrainData) -> Self:
         self.customers, self.items, self.matrix = data.customers, data.items, data.matrix
-        buyers = np.asarray((data.matrix > 0).sum(axis=0)).ravel().astype(np.float32)
+        buyers = data.buyers().astype(np.float32)
         self.popularity = buyers / max(float(buyers.max(initial=0.0)), 1.0)
         self._fit(data)
         return self

@@ -131,12 +131,10 @@ class Follows(ItemItem):
 
     def _fit(self, data: TrainData) -> None:
         c = self.config
-        offers = data.matrix.shape[1]
         counts = following(data.ages if data.ages is not None else data.matrix,
                            c.gap_days, c.half_life_days, c.history_limit,
                            ordered=data.ages is not None)
-        customers = np.bincount(data.matrix.indices[data.matrix.data > 0],
-                                minlength=offers).astype(np.float32) + 1.0
+        customers = data.buyers().astype(np.float32) + 1.0
         counts = (sparse.diags(customers ** (c.damping - 1.0)) @ counts
                   @ sparse.diags(customers ** -c.damping))
         self.similarity = strongest_per_row(counts.tocsr(), c.neighbours)

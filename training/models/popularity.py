@@ -50,7 +50,7 @@ class Popularity(Recommender):
         buyers = np.asarray((membership @ (data.matrix > 0).astype(np.float32)).todense())
         # share of a group's customers who bought each offer, shrunk towards the share of all
         # customers: (group buyers + shrink * overall share) / (group size + shrink)
-        overall = np.asarray((data.matrix > 0).sum(axis=0)).ravel() / max(len(codes), 1)
+        overall = data.buyers() / max(len(codes), 1)
         size = np.bincount(codes, minlength=len(groups))[:, None]
         shrink = self.config.shrink
         self.group_scores = ((buyers + shrink * overall) / (size + shrink)).astype(np.float32)
