@@ -122,9 +122,8 @@ def test_ease_reads_only_a_customers_history_rows(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["ease", "itemknn", "follows"])
 def test_a_customers_item_scores_alone_are_their_scores_in_a_batch(fitted: dict,
                                                                    kind: str) -> None:
-    """The item models score a request's one customer without scipy's sparse products: to
-    the last bit what a batch gives (the newsletter's batch and /rank must agree), with
-    repeated entries too."""
+    """A request's one customer scores to the last bit what a batch gives them (the
+    newsletter's batch and /rank must agree), with repeated entries too."""
     model = fitted[kind]
     offers = len(model.items)
     rng = np.random.default_rng(3)

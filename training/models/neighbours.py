@@ -13,7 +13,8 @@ from pydantic import Field
 from scipy import linalg, sparse
 
 from training.data import TrainData
-from training.models.base import ModelConfig, Param, Recommender, row_entries, row_owners
+from training.models.base import ModelConfig, Param, Recommender, row_owners
+from training.models.products import positive, times
 
 
 class ItemKNNConfig(ModelConfig):
@@ -26,25 +27,17 @@ class ItemKNNConfig(ModelConfig):
 class ItemItem(Recommender):
     """Scores are a customer's history times a sparse item-item matrix, ``similarity``."""
 
+    # what the similarity is multiplied with: the weighted history itself, or 1 for each
+    # offer the customer took
+    binary: ClassVar[bool] = False
+
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__(config)
         self.similarity = sparse.csr_matrix((0, 0), dtype=np.float32)
 
     def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
                customer_features: pd.DataFrame | None) -> np.ndarray:
-        if one_plain_row(history):  # a request's one customer
-            offers, weights = self._row_inputs(history)
-            if self.similarity.dtype == weights.dtype == np.float32:
-                return one_row_product(offers, weights, self.similarity)
-        return np.asarray((self._inputs(history) @ self.similarity).todense(), dtype=np.float32)
-
-    def _inputs(self, history: sparse.csr_matrix) -> sparse.csr_matrix:
-        """What the similarity is multiplied with: the weighted history itself."""
-        return history
-
-    def _row_inputs(self, row: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`_inputs` of one plain row, as its offers and their weights."""
-        return row.indices, row.data
+        return times(history, self.similarity, binary=self.binary)
 
     def pair_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
         return np.asarray(self.similarity[anchors, targets]).ravel()
@@ -128,6 +121,7 @@ class Follows(ItemItem):
         "neighbours": Param("int", 20, 1000, log=True),
     }
     config: FollowsConfig
+    binary = True
 
     def _fit(self, data: TrainData) -> None:
         c = self.config
@@ -138,15 +132,6 @@ class Follows(ItemItem):
         counts = (sparse.diags(customers ** (c.damping - 1.0)) @ counts
                   @ sparse.diags(customers ** -c.damping))
         self.similarity = strongest_per_row(counts.tocsr(), c.neighbours)
-
-    def _inputs(self, history: sparse.csr_matrix) -> sparse.csr_matrix:
-        return bought(history)
-
-    def _row_inputs(self, row: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        # without building bought()'s matrix, which took more than the product itself (a
-        # request's 'follows' scores on Online Retail: 266 us with it, 104 without)
-        taken = row.data > 0
-        return row.indices[taken], np.ones(int(taken.sum()), dtype=np.float32)
 
 
 def following(ages: sparse.csr_matrix, gap_days: float, half_life_days: float,
@@ -208,38 +193,6 @@ def strongest_per_row(matrix: sparse.csr_matrix, keep: int) -> sparse.csr_matrix
          np.concatenate([[0], np.cumsum(counts)])), shape=matrix.shape)
 
 
-def bought(history: sparse.csr_matrix) -> sparse.csr_matrix:
-    """1 for each offer the customer took (a positive weight), float32."""
-    return (history > 0).astype(np.float32).tocsr()
-
-
-# the most history entries a one-row path takes: past about a hundred, scipy's product is as
-# fast or faster (EASE 394 against 330 us for 100 to 300 entries, item neighbours 888 against
-# 324 us past 300; under 30 entries 41 against 146 and 62 against 118, on Online Retail)
-ONE_ROW_ENTRIES = 100
-
-
-def one_plain_row(history: sparse.csr_matrix) -> bool:
-    """One customer's history of at most ``ONE_ROW_ENTRIES`` entries, each offer once, in
-    order: what the one-row paths take (others go through scipy, which sums repeated entries
-    first)."""
-    return (history.shape[0] == 1 and history.nnz <= ONE_ROW_ENTRIES
-            and bool(history.has_canonical_format))
-
-
-def one_row_product(offers: np.ndarray, weights: np.ndarray, matrix: sparse.csr_matrix
-                    ) -> np.ndarray:
-    """``row @ matrix`` of a one-row history (its ``offers`` in order, with their
-    ``weights``), dense float32, added up in the order scipy's sparse product adds (the same
-    scores to the last bit as in a batch) without its three sparse matrices, most of the
-    product's time for one customer."""
-    take, indptr = row_entries(matrix, offers)  # the matrix rows of the row's offers
-    scores = np.zeros((1, matrix.shape[1]), dtype=np.float32)
-    np.add.at(scores[0], matrix.indices[take],
-              np.repeat(weights, np.diff(indptr)) * matrix.data[take])
-    return scores
-
-
 class EASEConfig(ModelConfig):
     l2: float = Field(500.0, gt=0, description="Ridge penalty of the item-item regression.")
     binary: bool = Field(True, description="Fit on bought/not bought instead of the weights.")
@@ -280,7 +233,7 @@ class EASE(Recommender):
         self.weights = np.zeros((0, 0), dtype=np.float32)
 
     def _inputs(self, history: sparse.csr_matrix) -> sparse.csr_matrix:
-        return bought(history) if self.config.binary else history
+        return positive(history) if self.config.binary else history
 
     def _fit(self, data: TrainData) -> None:
         n = data.matrix.shape[1]
@@ -300,16 +253,8 @@ class EASE(Recommender):
 
     def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
                customer_features: pd.DataFrame | None) -> np.ndarray:
-        if one_plain_row(history) and self.config.binary:  # a request's one customer: the
-            # sum of the weight rows of what they took, added in the order the product adds
-            taken = history.indices[history.data > 0]
-            scores = np.zeros((1, self.weights.shape[1]), dtype=np.float32)
-            if len(taken):
-                np.add.reduce(self.weights[taken], axis=0, out=scores[0])
-            return scores
-        # float32 like the weights: a mixed product would convert the whole matrix per call
-        inputs = self._inputs(history).astype(np.float32, copy=False)
-        return np.asarray(inputs @ self.weights, dtype=np.float32)
+        # in float32 like the weights: a mixed product would convert the whole matrix
+        return times(history, self.weights, binary=self.config.binary, dtype=np.float32)
 
     def pair_similarity(self, targets: np.ndarray, anchors: np.ndarray) -> np.ndarray:
         return self.weights[anchors, targets]

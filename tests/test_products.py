@@ -1,0 +1,67 @@
+"""The compiled products of the item-item models and EASE against scipy's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+from training.models.products import positive, times
+
+
+def histories(dtype: type) -> sparse.csr_matrix:
+    """Customers' rows as a caller may hand them: empty rows, negative weights, entries out
+    of order and an offer stored twice in a row (a history with live events appended)."""
+    rng = np.random.default_rng(7)
+    counts = rng.integers(0, 12, 30)
+    counts[[4, 9]] = 0
+    indices = np.concatenate([rng.choice(50, n, replace=False) for n in counts] + [[7, 3, 7]])
+    indptr = np.concatenate([[0], np.cumsum(counts), [counts.sum() + 3]])
+    data = np.concatenate([rng.uniform(-1.0, 3.0, counts.sum()), [2.0, 1.25, -0.5]])
+    history = sparse.csr_matrix((data.astype(dtype), indices, indptr), shape=(31, 50))
+    assert not history.has_canonical_format
+    return history
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_products_are_scipys_to_the_last_bit(dtype: type) -> None:
+    """Sparse and dense matrices, weighted and binary histories, in float32 or float64: the
+    very bits of scipy's products (what the scores were before, and what the pinned
+    rankings hold)."""
+    rng = np.random.default_rng(11)
+    history = histories(dtype)
+    neighbours = sparse.random(50, 50, density=0.1, random_state=rng, format="csr",
+                               dtype=np.float32)
+    neighbours.data = rng.normal(size=neighbours.nnz).astype(np.float32)
+    dense = rng.normal(size=(50, 50)).astype(np.float32)
+
+    expected = np.asarray((history @ neighbours).todense(), dtype=np.float32)
+    got = times(history, neighbours)
+    assert got.dtype == np.float32 and np.abs(expected).sum() > 0
+    np.testing.assert_array_equal(got, expected)
+
+    binary = (history > 0).astype(np.float32)
+    np.testing.assert_array_equal(times(history, neighbours, binary=True),
+                                  np.asarray((binary @ neighbours).todense()))
+    np.testing.assert_array_equal(
+        times(history, dense, dtype=np.float32), history.astype(np.float32) @ dense)
+    np.testing.assert_array_equal(times(history, dense, binary=True, dtype=np.float32),
+                                  binary @ dense)
+    np.testing.assert_array_equal(times(history, dense),
+                                  np.asarray(history @ dense, dtype=np.float32))
+
+
+def test_positive_takes_what_scipy_takes_in_its_order() -> None:
+    history = histories(np.float32)
+    mine, scipys = positive(history), (history > 0).astype(np.float32).tocsr()
+    for a, b in ((mine.indptr, scipys.indptr), (mine.indices, scipys.indices),
+                 (mine.data, scipys.data)):
+        np.testing.assert_array_equal(a, b)
+    assert (history[30].toarray()[0, [3, 7]] == [1.25, 1.5]).all()  # added up, then tested
+    assert mine[30].indices.tolist() == [3, 7]
+
+
+def test_a_history_of_nothing_scores_nothing() -> None:
+    empty = sparse.csr_matrix((3, 5), dtype=np.float32)
+    assert not times(empty, np.ones((5, 4), np.float32)).any()
+    assert times(empty, sparse.identity(5, format="csr"), binary=True).shape == (3, 5)

@@ -1,0 +1,89 @@
+"""Customers' sparse histories times an offers x offers matrix, sparse or dense, into dense
+scores: the products of the item-item models and EASE, for a request's one customer and a
+newsletter's thousands alike.
+
+Compiled loops (numba) instead of scipy's products: scipy's sparse x sparse builds a sparse
+result nearly as dense as the scores before they become an array, and a request's one row
+paid for three sparse matrices. Measured on Online Retail's blend, 1,000 customers at once and
+one at a time: item neighbours 61 ms against 19, and 94 us against 22; 'follows' 53 ms against
+10, and 92 us against 15; EASE 57 ms against 45, and 122 us against 58. Each score is added up
+in the order scipy adds it, entry after entry of the customer's row, so the scores are
+scipy's to the last bit."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from scipy import sparse
+
+from training.models.base import row_owners
+
+
+def times(history: sparse.csr_matrix, matrix: sparse.csr_matrix | np.ndarray,
+          binary: bool = False, dtype: np.dtype | type | None = None) -> np.ndarray:
+    """``history @ matrix`` as a dense float32 array, a row per customer. ``binary``: each
+    offer with a positive weight counts 1 and the others nothing (scipy's ``(history > 0)``,
+    which adds repeated entries up first). Added up in ``dtype`` (by default the wider of the
+    two, as scipy does)."""
+    if not (sparse.issparse(history) and history.format == "csr"):
+        history = sparse.csr_matrix(history)
+    if binary and not history.has_canonical_format:
+        history = history.copy()
+        history.sum_duplicates()
+    if dtype is None:
+        dtype = np.result_type(np.float32 if binary else history.dtype, matrix.dtype)
+    scores = np.zeros((history.shape[0], matrix.shape[1]), dtype=dtype)
+    data = ((history.data > 0).astype(dtype) if binary
+            else history.data.astype(dtype, copy=False))
+    if isinstance(matrix, np.ndarray):
+        _times_dense(history.indptr, history.indices, data,
+                     np.ascontiguousarray(matrix, dtype=dtype), scores)
+    else:
+        if matrix.format != "csr":
+            matrix = sparse.csr_matrix(matrix)
+        _times_sparse(history.indptr, history.indices, data, matrix.indptr, matrix.indices,
+                      matrix.data.astype(dtype, copy=False), scores)
+    return scores.astype(np.float32, copy=False)
+
+
+def positive(history: sparse.csr_matrix) -> sparse.csr_matrix:
+    """1 for each offer of a row whose weights add up to more than zero, float32: the same
+    entries in the same order as scipy's ``(history > 0)``."""
+    if not history.has_canonical_format:
+        history = history.copy()
+        history.sum_duplicates()
+    taken = history.data > 0
+    if taken.all():
+        return sparse.csr_matrix((np.ones(history.nnz, dtype=np.float32), history.indices,
+                                  history.indptr), shape=history.shape)
+    indptr = np.zeros(history.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row_owners(history)[taken], minlength=history.shape[0]),
+              out=indptr[1:])
+    return sparse.csr_matrix((np.ones(indptr[-1], dtype=np.float32),
+                              history.indices[taken], indptr), shape=history.shape)
+
+
+@numba.njit(nogil=True, cache=True)
+def _times_dense(indptr, indices, data, matrix, scores):
+    for row in range(len(indptr) - 1):
+        out = scores[row]
+        for entry in range(indptr[row], indptr[row + 1]):
+            weight = data[entry]
+            if weight == 0:  # adds nothing (a binary history's offer not taken)
+                continue
+            source = matrix[indices[entry]]
+            for column in range(out.shape[0]):
+                out[column] += weight * source[column]
+
+
+@numba.njit(nogil=True, cache=True)
+def _times_sparse(indptr, indices, data, m_indptr, m_indices, m_data, scores):
+    for row in range(len(indptr) - 1):
+        out = scores[row]
+        for entry in range(indptr[row], indptr[row + 1]):
+            weight = data[entry]
+            if weight == 0:  # adds nothing (a binary history's offer not taken)
+                continue
+            offer = indices[entry]
+            for position in range(m_indptr[offer], m_indptr[offer + 1]):
+                out[m_indices[position]] += weight * m_data[position]
