@@ -193,19 +193,34 @@ class Arbiter:
     def priority_rows(self, scores: np.ndarray, candidates: np.ndarray, channel: str,
                       stages: list[str], now_ns: int) -> np.ndarray:
         """:meth:`priorities` of many customers at once: ``scores`` and ``candidates`` have a
-        row per customer, ``stages`` their lifecycle stages; the priority matrix alone."""
+        row per customer, ``stages`` their lifecycle stages; the priority matrix alone, the
+        same bits as :meth:`priorities` gives each row. Past the curve's last rank an offer's
+        priority is the same in every row (per stage), so it is worked out once per offer,
+        and only the offers above that rank one by one."""
         by_stage = {stage: self._context(channel, stage) for stage in set(stages)}
         contexts = list(by_stage.values())
         context = (contexts[0] if all(np.array_equal(c, contexts[0]) for c in contexts)
                    else np.stack([by_stage[stage] for stage in stages])) if contexts \
             else np.ones(len(self.offers))  # one row for all where the stages weigh alike
-        return self._priority(self._propensity(channel, scores), candidates, channel,
-                              self._weight(now_ns), context)
+        weight = self._weight(now_ns)
+        beyond = self._beyond_cap(channel)
+        past_cap = self._priority(beyond, np.ones(len(self.offers), dtype=bool), channel,
+                                  weight, np.ones(len(self.offers)))
+        priority = (np.multiply(past_cap, context) if context.ndim == 2
+                    else np.tile(past_cap * context, (len(scores), 1)))
+        rows, columns, propensity = self._above_cap(channel, scores)
+        exponents = self.exponents[channel]
+        above = propensity ** exponents.a * self.value[columns] ** exponents.b
+        above *= weight[columns]
+        above *= context[rows, columns] if context.ndim == 2 else context[columns]
+        priority[rows, columns] = above
+        priority[~candidates] = 0.0
+        return priority
 
     def _priority(self, at_rank: np.ndarray, candidates: np.ndarray, channel: str,
                   weight: np.ndarray, context: np.ndarray) -> np.ndarray:
-        """The product of the components, zero where not a candidate. Multiplied in place,
-        in the order of the formula: a batch's rows are tens of megabytes a step."""
+        """The product of the components, zero where not a candidate, multiplied in the
+        order of the formula."""
         exponents = self.exponents[channel]
         priority = at_rank ** exponents.a * self.value ** exponents.b
         priority *= weight
@@ -223,24 +238,41 @@ class Arbiter:
 
     def _propensity(self, channel: str, scores: np.ndarray) -> np.ndarray:
         """Calibrated propensity at the rank each offer has in each row's scores, the
-        policy's prior for offers without a response rate of their own. Past the curve's
-        last rank every offer has the last rank's, so only the offers above it are looked
-        up one by one."""
-        cap = self.calibration.curve(channel).last_rank
-        beyond = self._beyond.get(channel)
-        if beyond is None:  # the same for every request of the channel: the arbiter's own
-            beyond = self._beyond[channel] = self.calibration.propensity(
-                channel, np.full(len(self.offers), cap), self.offers.ids)
-        propensity = np.tile(beyond, (len(scores), 1))
-        rows, columns, ranks = above_cap(scores, cap)
-        propensity[rows, columns] = self.calibration.propensity(channel, ranks,
-                                                                self.offers.ids[columns])
-        if self.prior:
-            own = self.calibration.offers.get(channel, {})
-            for item, prior in self.prior.items():
-                if str(self.offers.ids[item]) not in own:
-                    propensity[:, item] = prior
+        policy's prior for offers without a response rate of their own."""
+        propensity = np.tile(self._beyond_cap(channel), (len(scores), 1))
+        rows, columns, above = self._above_cap(channel, scores)
+        propensity[rows, columns] = above
         return propensity
+
+    def _beyond_cap(self, channel: str) -> np.ndarray:
+        """Each offer's propensity past the curve's last rank (every offer there has the last
+        rank's), or its prior: the same for every request of the channel, kept."""
+        beyond = self._beyond.get(channel)
+        if beyond is None:
+            cap = self.calibration.curve(channel).last_rank
+            beyond = self.calibration.propensity(channel, np.full(len(self.offers), cap),
+                                                 self.offers.ids)
+            beyond[self._priored(channel)] = [self.prior[i] for i in self._priored(channel)]
+            self._beyond[channel] = beyond
+        return beyond
+
+    def _priored(self, channel: str) -> list[int]:
+        """The offers whose propensity is the policy's prior: those with a prior and no
+        response rate of their own in the channel."""
+        own = self.calibration.offers.get(channel, {})
+        return [item for item in self.prior if str(self.offers.ids[item]) not in own]
+
+    def _above_cap(self, channel: str, scores: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row, column and propensity of each offer above the curve's last rank in its row,
+        looked up one by one (offers with a prior left out: theirs is the same at any
+        rank)."""
+        rows, columns, ranks = above_cap(scores, self.calibration.curve(channel).last_rank)
+        if self.prior:
+            keep = ~np.isin(columns, self._priored(channel))
+            rows, columns, ranks = rows[keep], columns[keep], ranks[keep]
+        return rows, columns, self.calibration.propensity(channel, ranks,
+                                                          self.offers.ids[columns])
 
     def _context(self, channel: str, stage: str) -> np.ndarray:
         context = np.ones(len(self.offers))

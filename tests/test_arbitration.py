@@ -182,6 +182,41 @@ def test_policy_errors_name_the_field_and_its_line() -> None:
     assert parse("version: v1\n").version == "v1"
 
 
+def test_a_batchs_priorities_are_each_customers_own_to_the_bit(engine: Engine, now) -> None:  # type: ignore[no-untyped-def]
+    """The newsletter's priority matrix works out the offers past the curve's last rank
+    once per offer: every row must still be what one request gives, with priors, a
+    response rate of an offer's own, context by stage, a running campaign and ties."""
+    offers = [str(o) for o in engine.offers.ids]
+    category = str(engine.offers.categories[engine.offers.category[3]])
+    engine.use_policy(from_json({
+        "value": "price_margin", "channels": {"email": {"a": 0.7, "b": 0.3}},
+        "offers": {offers[1]: {"propensity": 0.35}, offers[2]: {"propensity": 0.01},
+                   offers[5]: {"weight": 3.0}},
+        "context": [{"channel": "email", "stage": "lapsed", "category": category,
+                     "weight": 2.5}, {"channel": "email", "category": category, "weight": 1.5}],
+        "campaigns": [{"name": "now", "offers": [offers[6]], "weight": 4.0}]}))
+    arbiter = engine.arbiter
+    arbiter.calibration = Calibration(STEPPED.default, {"email": Curve(
+        np.array([0.4, 0.3, 0.25, 0.1]), "feedback", 500)}, {"email": {offers[2]: 2.0}})
+    rng = np.random.default_rng(5)
+    scores = rng.integers(0, 40, (12, len(offers))).astype(np.float32)  # many ties
+    scores[:, 1] = scores[:, 2] = 50  # the priored offers at the top of every row
+    scores[::2, 5] = scores[1::2, 6] = 45  # and the weighted ones near it
+    candidates = rng.random(scores.shape) > 0.2
+    candidates[0, :3] = True
+    now_ns = pd.Timestamp(now).value
+    first = arbiter.priorities(scores[0], candidates[0], "email", "active", now_ns)
+    # a prior stands at any rank; an offer with a response rate of its own has no prior
+    assert first.components["propensity"][1] == 0.35
+    assert first.components["propensity"][2] > 0.01
+    for stages in (["active"] * 12, ["lapsed", "active", "new"] * 4):
+        batch = arbiter.priority_rows(scores, candidates, "email", stages, now_ns)
+        alone = np.stack([arbiter.priorities(scores[r], candidates[r], "email", stages[r],
+                                             now_ns).priority for r in range(12)])
+        np.testing.assert_array_equal(batch, alone)
+        assert len(np.unique(batch)) > 20
+
+
 def test_feedback_calibrates_a_channel_by_position_and_offer() -> None:
     rng = np.random.default_rng(1)
     rows = []
