@@ -228,17 +228,29 @@ def test_blend_newness_puts_what_is_new_and_selling_first(board: tuple) -> None:
         assert (int(np.argmax(scores)) == top) if top is not None else np.ptp(scores) == 0.0
 
 
-def test_standardised_rows_are_numpys_centred_rows_over_their_spread() -> None:
-    from training.models.blend import standardised
+@pytest.mark.parametrize("width", [5, 128, 257, 3647])
+def test_standardised_rows_are_numpys_centred_rows_over_their_spread(width: int) -> None:
+    """To the bit, rows shorter and longer than numpy's pairwise blocks: the rankings stay
+    as served. Added into a total, as the blend adds its parts, too."""
+    from training.models.blend import add_standardised, standardised
 
-    rows = np.random.default_rng(5).gamma(0.5, 3.0, (6, 257)).astype(np.float32)
+    rng = np.random.default_rng(width)
+    rows = (rng.gamma(0.5, 3.0, (6, width)) * 10.0 ** rng.uniform(-3, 3, (6, 1))
+            ).astype(np.float32)
     rows[2] = 4.0  # no spread: all zero
     expected = (rows - rows.mean(axis=1, keepdims=True)) / np.maximum(
         rows.std(axis=1, keepdims=True), 1e-9)
     got = standardised(rows)
     assert got.dtype == np.float32
-    np.testing.assert_array_equal(got, expected)  # to the bit: rankings stay as served
+    np.testing.assert_array_equal(got, expected)
     assert not got[2].any()
+    wide = rows.astype(np.float64)  # the fit's terms
+    np.testing.assert_array_equal(standardised(wide), (wide - wide.mean(axis=1, keepdims=True))
+                                  / np.maximum(wide.std(axis=1, keepdims=True), 1e-9))
+    total = rng.normal(size=rows.shape).astype(np.float32)
+    expected_total = total + 0.37 * expected
+    add_standardised(total, rows, 0.37)
+    np.testing.assert_array_equal(total, expected_total)
 
 
 def took(visits: dict[str, dict[str, float]], offers: int) -> TrainData:

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numba
 import numpy as np
 import pandas as pd
 from pydantic import Field
@@ -91,15 +92,123 @@ class BlendConfig(ModelConfig):
 
 
 def standardised(scores: np.ndarray) -> np.ndarray:
-    """Each row to zero mean and unit spread, so components on other scales can be added.
-    The spread is numpy's ``std`` taken step by step from the centred rows, which ``std``
-    would centre a second time: the same bits, one pass fewer."""
+    """Each row to zero mean and unit spread, so components on other scales can be added:
+    numpy's ``(scores - mean) / max(std, 1e-9)`` to the bit."""
+    if scores.dtype == np.float32:  # the scores: each row at once, in compiled loops
+        out = np.empty(scores.shape, dtype=np.float32)
+        _standardise(np.ascontiguousarray(scores), out, np.float32(1.0), False)
+        return out
+    # the spread is numpy's std taken step by step from the centred rows, which std would
+    # centre a second time: the same bits, one pass fewer
     centred = scores - scores.mean(axis=1, keepdims=True)
     squares = np.multiply(centred, centred)
     spread = np.sqrt(squares.sum(axis=1, keepdims=True) / scores.shape[1])
     del squares
     centred /= np.maximum(spread, 1e-9)
     return centred
+
+
+def add_standardised(total: np.ndarray, scores: np.ndarray, weight: float) -> None:
+    """``total += weight * standardised(scores)`` (float32, in place), the same bits without
+    the standardised copy."""
+    _standardise(np.ascontiguousarray(scores, dtype=np.float32), total, np.float32(weight),
+                 True)
+
+
+# numpy's steps row by row, each row in the processor's cache, instead of five passes over a
+# batch's matrices and two new ones: numpy's pairwise sums, its mean divided in float64, the
+# spread's division and square root in float32 (1,000 x 3,647 scores: 6.4 to 6.9 against 9.1
+# to 10.3 ms, and added into the total without the standardised copy).
+
+
+@numba.njit(nogil=True, cache=True)
+def _standardise(scores, out, weight, add):
+    n = scores.shape[1]
+    centred = np.empty(n, dtype=np.float32)
+    squares = np.empty(n, dtype=np.float32)
+    floor = np.float32(1e-9)
+    for row in range(scores.shape[0]):
+        values = scores[row]
+        mean = np.float32(np.float64(np.float32(0.0) + _pairwise_sum(values, 0, n)) / n)
+        for j in range(n):
+            centred[j] = values[j] - mean
+            squares[j] = centred[j] * centred[j]
+        spread = np.sqrt((np.float32(0.0) + _pairwise_sum(squares, 0, n)) / np.float32(n))
+        if spread < floor:  # NaN stays NaN, as with np.maximum
+            spread = floor
+        target = out[row]
+        if add:
+            for j in range(n):
+                target[j] += weight * (centred[j] / spread)
+        else:
+            for j in range(n):
+                target[j] = centred[j] / spread
+
+
+@numba.njit(nogil=True, cache=True)
+def _pairwise_sum(values, start, n):
+    """numpy's float32 sum of ``values[start:start + n]``: eight running sums over runs of
+    at most 128, a longer run split in two halves (the first a multiple of 8) whose sums are
+    added. Its recursion unrolled on a stack: numba's cache does not load recursive
+    functions."""
+    starts = np.empty(64, dtype=np.int64)
+    lengths = np.empty(64, dtype=np.int64)
+    halves_done = np.zeros(64, dtype=np.int64)
+    sums = np.empty(64, dtype=np.float32)
+    depth, done = 0, 0
+    starts[0], lengths[0] = start, n
+    while depth >= 0:
+        first, length = starts[depth], lengths[depth]
+        if length <= 128:
+            sums[done] = _run_sum(values, first, length)
+            done += 1
+            depth -= 1
+        elif halves_done[depth] < 2:
+            half = length // 2
+            half -= half % 8
+            child = depth + 1
+            halves_done[child] = 0
+            if halves_done[depth] == 0:
+                starts[child], lengths[child] = first, half
+            else:
+                starts[child], lengths[child] = first + half, length - half
+            halves_done[depth] += 1
+            depth = child
+        else:  # both halves summed: add them
+            done -= 1
+            sums[done - 1] = sums[done - 1] + sums[done]
+            halves_done[depth] = 0
+            depth -= 1
+    return sums[0]
+
+
+@numba.njit(nogil=True, cache=True)
+def _run_sum(values, start, n):
+    if n < 8:
+        total = np.float32(0.0)
+        for i in range(start, start + n):
+            total += values[i]
+        return total
+    r0, r1, r2, r3 = values[start], values[start + 1], values[start + 2], values[start + 3]
+    r4, r5, r6, r7 = values[start + 4], values[start + 5], values[start + 6], values[start + 7]
+    i = 8
+    whole = n - n % 8
+    while i < whole:
+        at = start + i
+        r0 += values[at]
+        r1 += values[at + 1]
+        r2 += values[at + 2]
+        r3 += values[at + 3]
+        r4 += values[at + 4]
+        r5 += values[at + 5]
+        r6 += values[at + 6]
+        r7 += values[at + 7]
+        i += 8
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        total += values[start + i]
+        i += 1
+    return total
 
 
 def rising(recent: np.ndarray, base: np.ndarray, half_life_days: float,
@@ -205,7 +314,7 @@ class Blend(Recommender):
         # the parts were fitted on the blend's data: its rows are their rows
         for name, (_, _, weight) in self._components().items():
             if name in self.parts:
-                total += weight * standardised(self.parts[name].raw_scores(rows, history))
+                add_standardised(total, self.parts[name].raw_scores(rows, history), weight)
         if self.config.rising:  # as far as the offer suits the customer: 0 to 1
             suits = standardised(total)
             np.negative(suits, out=suits)
