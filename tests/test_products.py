@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from training.models.products import positive, times
+from training.models.products import BY_OFFER_ROWS, positive, times
 
 
 def histories(dtype: type) -> sparse.csr_matrix:
@@ -33,7 +33,7 @@ def test_products_are_scipys_to_the_last_bit(dtype: type) -> None:
     neighbours = sparse.random(50, 50, density=0.1, random_state=rng, format="csr",
                                dtype=np.float32)
     neighbours.data = rng.normal(size=neighbours.nnz).astype(np.float32)
-    dense = rng.normal(size=(50, 50)).astype(np.float32)
+    dense = rng.normal(size=(50, 1100)).astype(np.float32)  # past a slice of columns
 
     expected = np.asarray((history @ neighbours).todense(), dtype=np.float32)
     got = times(history, neighbours)
@@ -49,6 +49,10 @@ def test_products_are_scipys_to_the_last_bit(dtype: type) -> None:
                                   binary @ dense)
     np.testing.assert_array_equal(times(history, dense),
                                   np.asarray(history @ dense, dtype=np.float32))
+    ordered = history.sorted_indices()  # a batch taken offer by offer, the repeat kept
+    assert ordered.has_sorted_indices and ordered.shape[0] >= BY_OFFER_ROWS
+    np.testing.assert_array_equal(times(ordered, dense),
+                                  np.asarray(ordered @ dense, dtype=np.float32))
 
 
 def test_positive_takes_what_scipy_takes_in_its_order() -> None:

@@ -6,7 +6,7 @@ Compiled loops (numba) instead of scipy's products: scipy's sparse x sparse buil
 result nearly as dense as the scores before they become an array, and a request's one row
 paid for three sparse matrices. Measured on Online Retail's blend, 1,000 customers at once and
 one at a time: item neighbours 61 ms against 19, and 94 us against 22; 'follows' 53 ms against
-10, and 92 us against 15; EASE 57 ms against 45, and 122 us against 58. Each score is added up
+10, and 92 us against 15; EASE 57 ms against 38, and 122 us against 58. Each score is added up
 in the order scipy adds it, entry after entry of the customer's row, so the scores are
 scipy's to the last bit."""
 
@@ -36,8 +36,15 @@ def times(history: sparse.csr_matrix, matrix: sparse.csr_matrix | np.ndarray,
     data = ((history.data > 0).astype(dtype) if binary
             else history.data.astype(dtype, copy=False))
     if isinstance(matrix, np.ndarray):
-        _times_dense(history.indptr, history.indices, data,
-                     np.ascontiguousarray(matrix, dtype=dtype), scores)
+        matrix = np.ascontiguousarray(matrix, dtype=dtype)
+        if history.shape[0] >= BY_OFFER_ROWS and history.has_sorted_indices:
+            # each customer's offers in the order of their row: the same order of adding
+            by_offer = sparse.csr_matrix((data, history.indices, history.indptr),
+                                         shape=history.shape).tocsc()
+            _times_dense_by_offer(by_offer.indptr, by_offer.indices, by_offer.data, matrix,
+                                  scores, COLUMNS_AT_ONCE)
+        else:
+            _times_dense(history.indptr, history.indices, data, matrix, scores)
     else:
         if matrix.format != "csr":
             matrix = sparse.csr_matrix(matrix)
@@ -74,6 +81,29 @@ def _times_dense(indptr, indices, data, matrix, scores):
             source = matrix[indices[entry]]
             for column in range(out.shape[0]):
                 out[column] += weight * source[column]
+
+
+# A batch times a dense matrix goes offer by offer, a slice of the columns at a time, so that
+# each of the matrix's rows is read once a batch, not once per customer who took the offer,
+# and the customers' slices of scores stay in the processor's cache (1,000 Online Retail
+# customers times EASE's weights: 40 against 52 ms)
+BY_OFFER_ROWS = 16
+COLUMNS_AT_ONCE = 512
+
+
+@numba.njit(nogil=True, cache=True)
+def _times_dense_by_offer(indptr, customers, data, matrix, scores, width):
+    for first in range(0, matrix.shape[1], width):
+        last = min(first + width, matrix.shape[1])
+        for offer in range(len(indptr) - 1):
+            source = matrix[offer, first:last]
+            for entry in range(indptr[offer], indptr[offer + 1]):
+                weight = data[entry]
+                if weight == 0:
+                    continue
+                out = scores[customers[entry], first:last]
+                for column in range(last - first):
+                    out[column] += weight * source[column]
 
 
 @numba.njit(nogil=True, cache=True)
