@@ -105,6 +105,30 @@ def test_blend_repeat_orders_owned_offers_by_their_weight() -> None:
     np.testing.assert_allclose(own_weights(repeated), [[0.0, 0.0, 1.0, 0.0]])
 
 
+def test_the_buy_again_term_adds_up_to_the_bit_as_numpys_dense_steps_do() -> None:
+    """The buy-again term added on the history's entries alone gives the scores numpy's
+    dense steps gave: the rankings stay as served."""
+    from training.models.blend import add_own_weights
+
+    rng = np.random.default_rng(8)
+    total = rng.normal(size=(6, 300)).astype(np.float32)
+    history = sparse.random(6, 300, density=0.05, random_state=rng, format="csr",
+                            dtype=np.float32)
+    history.data = rng.uniform(-1.0, 5.0, history.nnz).astype(np.float32)
+    history[3] = 0  # no history
+    history = sparse.vstack([history, sparse.csr_matrix(  # an offer twice; a heavy return
+        (np.array([1.0, 2.5, 2.0, 0.5, -3.0], np.float32), np.array([7, 7, 8, 4, 9]),
+         np.array([0, 3, 5])), shape=(2, 300))], format="csr")
+    total = np.vstack([total, rng.normal(size=(2, 300)).astype(np.float32)])
+    dense = np.maximum(history.toarray(), 0).astype(np.float32)
+    dense *= 1.0 / np.maximum(dense.max(axis=1, keepdims=True), np.float32(1e-9))
+    expected = total.copy()
+    expected += 8.0 * dense
+    got = total.copy()
+    add_own_weights(got, history, 8.0)
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_ease_reads_only_a_customers_history_rows(tmp_path: Path) -> None:
     """EASE keeps its weights in row order after fitting and loading: scoring a history then
     reads that history's rows, where column order copied the whole matrix on every call."""
