@@ -206,15 +206,13 @@ class Arbiter:
         beyond = self._beyond_cap(channel)
         past_cap = self._priority(beyond, np.ones(len(self.offers), dtype=bool), channel,
                                   weight, np.ones(len(self.offers)))
-        priority = (np.multiply(past_cap, context) if context.ndim == 2
-                    else np.tile(past_cap * context, (len(scores), 1)))
+        priority = np.where(candidates, past_cap * context, 0.0)
         rows, columns, propensity = self._above_cap(channel, scores)
         exponents = self.exponents[channel]
         above = propensity ** exponents.a * self.value[columns] ** exponents.b
         above *= weight[columns]
         above *= context[rows, columns] if context.ndim == 2 else context[columns]
-        priority[rows, columns] = above
-        priority[~candidates] = 0.0
+        priority[rows, columns] = np.where(candidates[rows, columns], above, 0.0)
         return priority
 
     def _priority(self, at_rank: np.ndarray, candidates: np.ndarray, channel: str,
