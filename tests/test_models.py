@@ -143,9 +143,8 @@ def test_ease_reads_only_a_customers_history_rows(tmp_path: Path) -> None:
     assert weights.flags.c_contiguous and weights.dtype == np.float32
 
 
-@pytest.mark.parametrize("kind", ["ease", "itemknn", "follows"])
-def test_a_customers_item_scores_alone_are_their_scores_in_a_batch(fitted: dict,
-                                                                   kind: str) -> None:
+@pytest.mark.parametrize("kind", ["ease", "itemknn", "follows", "als", "lightfm", "blend"])
+def test_a_customers_scores_alone_are_their_scores_in_a_batch(fitted: dict, kind: str) -> None:
     """A request's one customer scores to the last bit what a batch gives them (the
     newsletter's batch and /rank must agree), with repeated entries too."""
     model = fitted[kind]

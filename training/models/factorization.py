@@ -11,7 +11,13 @@ from pydantic import Field
 from scipy import sparse
 
 from training.data import TrainData
-from training.models.base import ModelConfig, Param, Recommender, cosine_pairs
+from training.models.base import (
+    ModelConfig,
+    Param,
+    Recommender,
+    cosine_pairs,
+    each_row_times,
+)
 
 # A fold-in solves a request's one row (or a batch's few): one thread. implicit's default
 # starts an OpenMP team on every core per call, and with one serving worker per core the
@@ -41,7 +47,7 @@ class FactorModel(Recommender):
         unknown = np.flatnonzero(~known & (np.diff(history.indptr) > 0))
         if len(unknown):
             users[unknown] = self._fold_in(history[unknown])
-        return users @ self.item_factors.T
+        return each_row_times(users, self.item_factors.T)
 
     def _fold_in(self, history: sparse.csr_matrix) -> np.ndarray:
         """Factors for customers who were not in training, from their history."""

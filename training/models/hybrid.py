@@ -22,6 +22,7 @@ from training.models.base import (
     Reason,
     Recommender,
     cosine_pairs,
+    each_row_times,
 )
 
 
@@ -137,7 +138,7 @@ class LightFMHybrid(Recommender):
     def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
                customer_features: pd.DataFrame | None) -> np.ndarray:
         users = self._users(rows, history, customer_features)
-        return users @ self.item_vectors.T + self.item_bias
+        return each_row_times(users, self.item_vectors.T) + self.item_bias
 
     def _fallback(self, rows: np.ndarray, history: sparse.csr_matrix,
                   customer_features: pd.DataFrame | None) -> np.ndarray:
