@@ -354,6 +354,16 @@ def row_entries(matrix: sparse.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray
     return take, indptr
 
 
+def summed(history: sparse.csr_matrix) -> sparse.csr_matrix:
+    """``history`` with each row's repeated entries added up and its offers in order (a
+    copy where it has any; scipy's comparisons do the same before they compare)."""
+    if history.has_canonical_format:
+        return history
+    history = history.copy()
+    history.sum_duplicates()
+    return history
+
+
 def row_owners(matrix: sparse.csr_matrix) -> np.ndarray:
     """The row of each stored entry of a CSR matrix, parallel to its ``indices``."""
     return np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))

@@ -16,7 +16,7 @@ from pydantic import Field
 from scipy import sparse
 
 from training.data import TrainData
-from training.models.base import ModelConfig, Param, Recommender, row_owners
+from training.models.base import ModelConfig, Param, Recommender, row_owners, summed
 from training.models.factorization import ALS, ALSConfig
 from training.models.neighbours import (
     EASE,
@@ -237,9 +237,7 @@ def add_own_weights(total: np.ndarray, history: sparse.csr_matrix, weight: float
     entries alone: written on the matrix's arrays, where scipy's own arithmetic built five
     matrices per call (most of a millisecond for one customer at request time) and a dense
     share matrix cost a batch five passes."""
-    if not history.has_canonical_format:  # repeated entries add up, as in the matrix
-        history = history.copy()
-        history.sum_duplicates()
+    history = summed(history)  # repeated entries add up, as in the matrix
     owners = row_owners(history)
     taken = np.maximum(history.data, 0).astype(np.float32, copy=False)
     heaviest = np.zeros(history.shape[0], dtype=np.float32)

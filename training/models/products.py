@@ -16,7 +16,7 @@ import numba
 import numpy as np
 from scipy import sparse
 
-from training.models.base import row_owners
+from training.models.base import row_owners, summed
 
 
 def times(history: sparse.csr_matrix, matrix: sparse.csr_matrix | np.ndarray,
@@ -27,9 +27,8 @@ def times(history: sparse.csr_matrix, matrix: sparse.csr_matrix | np.ndarray,
     two, as scipy does)."""
     if not (sparse.issparse(history) and history.format == "csr"):
         history = sparse.csr_matrix(history)
-    if binary and not history.has_canonical_format:
-        history = history.copy()
-        history.sum_duplicates()
+    if binary:
+        history = summed(history)
     if dtype is None:
         dtype = np.result_type(np.float32 if binary else history.dtype, matrix.dtype)
     scores = np.zeros((history.shape[0], matrix.shape[1]), dtype=dtype)
@@ -56,9 +55,7 @@ def times(history: sparse.csr_matrix, matrix: sparse.csr_matrix | np.ndarray,
 def positive(history: sparse.csr_matrix) -> sparse.csr_matrix:
     """1 for each offer of a row whose weights add up to more than zero, float32: the same
     entries in the same order as scipy's ``(history > 0)``."""
-    if not history.has_canonical_format:
-        history = history.copy()
-        history.sum_duplicates()
+    history = summed(history)
     taken = history.data > 0
     if taken.all():
         return sparse.csr_matrix((np.ones(history.nnz, dtype=np.float32), history.indices,
