@@ -186,7 +186,9 @@ class Arbiter:
         """The priority of each candidate (a boolean mask over the offers) for one request."""
         at_rank = self._propensity(channel, scores[np.newaxis])[0]
         weight, context = self._weight(now_ns), self._context(channel, stage)
-        return Priorities(self._priority(at_rank, candidates, channel, weight, context),
+        priority = self._product(channel, at_rank, self.value, weight, context)
+        priority[~candidates] = 0.0
+        return Priorities(priority,
                           {"propensity": np.where(candidates, at_rank, 0.0),
                            "value": self.value, "weight": weight, "context_weight": context})
 
@@ -204,26 +206,22 @@ class Arbiter:
             else np.ones(len(self.offers))  # one row for all where the stages weigh alike
         weight = self._weight(now_ns)
         beyond = self._beyond_cap(channel)
-        past_cap = self._priority(beyond, np.ones(len(self.offers), dtype=bool), channel,
-                                  weight, np.ones(len(self.offers)))
+        past_cap = self._product(channel, beyond, self.value, weight, 1.0)
         priority = np.where(candidates, past_cap * context, 0.0)
         rows, columns, propensity = self._above_cap(channel, scores)
-        exponents = self.exponents[channel]
-        above = propensity ** exponents.a * self.value[columns] ** exponents.b
-        above *= weight[columns]
-        above *= context[rows, columns] if context.ndim == 2 else context[columns]
+        above = self._product(channel, propensity, self.value[columns], weight[columns],
+                              context[rows, columns] if context.ndim == 2 else context[columns])
         priority[rows, columns] = np.where(candidates[rows, columns], above, 0.0)
         return priority
 
-    def _priority(self, at_rank: np.ndarray, candidates: np.ndarray, channel: str,
-                  weight: np.ndarray, context: np.ndarray) -> np.ndarray:
-        """The product of the components, zero where not a candidate, multiplied in the
-        order of the formula."""
+    def _product(self, channel: str, at_rank: np.ndarray, value: np.ndarray,
+                 weight: np.ndarray, context: np.ndarray | float) -> np.ndarray:
+        """propensity^a * value^b * weight * context, multiplied in the order of the
+        formula (the same bits for an offer however many are multiplied at once)."""
         exponents = self.exponents[channel]
-        priority = at_rank ** exponents.a * self.value ** exponents.b
+        priority = at_rank ** exponents.a * value ** exponents.b
         priority *= weight
         priority *= context
-        priority[~candidates] = 0.0
         return priority
 
     def _weight(self, now_ns: int) -> np.ndarray:
@@ -250,7 +248,8 @@ class Arbiter:
             cap = self.calibration.curve(channel).last_rank
             beyond = self.calibration.propensity(channel, np.full(len(self.offers), cap),
                                                  self.offers.ids)
-            beyond[self._priored(channel)] = [self.prior[i] for i in self._priored(channel)]
+            priored = self._priored(channel)
+            beyond[priored] = [self.prior[i] for i in priored]
             self._beyond[channel] = beyond
         return beyond
 
