@@ -94,7 +94,12 @@ def test_blend_repeat_puts_owned_offers_first(board: tuple) -> None:
 
 
 def test_blend_repeat_orders_owned_offers_by_their_weight() -> None:
-    from training.models.blend import own_weights
+    from training.models.blend import add_own_weights
+
+    def own_weights(history: sparse.csr_matrix) -> np.ndarray:
+        weights = np.zeros(history.shape, dtype=np.float32)
+        add_own_weights(weights, history, 1.0)
+        return weights
 
     history = sparse.csr_matrix(np.array([[0.0, 4.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
     weights = own_weights(history)

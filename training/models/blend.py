@@ -224,19 +224,12 @@ def rising(recent: np.ndarray, base: np.ndarray, half_life_days: float,
     return (np.log1p(recent) * faster)[np.newaxis, :].astype(np.float32)
 
 
-def own_weights(history: sparse.csr_matrix) -> np.ndarray:
-    """Each customer's history as a share of their heaviest offer (0 to 1), dense; negative
-    weights count as none."""
-    weights = np.zeros(history.shape, dtype=np.float32)
-    add_own_weights(weights, history, 1.0)
-    return weights
-
-
 def add_own_weights(total: np.ndarray, history: sparse.csr_matrix, weight: float) -> None:
-    """``total += weight * own_weights(history)`` in place (float32), on the history's
-    entries alone: written on the matrix's arrays, where scipy's own arithmetic built five
-    matrices per call (most of a millisecond for one customer at request time) and a dense
-    share matrix cost a batch five passes."""
+    """``total += weight *`` each customer's history as a share of their heaviest offer (0
+    to 1; negative weights count as none), in place (float32), on the history's entries
+    alone: written on the matrix's arrays, where scipy's own arithmetic built five matrices
+    per call (most of a millisecond for one customer at request time) and a dense share
+    matrix cost a batch five passes."""
     history = summed(history)  # repeated entries add up, as in the matrix
     owners = row_owners(history)
     taken = np.maximum(history.data, 0).astype(np.float32, copy=False)
