@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from training.models.products import BY_OFFER_ROWS, positive, times
+from training.models import products
+from training.models.products import BY_OFFER_ROWS, FactorScores, positive, times
 
 
 def histories(dtype: type) -> sparse.csr_matrix:
@@ -69,3 +70,44 @@ def test_a_history_of_nothing_scores_nothing() -> None:
     empty = sparse.csr_matrix((3, 5), dtype=np.float32)
     assert not times(empty, np.ones((5, 4), np.float32)).any()
     assert times(empty, sparse.identity(5, format="csr"), binary=True).shape == (3, 5)
+
+
+@pytest.mark.parametrize("factors", [1, 7, 64, 200, 512])
+def test_a_lone_customers_factor_scores_are_their_batch_scores_to_the_bit(factors: int) -> None:
+    """ALS's and LightFM's product: each customer scored alone gets the bits of their row in
+    a batch, through the compiled loop where it adds up as BLAS does (64 factors here) and as
+    the first of two rows where it does not."""
+    rng = np.random.default_rng(factors)
+    offers = rng.standard_normal((1500, factors)).astype(np.float32)
+    users = rng.standard_normal((6, factors)).astype(np.float32)
+    product = FactorScores()
+    batch = product(users, offers)
+    np.testing.assert_array_equal(batch, users @ offers.T)
+    for row in range(len(users)):
+        alone = product(users[row:row + 1], offers)
+        assert alone.shape == (1, 1500) and alone.dtype == np.float32
+        np.testing.assert_array_equal(alone[0], batch[row])
+    if factors == 64:  # a model's usual width: the compiled loop, not BLAS's packing
+        assert product._held is not None and product._held[2]
+
+
+def test_a_lone_row_goes_as_the_first_of_two_where_the_loop_would_add_otherwise(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(products, "_agrees", lambda offers, by_factor: False)
+    rng = np.random.default_rng(3)
+    offers = rng.standard_normal((700, 32)).astype(np.float32)
+    users = rng.standard_normal((3, 32)).astype(np.float32)
+    product = FactorScores()
+    batch = product(users, offers)
+    for row in range(len(users)):
+        np.testing.assert_array_equal(product(users[row:row + 1], offers)[0], batch[row])
+
+
+def test_new_offer_factors_are_taken_up_where_a_model_replaces_them() -> None:
+    rng = np.random.default_rng(5)
+    user = rng.standard_normal((1, 16)).astype(np.float32)
+    product = FactorScores()
+    before = rng.standard_normal((300, 16)).astype(np.float32)
+    product(user, before)
+    after = rng.standard_normal((300, 16)).astype(np.float32)
+    np.testing.assert_array_equal(product(user, after), (np.vstack([user, user]) @ after.T)[:1])

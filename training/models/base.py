@@ -322,16 +322,6 @@ class Recommender(ABC):
         return model
 
 
-def each_row_times(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """``left @ right``, each row the same bits however many rows ``left`` has: OpenBLAS
-    multiplies a lone row with its matrix-vector kernel, whose sums round otherwise, so a
-    request's one customer scored other bits than a batch gives them (up to 8e-7 with ALS on
-    Online Retail); as the first of two rows it takes the batch's kernel."""
-    if left.shape[0] == 1:
-        return (np.vstack([left, left]) @ right)[:1]
-    return left @ right
-
-
 def csr_rows(matrix: sparse.csr_matrix, rows: np.ndarray) -> sparse.csr_matrix:
     """Rows of a CSR matrix by position, an empty row for -1, sliced from its arrays (a
     request's one row costs microseconds instead of a sparse product)."""

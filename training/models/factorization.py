@@ -16,8 +16,8 @@ from training.models.base import (
     Param,
     Recommender,
     cosine_pairs,
-    each_row_times,
 )
+from training.models.products import FactorScores
 
 # A fold-in solves a request's one row (or a batch's few): one thread. implicit's default
 # starts an OpenMP team on every core per call, and with one serving worker per core the
@@ -38,6 +38,7 @@ class FactorModel(Recommender):
         super().__init__(config)
         self.user_factors = np.zeros((0, 0), dtype=np.float32)
         self.item_factors = np.zeros((0, 0), dtype=np.float32)
+        self._product = FactorScores()
 
     def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
                customer_features: pd.DataFrame | None) -> np.ndarray:
@@ -47,7 +48,7 @@ class FactorModel(Recommender):
         unknown = np.flatnonzero(~known & (np.diff(history.indptr) > 0))
         if len(unknown):
             users[unknown] = self._fold_in(history[unknown])
-        return each_row_times(users, self.item_factors.T)
+        return self._product(users, self.item_factors)
 
     def _fold_in(self, history: sparse.csr_matrix) -> np.ndarray:
         """Factors for customers who were not in training, from their history."""

@@ -22,8 +22,8 @@ from training.models.base import (
     Reason,
     Recommender,
     cosine_pairs,
-    each_row_times,
 )
+from training.models.products import FactorScores
 
 
 class LightFMConfig(ModelConfig):
@@ -85,6 +85,7 @@ class LightFMHybrid(Recommender):
         self.user_features = sparse.csr_matrix((0, 0), dtype=np.float32)
         self.item_vectors = np.zeros((0, 0), dtype=np.float32)
         self.item_bias = np.zeros(0, dtype=np.float32)
+        self._product = FactorScores()
 
     def _fit(self, data: TrainData) -> None:
         from lightfm import LightFM
@@ -138,7 +139,7 @@ class LightFMHybrid(Recommender):
     def _score(self, rows: np.ndarray, history: sparse.csr_matrix,
                customer_features: pd.DataFrame | None) -> np.ndarray:
         users = self._users(rows, history, customer_features)
-        return each_row_times(users, self.item_vectors.T) + self.item_bias
+        return self._product(users, self.item_vectors) + self.item_bias
 
     def _fallback(self, rows: np.ndarray, history: sparse.csr_matrix,
                   customer_features: pd.DataFrame | None) -> np.ndarray:

@@ -114,3 +114,55 @@ def _times_sparse(indptr, indices, data, m_indptr, m_indices, m_data, scores):
             offer = indices[entry]
             for position in range(m_indptr[offer], m_indptr[offer + 1]):
                 out[m_indices[position]] += weight * m_data[position]
+
+
+class FactorScores:
+    """Customers' factors times the offers' factors (``users @ offers.T``), each customer's
+    row the same bits however many rows are scored at once, so that a request's one customer
+    gets the scores a newsletter's batch gives them.
+
+    A batch goes through BLAS. A lone row would take BLAS's matrix-vector kernel, whose sums
+    round otherwise (up to 8e-7 with ALS on Online Retail), and as the first of two rows it
+    pays for BLAS's packing of every offer's factors (130 us for 3,647 offers of 64 factors).
+    It goes through a compiled loop instead (19 us) that adds each score up as the batch
+    kernel does, one fused multiply-add per factor, over the offers' factors stored factor by
+    factor. Where that order is not BLAS's (past its block of factors, 384 on this machine),
+    a probe on the model's own factors says so and the lone row goes as the first of two."""
+
+    def __init__(self) -> None:
+        # the offers' factors the loop was prepared for, factor by factor, and the probe's say
+        self._held: tuple[np.ndarray, np.ndarray, bool] | None = None
+
+    def __call__(self, users: np.ndarray, offers: np.ndarray) -> np.ndarray:
+        if users.shape[0] != 1:
+            return users @ offers.T
+        held = self._held
+        if held is None or held[0] is not offers:
+            by_factor = np.ascontiguousarray(offers.T)
+            held = self._held = (offers, by_factor, _agrees(offers, by_factor))
+        _, by_factor, agrees = held
+        if not agrees or users.dtype != by_factor.dtype:
+            return (np.vstack([users, users]) @ offers.T)[:1]
+        scores = np.empty((1, offers.shape[0]), dtype=by_factor.dtype)
+        _fused_row(users[0], by_factor, scores[0])
+        return scores
+
+
+def _agrees(offers: np.ndarray, by_factor: np.ndarray) -> bool:
+    """Whether the compiled loop gives BLAS's batch bits for these factors (random rows)."""
+    rows = np.random.default_rng(0).standard_normal((2, offers.shape[1])).astype(offers.dtype)
+    batch = rows @ offers.T
+    alone = np.empty_like(batch)
+    for row in range(2):
+        _fused_row(rows[row], by_factor, alone[row])
+    return bool(np.array_equal(alone, batch))
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"})  # fused multiply-adds, in order
+def _fused_row(user, by_factor, scores):
+    scores[:] = 0
+    for factor in range(by_factor.shape[0]):
+        weight = user[factor]
+        source = by_factor[factor]
+        for offer in range(scores.shape[0]):
+            scores[offer] += weight * source[offer]
