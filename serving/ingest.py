@@ -4,25 +4,39 @@ of ``nbo data validate``) against the served model's products, as store rows.
 A call is stored whole or not at all: with any bad event nothing is stored and the answer
 lists every bad event with its index in the call and the contract's reason, so the client
 fixes those and posts the call again (the event ids make the retry safe).
+
+The service checks in a process of its own per worker (:class:`Checker`, ``python -m
+serving.ingest``). The contract's pandas steps cost about 11 ms of a call of 25 events, and in
+a thread of the worker they held the interpreter lock while the worker's rankings waited for
+it at every step that releases it: with 2% of the load posting events, the blend's /rank p99
+at 300 req/s on 2 workers was 50 ms, against 15 ms with the check out of the worker.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+import traceback
 from collections.abc import Container
 from datetime import datetime
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
 
 from features.columns import Columns as C
 from features.contract import validate_events
-from serving.requests import RequestError
 from serving.schemas import EventIn
 
 
-class BadEvents(RequestError):
-    """Events that break the contract: their index in the call and the reason."""
+class BadEvents(ValueError):
+    """Events that break the contract: their index in the call and the reason (answered
+    with 400 and the list)."""
 
     def __init__(self, bad: list[dict[str, Any]]) -> None:
         super().__init__(f"{len(bad)} event(s) break the data contract; none was stored")
@@ -75,3 +89,108 @@ def event_rows(events: list[EventIn], products: Container[str], now: datetime
         kept[C.event_type].tolist(), when, kept[C.quantity].tolist(), kept[C.rating].tolist(),
         kept[C.order].tolist(), kept[C.channel].tolist(), strict=True)}
     return [rows[event.event_id] for event in events]  # the store stores a repeat once
+
+
+class Checker:
+    """:func:`event_rows` in a process of its own (about 120 MB), started with the worker
+    (:meth:`start`: its imports take about 2 s, which a first call should not wait for) and
+    again if it ends; calls from the worker's threads take turns. The process reads calls
+    from its standard input and ends when the worker closes it (or dies)."""
+
+    def __init__(self) -> None:
+        self._turn = threading.Lock()
+        self._child: subprocess.Popen[bytes] | None = None
+
+    def rows(self, events: list[EventIn], products: Container[str], now: datetime
+             ) -> list[dict[str, Any]]:
+        """:func:`event_rows` of the call; :class:`BadEvents` for a call that breaks the
+        contract."""
+        # the call's own products are all the check looks up: not the whole catalogue
+        known = {event.product_id for event in events if event.product_id in products}
+        call = pickle.dumps((events, known, now), protocol=pickle.HIGHEST_PROTOCOL)
+        with self._turn:
+            try:
+                answer = self._ask(call)
+            except (OSError, EOFError):  # the process ended (killed, out of memory): anew
+                self._stop()
+                answer = self._ask(call)
+        kind, value = pickle.loads(answer)
+        if kind == "bad":
+            raise BadEvents(value)
+        if kind == "failed":
+            raise RuntimeError(f"the events check failed:\n{value}")
+        return value  # type: ignore[no-any-return]
+
+    def start(self) -> None:
+        """Start the process now, without waiting for its imports."""
+        with self._turn:
+            if self._child is None:
+                self._start()
+
+    def _ask(self, call: bytes) -> bytes:
+        child = self._child or self._start()
+        assert child.stdin is not None and child.stdout is not None
+        _send(child.stdin, call)
+        return _received(child.stdout)
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self._child = subprocess.Popen([sys.executable, "-m", "serving.ingest"],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        return self._child
+
+    def _stop(self) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            if child.stdin is not None:
+                # a pipe that broke with the process: it is gone already
+                with contextlib.suppress(OSError):
+                    child.stdin.close()
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+    def close(self) -> None:
+        with self._turn:
+            self._stop()
+
+
+def _send(pipe: IO[bytes], message: bytes) -> None:
+    pipe.write(struct.pack("<Q", len(message)) + message)
+    pipe.flush()
+
+
+def _received(pipe: IO[bytes]) -> bytes:
+    size = pipe.read(8)
+    if len(size) < 8:
+        raise EOFError("the events check process ended")
+    length = struct.unpack("<Q", size)[0]
+    message = pipe.read(length)
+    if len(message) < length:
+        raise EOFError("the events check process ended mid-message")
+    return message
+
+
+def _serve(source: IO[bytes], sink: IO[bytes]) -> None:
+    """The checking process: calls in, answers out, until the worker closes the pipe."""
+    while True:
+        try:
+            call = _received(source)
+        except EOFError:
+            return
+        events, products, now = pickle.loads(call)
+        try:
+            answer: tuple[str, Any] = ("rows", event_rows(events, products, now))
+        except BadEvents as bad:
+            answer = ("bad", bad.bad)
+        except Exception:  # the worker raises it for the call; this process goes on
+            answer = ("failed", traceback.format_exc())
+        _send(sink, pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+if __name__ == "__main__":
+    answers = sys.stdout.buffer
+    sys.stdout = sys.stderr  # anything printed goes to the worker's log, not into an answer
+    _serve(sys.stdin.buffer, answers)

@@ -31,7 +31,7 @@ from serving.engine import Engine, PolicySettings, Ranking, RequestError
 from serving.engine import Request as RankRequest
 from serving.experiments import NAME, ExperimentError
 from serving.http import ApiKeys, quiet_logs
-from serving.ingest import BadEvents, event_rows
+from serving.ingest import BadEvents, Checker
 from serving.metrics import METRICS
 from serving.models import ModelHolder
 from serving.offer_policy import PolicyError, from_json
@@ -176,6 +176,8 @@ class NboService:
                                           self.decisions)
         self.triggers = Triggers(self.store, webhook(self.settings), self.decisions)
         self._stop = threading.Event()
+        self.checker = Checker()  # /events' data contract, out of the worker's interpreter
+        self.checker.start()
         self.triggers.every(self.settings.trigger_seconds, lambda: self.holder.engine,
                             self.settings.current_time, self._stop)
         if self.settings.gc_freeze:  # the model and libraries are long-lived: out of GC scans
@@ -188,6 +190,7 @@ class NboService:
         self._stop.set()
         self.holder.stop()
         self.decisions.close()
+        self.checker.close()
         self.store.close()
 
     def __is_ready__(self) -> bool:
@@ -319,7 +322,7 @@ class NboService:
         def work() -> EventsResponse:
             engine = self._engine()
             received = datetime.now(UTC).replace(tzinfo=None)
-            rows = event_rows(events, engine.product_ids, moment(self.settings, None))
+            rows = self.checker.rows(events, engine.product_ids, moment(self.settings, None))
             appended = self.store.append_events(rows, received)
             METRICS.events.inc(appended.stored)
             return EventsResponse(request_id=uuid.uuid4().hex, model_version=engine.version,

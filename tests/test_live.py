@@ -4,6 +4,7 @@ stored, retries are stored once, and an erasure in one engine holds in another o
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -233,3 +234,61 @@ def test_posted_events_become_store_rows_with_every_column_as_given() -> None:
          "order_id": "o-7", "channel": "email"}]
     assert [type(row["timestamp"]) for row in rows] == [datetime] * 4
     assert [type(row["quantity"]) for row in rows] == [int] * 4
+
+
+def _calls() -> tuple[list, list]:
+    from serving.schemas import EventIn
+
+    good = [EventIn(event_id=f"g{i}", customer_id=f" c{i} ", product_id="p1",
+                    event_type="Purchase", timestamp="2011-12-09T10:00:00+02:00", quantity=2)
+            for i in range(3)]
+    bad = [EventIn(event_id="b0", customer_id="c1", product_id="p9", event_type="view"),
+           EventIn(event_id="b1", customer_id="c1", product_id="p1", event_type="rating",
+                   rating=7.0),
+           EventIn(event_id="b2", customer_id="c1", product_id="p2", event_type="view")]
+    return good, bad
+
+
+def test_the_events_check_in_its_own_process_answers_as_the_contract_does() -> None:
+    """The service's checker gives event_rows' rows, and its bad events with their index and
+    reason, from a process of its own."""
+    from datetime import datetime
+
+    from serving.ingest import BadEvents, Checker, event_rows
+
+    now = datetime(2011, 12, 9, 12, 30)
+    good, bad = _calls()
+    checker = Checker()
+    try:
+        assert checker.rows(good, {"p1", "p2"}, now) == event_rows(good, {"p1", "p2"}, now)
+        with pytest.raises(BadEvents) as caught:
+            checker.rows(bad, {"p1", "p2"}, now)
+        with pytest.raises(BadEvents) as alone:
+            event_rows(bad, {"p1", "p2"}, now)
+        assert caught.value.bad == alone.value.bad
+        assert [b["index"] for b in caught.value.bad] == [0, 1]
+        first = checker._child
+        assert first is not None and first.pid != os.getpid() and first.poll() is None
+    finally:
+        checker.close()
+    assert first.poll() is not None  # closing the pipe ends the process
+
+
+def test_an_events_check_process_that_died_is_started_again() -> None:
+    from datetime import datetime
+
+    from serving.ingest import Checker
+
+    now = datetime(2011, 12, 9, 12, 30)
+    good, _ = _calls()
+    checker = Checker()
+    try:
+        checker.rows(good, {"p1"}, now)
+        first = checker._child
+        assert first is not None
+        first.kill()
+        first.wait()
+        assert [row["event_id"] for row in checker.rows(good, {"p1"}, now)] == ["g0", "g1", "g2"]
+        assert checker._child is not None and checker._child.pid != first.pid
+    finally:
+        checker.close()
