@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -53,6 +55,21 @@ def stage_from_days(since_first: np.ndarray, since_last: np.ndarray, usual_gap_d
         [Stage.prospect, Stage.new, Stage.lapsed, Stage.at_risk],
         default=Stage.active,
     )
+
+
+def stage_of(since_first: float, since_last: float, usual_gap_days: float,
+             cfg: LifecycleConfig) -> str:
+    """:func:`stage_from_days` of one customer in plain floats: a request's stage in a
+    microsecond, where the arrays' steps took about 60."""
+    if math.isnan(since_first):
+        return Stage.prospect
+    if since_first <= cfg.new_days:
+        return Stage.new
+    if since_last > cfg.lapsed_days:
+        return Stage.lapsed
+    gap_limit = usual_gap_days * cfg.at_risk_gap_factor
+    risk_limit = cfg.at_risk_days if math.isnan(gap_limit) else min(gap_limit, cfg.at_risk_days)
+    return Stage.at_risk if since_last > risk_limit else Stage.active
 
 
 def age_band(birth_year: pd.Series, now: pd.Timestamp) -> pd.Series:

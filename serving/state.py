@@ -5,6 +5,7 @@ the same call."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -17,7 +18,7 @@ from features.config import LifecycleConfig
 from features.context import BIRTHDAY
 from features.ids import MISSING, IdMap
 from features.side import CUSTOMER_FEATURES
-from features.state import age_band, stage_from_days
+from features.state import age_band, stage_from_days, stage_of
 from training.fallbacks import RegionalPopularity
 
 NS_PER_DAY = 86_400 * 10**9
@@ -83,9 +84,12 @@ class CustomerState:
         if since[0] != NO_TIME:
             first = since[0] if first == NO_TIME else min(first, since[0])
             last = max(last, since[1])
-        gap = self.usual_gap[row:row + 1] if row >= 0 else np.array([np.nan])
-        return str(self._stages(np.array([first], np.int64), np.array([last], np.int64), gap,
-                                now_ns)[0])
+        if first == NO_TIME:  # never bought
+            return stage_of(math.nan, math.nan, math.nan, self.lifecycle)
+        gap = float(self.usual_gap[row]) if row >= 0 else math.nan
+        return stage_of(float(np.int64(now_ns) - np.int64(first)) / NS_PER_DAY,
+                        float(np.int64(now_ns) - np.int64(last)) / NS_PER_DAY, gap,
+                        self.lifecycle)
 
     def stages(self, rows: np.ndarray, now_ns: int) -> np.ndarray:
         """:meth:`stage` of many known customers with nothing bought since the snapshot."""

@@ -13,6 +13,7 @@ from serving import policy, ranker
 from serving.engine import Engine, PolicySettings
 from serving.live import Activity
 from serving.policy import Consent
+from serving.state import NO_TIME, NS_PER_DAY
 from serving.store import Store
 from training.ranking import best_first, top_k
 
@@ -96,6 +97,19 @@ def test_state_and_model_share_one_id_map_so_a_forgotten_customer_is_unknown_to_
     assert engine.row_of(customer) == engine.model.customers.row(customer) == -1
     assert engine.state.purchases(row, 0)[0].size == 0 and engine.state.region[row] is None
     assert engine.forget(customer) == {"model_rows": 0, "state_rows": 0}
+
+
+def test_a_requests_stage_is_the_stage_of_the_customers_arrays(engine: Engine) -> None:
+    """One customer's stage (a request's) against the batch's arrays (the newsletter's), for
+    420 customers of the shop (20 who never bought), at the snapshot, 40 days and a year on."""
+    state = engine.state
+    rows = np.flatnonzero(state.first_ns != NO_TIME)[:400]
+    rows = np.concatenate([rows, np.flatnonzero(state.first_ns == NO_TIME)[:20]])
+    now_ns = int(np.datetime64(engine.as_of, "ns").astype(np.int64))
+    for at in (now_ns, now_ns + 40 * NS_PER_DAY, now_ns + 365 * NS_PER_DAY):
+        expected = state.stages(rows, at)
+        assert len(set(expected)) >= 2
+        assert [state.stage(int(row), at) for row in rows] == expected.tolist()
 
 
 def test_the_scorer_falls_back_from_the_model_to_the_region_to_popularity(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from features.config import FeatureConfig, LifecycleConfig, from_flat, to_flat
 from features.snapshot import build_snapshot, compute_features, load_snapshot
-from features.state import customer_state, lifecycle_stage
+from features.state import customer_state, lifecycle_stage, stage_from_days, stage_of
 from features.weights import EventWeights, interactions
 
 NOW = pd.Timestamp("2025-01-01")
@@ -100,6 +101,21 @@ def test_lifecycle_stage_boundaries(first: float | None, last: float | None,
 
     result = lifecycle_stage(ago(first), ago(last), pd.Series([gap], dtype=float), NOW, CFG)
     assert result.tolist() == [stage]
+    days = [np.nan if d is None else float(d) for d in (first, last, gap)]
+    assert stage_of(*days, CFG) == stage  # a request's one customer
+
+
+def test_one_customers_stage_is_the_stage_the_arrays_give() -> None:
+    rng = np.random.default_rng(4)
+    first = rng.choice([np.nan, 10.0, 30.0, 30.5, 200.0, 400.0], 5_000) + rng.choice(
+        [0.0, 0.0, 0.25], 5_000)
+    last = np.where(np.isnan(first), np.nan, np.minimum(first, rng.choice(
+        [1.0, 20.0, 21.0, 90.0, 90.01, 180.0, 180.01, 300.0], 5_000)))
+    gap = rng.choice([np.nan, 5.0, 10.0, 45.0, 80.0], 5_000)
+    for cfg in (CFG, LifecycleConfig()):
+        expected = stage_from_days(first, last, gap, cfg)
+        got = [stage_of(f, la, g, cfg) for f, la, g in zip(first, last, gap, strict=True)]
+        assert got == expected.tolist()
 
 
 def state_of(events: pd.DataFrame, now: pd.Timestamp = NOW) -> pd.DataFrame:
