@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import struct
 import subprocess
 import sys
@@ -91,15 +92,20 @@ def event_rows(events: list[EventIn], products: Container[str], now: datetime
     return [rows[event.event_id] for event in events]  # the store stores a repeat once
 
 
+READY_SECONDS = 60  # for the checking process's imports
+
+
 class Checker:
     """:func:`event_rows` in a process of its own (about 120 MB), started with the worker
-    (:meth:`start`: its imports take about 2 s, which a first call should not wait for) and
-    again if it ends; calls from the worker's threads take turns. The process reads calls
-    from its standard input and ends when the worker closes it (or dies)."""
+    (:meth:`start`) and again if it ends; calls from the worker's threads take turns. The
+    process says when its imports are done (about 2 s of a core, which the worker's
+    readiness waits for: a loaded worker would otherwise share its cores with them), reads
+    calls from its standard input and ends when the worker closes it (or dies)."""
 
     def __init__(self) -> None:
         self._turn = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
+        self._ready = False  # the process of ``_child`` said it is ready
 
     def rows(self, events: list[EventIn], products: Container[str], now: datetime
              ) -> list[dict[str, Any]]:
@@ -121,20 +127,47 @@ class Checker:
             raise RuntimeError(f"the events check failed:\n{value}")
         return value  # type: ignore[no-any-return]
 
+    @property
+    def ready(self) -> bool:
+        """Whether the process has done its imports (see :meth:`start`)."""
+        return self._ready
+
     def start(self) -> None:
-        """Start the process now, without waiting for its imports."""
+        """Start the process now; :attr:`ready` turns true once it has done its imports."""
         with self._turn:
             if self._child is None:
                 self._start()
+        threading.Thread(target=self._await_ready, name="nbo-events-check",
+                         daemon=True).start()
+
+    def _await_ready(self) -> None:
+        with self._turn:
+            child = self._child
+            if child is not None and not self._ready:
+                self._ready_of(child)
+
+    def _ready_of(self, child: subprocess.Popen[bytes]) -> None:
+        """Wait for the process's word that it is ready (at most ``READY_SECONDS``)."""
+        assert child.stdout is not None
+        if not select.select([child.stdout], [], [], READY_SECONDS)[0]:
+            raise RuntimeError(f"the events check process was not ready within "
+                               f"{READY_SECONDS} s")
+        said = pickle.loads(_received(child.stdout))
+        if said != ("ready", None):
+            raise RuntimeError(f"the events check process said {said!r} instead of ready")
+        self._ready = True
 
     def _ask(self, call: bytes) -> bytes:
         child = self._child or self._start()
         assert child.stdin is not None and child.stdout is not None
+        if not self._ready:
+            self._ready_of(child)
         _send(child.stdin, call)
         return _received(child.stdout)
 
     def _start(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self._ready = False
         self._child = subprocess.Popen([sys.executable, "-m", "serving.ingest"],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         return self._child
@@ -174,7 +207,9 @@ def _received(pipe: IO[bytes]) -> bytes:
 
 
 def _serve(source: IO[bytes], sink: IO[bytes]) -> None:
-    """The checking process: calls in, answers out, until the worker closes the pipe."""
+    """The checking process: its word that it is ready, then calls in and answers out,
+    until the worker closes the pipe."""
+    _send(sink, pickle.dumps(("ready", None)))
     while True:
         try:
             call = _received(source)

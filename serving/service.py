@@ -194,7 +194,7 @@ class NboService:
         self.store.close()
 
     def __is_ready__(self) -> bool:
-        return self.holder.engine is not None
+        return self.holder.engine is not None and self.checker.ready
 
     def __metrics__(self, content: str) -> str:
         return content + METRICS.text()

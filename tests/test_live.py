@@ -5,6 +5,7 @@ stored, retries are stored once, and an erasure in one engine holds in another o
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -260,6 +261,13 @@ def test_the_events_check_in_its_own_process_answers_as_the_contract_does() -> N
     good, bad = _calls()
     checker = Checker()
     try:
+        checker.start()  # as the service does: ready once the process has done its imports
+        assert not checker.ready
+        waited = 0.0
+        while not checker.ready and waited < 60:
+            time.sleep(0.05)
+            waited += 0.05
+        assert checker.ready
         assert checker.rows(good, {"p1", "p2"}, now) == event_rows(good, {"p1", "p2"}, now)
         with pytest.raises(BadEvents) as caught:
             checker.rows(bad, {"p1", "p2"}, now)
