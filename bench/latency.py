@@ -157,6 +157,15 @@ def load(key: str, rate: float, seconds: float, customers: Path,
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
+WARM_UP_SECONDS = 5
+
+
+def warm_up(key: str, rates: list[float], customers: Path) -> None:
+    """A few seconds of the lowest rate, not counted: a worker's first requests (its first
+    calls into compiled code, its pools, its events check process) belong to its start."""
+    load(key, min(rates), WARM_UP_SECONDS, customers)
+
+
 def workers_ready(workers: int) -> None:
     seen = process.ready_workers(f"http://127.0.0.1:{PORT}", workers, 180)
     if len(seen) < workers:
@@ -324,6 +333,7 @@ def serve(work: Path, key: str, tree: Path, label: str, tag: str, rates: list[fl
     runs = []
     try:
         workers_ready(args.workers)
+        warm_up(key, rates, ids)
         for rate in rates:
             result = load(key, rate, args.seconds, ids, args.event_share, products,
                           args.events_per_call) | {"model": label}
@@ -357,6 +367,7 @@ def yardstick(work: Path, key: str, tag: str, ids: Path, rates: list[float],
     runs = []
     try:
         workers_ready(args.workers)
+        warm_up(key, rates, ids)
         for rate in rates:
             result = load(key, rate, args.seconds, ids) | {"model": REFERENCE}
             print(json.dumps(result), flush=True)
@@ -385,7 +396,8 @@ def write_models(runs: list[dict], seen: dict[str, dict[str, float]],
         f"with the live events, contact policy and dismissals from the feedback log, "
         f"diversity), the erasure check and the live-event read on every request, k = 10, "
         f"reasons on. Open-loop load from a separate process (`bench/load.py`, latency "
-        f"counted from when each request was due), {args.seconds:.0f} s per rate, random "
+        f"counted from when each request was due), {WARM_UP_SECONDS} s of the lowest rate "
+        f"not counted after each start, then {args.seconds:.0f} s per rate, random "
         f"customers of the data set; {args.event_share:.0%} of the requests post "
         f"{args.events_per_call} views by random customers to `/events` (so later rankings "
         f"of those customers score a history with live events). The {REFERENCE} rows are "
