@@ -63,6 +63,7 @@ from features.columns import FEEDBACK_ACTIONS, MESSAGING_CHANNELS, PURPOSES
 from features.columns import Columns as C
 from serving.experiments import Experiment, ExperimentError, Status
 from serving.policy import Consent
+from serving.prepared import Prepared
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -275,8 +276,9 @@ EXPOSURE_ROWS = _per_customer(lambda match: (
     select(feedback.c.customer_id, feedback.c.product_id,
            func.sum(case(((feedback.c.action == "impression") & _IN_WINDOW, 1), else_=0)
                     ).label("shown"),
-           func.max(case((feedback.c.action.in_(("click", "conversion")) & _IN_WINDOW, 1),
-                         else_=0)).label("clicked"),
+           # two comparisons, not IN: a list is rendered anew on every execution
+           func.max(case((((feedback.c.action == "click") | (feedback.c.action == "conversion"))
+                          & _IN_WINDOW, 1), else_=0)).label("clicked"),
            func.max(case(((feedback.c.action == "dismiss")
                           & (feedback.c.timestamp >= bindparam("rest")), 1), else_=0)
                     ).label("dismissed"),
@@ -418,6 +420,9 @@ class Store:
         self._reserve_lock = threading.Lock()
         self._answer_db: ContextVar[Connection | None] = ContextVar(
             f"nbo-store-{id(self)}", default=None)
+        # a request's reads, compiled for this database once
+        self._prepared = {statement: Prepared(statement, self.engine.dialect)
+                          for statement in [*_ONE.values(), ERASED]}
 
     def close(self) -> None:
         try:
@@ -488,7 +493,7 @@ class Store:
         one = _ONE.get(statement)
         with self._reader() as db:
             if len(ids) == 1 and one is not None:
-                return list(db.execute(one, {"customer": ids[0], **params}))
+                return self._prepared[one].rows(db, {"customer": ids[0], **params})
             rows: list[Row[Any]] = []
             for start in range(0, len(ids), IDS_AT_ONCE):
                 rows.extend(db.execute(statement, {"customers": ids[start:start + IDS_AT_ONCE],
@@ -830,7 +835,7 @@ class Store:
     def is_erased(self, customer_id: str) -> bool:
         """Whether the customer was erased, in any process: one primary-key read."""
         with self._reader() as db:
-            return db.execute(ERASED, {"token": self.token(customer_id)}).first() is not None
+            return bool(self._prepared[ERASED].rows(db, {"token": self.token(customer_id)}))
 
     def erased_among(self, customer_ids: Iterable[str], returned_too: bool = True) -> set[str]:
         """The erased customers among ``customer_ids``. A customer who gave consent again
