@@ -145,7 +145,8 @@ def main() -> None:
         "median of 5 passes over 600 customers (rank) and the best of 3 passes over every "
         "customer, in parts of 1,000, all with e-mail consent (newsletter, four blocks); "
         "/events: the median of 200 calls of 25 views (after 50 to warm up), checked by the "
-        "data contract and stored, as the service does it.",
+        "data contract and stored, in one process (the service checks in a process of its "
+        "own per worker: these are the two processes' times together).",
         f"Produced by `{command}`.",
         "",
         "| tree | /rank ms per customer (per round) | newsletter customers/s (per round) "
