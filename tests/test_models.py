@@ -170,6 +170,19 @@ def test_a_customers_scores_alone_are_their_scores_in_a_batch(fitted: dict, kind
                                   model.raw_scores(rows[:2], repeated)[:1])
 
 
+@pytest.mark.parametrize("kind", ["als", "lightfm"])
+def test_a_loaded_factor_model_has_its_one_row_product_ready(fitted: dict, kind: str,
+                                                             tmp_path: Path) -> None:
+    """Loading prepares the offers' factors for a request's one row, so a served model's first
+    request does not compile the loop."""
+    from training.models.base import Recommender
+
+    loaded = Recommender.load(fitted[kind].save(tmp_path / kind))
+    held = loaded._product._held
+    offers = loaded.item_factors if kind == "als" else loaded.item_vectors
+    assert held is not None and held[0] is offers and held[2]
+
+
 def test_als_folds_a_history_in_on_one_thread(tmp_path: Path) -> None:
     """A request's fold-in starts no OpenMP team: with a serving worker per core, teams on
     every core waited on each other. Fitted or loaded, and the answer is the fitted one's."""

@@ -71,6 +71,7 @@ class FactorModel(Recommender):
 
     def _restore(self, arrays: dict[str, np.ndarray], path: Path) -> None:
         self.user_factors, self.item_factors = arrays["user_factors"], arrays["item_factors"]
+        self._product.prepare(self.item_factors)
 
 
 class ALSConfig(FactorConfig):

@@ -198,6 +198,7 @@ class LightFMHybrid(Recommender):
     def _restore(self, arrays: dict[str, np.ndarray], path: Path) -> None:
         self.user_embeddings = arrays["user_embeddings"]
         self.item_vectors, self.item_bias = arrays["item_vectors"], arrays["item_bias"]
+        self._product.prepare(self.item_vectors)
         self.user_features = sparse.csr_matrix(
             (arrays["uf_data"], arrays["uf_indices"], arrays["uf_indptr"]),
             shape=tuple(arrays["uf_shape"]),

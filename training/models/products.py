@@ -136,16 +136,22 @@ class FactorScores:
     def __call__(self, users: np.ndarray, offers: np.ndarray) -> np.ndarray:
         if users.shape[0] != 1:
             return users @ offers.T
-        held = self._held
-        if held is None or held[0] is not offers:
-            by_factor = np.ascontiguousarray(offers.T)
-            held = self._held = (offers, by_factor, _agrees(offers, by_factor))
-        _, by_factor, agrees = held
+        _, by_factor, agrees = self.prepare(offers)
         if not agrees or users.dtype != by_factor.dtype:
             return (np.vstack([users, users]) @ offers.T)[:1]
         scores = np.empty((1, offers.shape[0]), dtype=by_factor.dtype)
         _fused_row(users[0], by_factor, scores[0])
         return scores
+
+    def prepare(self, offers: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The offers' factors factor by factor and the probe's say, made once per matrix; a
+        loaded model prepares them, so that its first request does not compile the loop
+        (about a second on a machine that has no compiled copy yet)."""
+        held = self._held
+        if held is None or held[0] is not offers:
+            by_factor = np.ascontiguousarray(offers.T)
+            held = self._held = (offers, by_factor, _agrees(offers, by_factor))
+        return held
 
 
 def _agrees(offers: np.ndarray, by_factor: np.ndarray) -> bool:
