@@ -59,8 +59,8 @@ def stage_from_days(since_first: np.ndarray, since_last: np.ndarray, usual_gap_d
 
 def stage_of(since_first: float, since_last: float, usual_gap_days: float,
              cfg: LifecycleConfig) -> str:
-    """:func:`stage_from_days` of one customer in plain floats: a request's stage in a
-    microsecond, where the arrays' steps took about 60."""
+    """:func:`stage_from_days` of one customer in plain floats: a request's stage in 2 us,
+    where one-element arrays through the same steps took 35."""
     if math.isnan(since_first):
         return Stage.prospect
     if since_first <= cfg.new_days:
