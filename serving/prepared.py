@@ -2,7 +2,7 @@
 own cursor.
 
 SQLAlchemy's work around each execution (an execution context, the parameters processed
-one by one, a result object) took 55 us of a 70 us primary-key read on SQLite; a /rank makes
+one by one, a result object) took 58 us of a 71 us primary-key read on SQLite; a /rank makes
 four such reads. A :class:`Prepared` statement keeps what that work finds out once (the SQL
 text in the driver's parameter style, each parameter's and each column's conversion, as the
 column types define them) and applies it itself: a read then costs the query and little more
