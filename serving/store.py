@@ -420,9 +420,10 @@ class Store:
         self._reserve_lock = threading.Lock()
         self._answer_db: ContextVar[Connection | None] = ContextVar(
             f"nbo-store-{id(self)}", default=None)
-        # a request's reads, compiled for this database once
-        self._prepared = {statement: Prepared(statement, self.engine.dialect)
-                          for statement in [*_ONE.values(), ERASED]}
+        # a request's reads, compiled for this database once: each many-customer read's
+        # one-customer variant, and the erasure check
+        self._one = {many: Prepared(one, self.engine.dialect) for many, one in _ONE.items()}
+        self._erased = Prepared(ERASED, self.engine.dialect)
 
     def close(self) -> None:
         try:
@@ -490,10 +491,10 @@ class Store:
         """``statement``'s rows for each distinct customer id (its ``customers`` parameter),
         queried ``IDS_AT_ONCE`` ids at a time; one id through its one-customer variant."""
         ids = list(dict.fromkeys(customer_ids))
-        one = _ONE.get(statement)
+        one = self._one.get(statement)
         with self._reader() as db:
             if len(ids) == 1 and one is not None:
-                return self._prepared[one].rows(db, {"customer": ids[0], **params})
+                return one.rows(db, {"customer": ids[0], **params})
             rows: list[Row[Any]] = []
             for start in range(0, len(ids), IDS_AT_ONCE):
                 rows.extend(db.execute(statement, {"customers": ids[start:start + IDS_AT_ONCE],
@@ -835,7 +836,7 @@ class Store:
     def is_erased(self, customer_id: str) -> bool:
         """Whether the customer was erased, in any process: one primary-key read."""
         with self._reader() as db:
-            return bool(self._prepared[ERASED].rows(db, {"token": self.token(customer_id)}))
+            return bool(self._erased.rows(db, {"token": self.token(customer_id)}))
 
     def erased_among(self, customer_ids: Iterable[str], returned_too: bool = True) -> set[str]:
         """The erased customers among ``customer_ids``. A customer who gave consent again
