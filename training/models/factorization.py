@@ -11,12 +11,7 @@ from pydantic import Field
 from scipy import sparse
 
 from training.data import TrainData
-from training.models.base import (
-    ModelConfig,
-    Param,
-    Recommender,
-    cosine_pairs,
-)
+from training.models.base import ModelConfig, Param, Recommender, cosine_pairs
 from training.models.products import FactorScores
 
 # A fold-in solves a request's one row (or a batch's few): one thread. implicit's default
