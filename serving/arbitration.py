@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import numba
 import numpy as np
 
 from features.columns import CHANNELS
@@ -298,14 +299,32 @@ def higher_rows(scores: np.ndarray, cap: int | None = None) -> np.ndarray:
 def above_cap(scores: np.ndarray, cap: int | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The offers of each row that fewer than ``cap`` offers score higher (all where None),
-    as row, column and how many score higher: the ``cap`` best of each row sorted, each
-    offer's count where its tie group starts, and any other offer tied with the last of
-    them counted as it is (a binary search per offer took four times as long)."""
-    rows, n = scores.shape
+    as row, column and how many score higher, each offer's count where its tie group starts.
+    A row's best are found in a compiled loop (:func:`_best_of_rows`); a row with a NaN
+    score goes through numpy's partition and sort, whose order puts NaN where it does."""
+    n = scores.shape[1]
     if cap is not None and cap <= 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
     width = n if cap is None or cap >= n else cap
+    row, column, counts, unordered = _best_of_rows(np.ascontiguousarray(scores, np.float64),
+                                                   width)
+    if unordered.any():
+        left = np.flatnonzero(unordered)
+        keep = ~unordered[row]
+        other_row, other_column, other_counts = _sorted_above_cap(scores[left], width)
+        row = np.concatenate([row[keep], left[other_row]])
+        column = np.concatenate([column[keep], other_column])
+        counts = np.concatenate([counts[keep], other_counts])
+    return row, column, counts
+
+
+def _sorted_above_cap(scores: np.ndarray, width: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`above_cap` by numpy's partition and sort: the ``width`` best of each row
+    sorted, each offer's count where its tie group starts, and any other offer tied with the
+    last of them counted as it is."""
+    rows, n = scores.shape
     chosen = (np.argpartition(scores, n - width, axis=1)[:, n - width:] if width < n
               else np.broadcast_to(np.arange(n), (rows, n)))
     values = np.take_along_axis(scores, chosen, axis=1)
@@ -328,6 +347,90 @@ def above_cap(scores: np.ndarray, cap: int | None = None
             column = np.concatenate([column, tied])
             counts = np.concatenate([counts, np.full(len(tied), above[r, -1])])
     return row, column, counts
+
+
+SAMPLED = 256  # a row's scores sampled to guess how high its best ``width`` reach
+
+
+@numba.njit(nogil=True, cache=True)
+def _best_of_rows(scores, width):
+    """Row, column and count of each offer that fewer than ``width`` offers of its row score
+    higher, and which rows hold a NaN (their entries are left for numpy to redo).
+
+    numpy's partition and sort took 27 us a row of 4,000 offers. Here the best few of a
+    strided sample give a score that about two and a half times ``width`` offers of the row
+    reach; one pass keeps those offers (the whole row where it kept too few), a partition
+    finds the ``width``-th score among them, and only the offers at or above it are sorted."""
+    rows, n = scores.shape
+    unordered = np.zeros(rows, dtype=np.bool_)
+    size = rows * width
+    out_row = np.empty(size, dtype=np.int64)
+    out_column = np.empty(size, dtype=np.int64)
+    out_count = np.empty(size, dtype=np.int64)
+    kept = np.empty(n, dtype=np.int64)
+    step = max(n // SAMPLED, 1)
+    sampled = (n + step - 1) // step
+    # the sample's place whose score about 2.5 * width offers of the row reach
+    guess = min(sampled, (5 * width * sampled) // (2 * n) + 1)
+    best = np.empty(guess, dtype=np.float64)  # the sample's best, lowest first
+    filled = 0
+    for r in range(rows):
+        values = scores[r]
+        m = 0
+        if width < n and guess < sampled:
+            best[:] = -np.inf
+            for i in range(0, n, step):
+                value = values[i]
+                if value > best[0]:
+                    j = 1
+                    while j < guess and best[j] < value:
+                        best[j - 1] = best[j]
+                        j += 1
+                    best[j - 1] = value
+            floor = best[0]
+            for i in range(n):
+                value = values[i]
+                if value >= floor:
+                    kept[m] = i
+                    m += 1
+                elif value != value:
+                    unordered[r] = True
+            if unordered[r]:
+                continue
+        if m < width:  # the guess kept too few: every offer
+            for i in range(n):
+                if values[i] != values[i]:
+                    unordered[r] = True
+                kept[i] = i
+            m = n
+            if unordered[r]:
+                continue
+        found = values[kept[:m]]
+        last = np.partition(found, m - width)[m - width] if m > width else found.min()
+        top = kept[:m][found >= last]
+        order = np.argsort(-values[top])
+        if filled + len(top) > size:  # ties past the last place: room for them
+            size = max(2 * size, filled + len(top))
+            out_row = _grown(out_row, size)
+            out_column = _grown(out_column, size)
+            out_count = _grown(out_count, size)
+        start = 0
+        for place in range(len(top)):
+            offer = top[order[place]]
+            if place and values[offer] != values[top[order[place - 1]]]:
+                start = place
+            out_row[filled] = r
+            out_column[filled] = offer
+            out_count[filled] = start
+            filled += 1
+    return out_row[:filled], out_column[:filled], out_count[:filled], unordered
+
+
+@numba.njit(nogil=True, cache=True)
+def _grown(values, size):
+    grown = np.empty(size, dtype=values.dtype)
+    grown[:len(values)] = values
+    return grown
 
 
 def period_of(period: str, now: datetime) -> str:

@@ -81,6 +81,39 @@ def test_priority_is_the_product_of_its_components(engine: Engine, now) -> None:
     assert without.priority is None and without.components is None  # only when asked
 
 
+def test_a_catalogues_best_offers_and_their_counts_are_found_whatever_the_row_holds() -> None:
+    from serving.arbitration import _sorted_above_cap, above_cap
+
+    rng = np.random.default_rng(7)
+    n = 4053
+    plain = rng.normal(size=(6, n))
+    tied = np.round(rng.normal(size=(6, n)), 1)  # ties across the cap's last place
+    infinite = rng.normal(size=(6, n))
+    infinite[rng.random((6, n)) < 0.05] = np.inf
+    infinite[rng.random((6, n)) < 0.05] = -np.inf
+    zeros = np.where(rng.random((6, n)) < 0.5, 0.0, -0.0)  # -0.0 ties with 0.0
+    sampled = np.zeros((2, n))
+    sampled[:, ::n // 256] = 1.0  # the strided sample holds all of the best: it guesses high
+    with_nan = rng.normal(size=(3, n))
+    with_nan[1, 17] = np.nan
+    scores = np.concatenate([plain, tied, infinite, zeros, sampled, with_nan])
+    for cap in (1, 99, 400, n - 1, n):
+        row, column, counts = above_cap(scores, cap)
+        found = {(r, c): k for r, c, k in zip(row.tolist(), column.tolist(), counts.tolist(),
+                                              strict=True)}
+        assert len(found) == len(row)
+        for r in range(len(scores)):
+            if r == len(scores) - 2:  # the row with a NaN: numpy's order, as before
+                expected = _sorted_above_cap(scores[r:r + 1], min(cap, n))
+                assert {c: k for (q, c), k in found.items() if q == r} == dict(
+                    zip(expected[1].tolist(), expected[2].tolist(), strict=True))
+                continue
+            ordered = np.sort(scores[r])
+            higher = n - np.searchsorted(ordered, scores[r], side="right")
+            assert {c: k for (q, c), k in found.items() if q == r} == {
+                c: int(k) for c, k in enumerate(higher) if k < cap}, (r, cap)
+
+
 def test_an_offers_rank_counts_the_offers_scoring_higher_ties_sharing_the_best() -> None:
     from serving.arbitration import higher
 
