@@ -172,6 +172,16 @@ def test_nbo_features_build_refuses_options_that_do_not_go_together(
     assert complaint in " ".join(result.output.replace("│", " ").split())
 
 
+def test_a_local_clusters_workers_run_no_profiler(client: Any) -> None:
+    import dask
+
+    # the profiler would sample every thread of a worker each 10 ms for a dashboard nobody
+    # opens; the client's own configuration is left as it was
+    enabled = client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
+    assert list(enabled.values()) == [False, False]
+    assert dask.config.get("distributed.worker.profile.enabled") is True
+
+
 def test_an_unreachable_scheduler_is_named_in_the_error() -> None:
     with pytest.raises(SchedulerUnreachable, match=re.escape("tcp://127.0.0.1:9")), \
             dask_client("tcp://127.0.0.1:9", timeout=2):
