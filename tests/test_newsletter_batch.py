@@ -147,3 +147,28 @@ def test_each_rows_offers_count_the_offers_of_their_row_scoring_higher() -> None
         for cap in (None, 0, 1, 3, scores.shape[1] - 1, scores.shape[1], scores.shape[1] + 2):
             limit = scores.shape[1] if cap is None else max(cap, 0)
             assert higher_rows(scores, cap).tolist() == np.minimum(counts, limit).tolist()
+
+
+def test_each_rows_best_candidate_is_the_highest_key_then_the_highest_score_then_the_first(
+        ) -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        rows, n = int(rng.integers(1, 6)), int(rng.integers(1, 30))
+        key = rng.integers(0, 4, (rows, n)).astype(float)  # ties in the key...
+        key[rng.random((rows, n)) < 0.2] = -np.inf
+        then = rng.integers(0, 3, (rows, n)).astype(float)  # ...and in the score
+        candidates = rng.random((rows, n)) < rng.random()
+        columns = np.sort(rng.choice(n, int(rng.integers(0, n + 1)), replace=False))
+        for chosen in (None, columns):
+            among = np.arange(n) if chosen is None else chosen
+            expected = []
+            for r in range(rows):
+                places = [p for p, c in enumerate(among) if candidates[r, c]]
+                if not places:
+                    expected.append(newsletter_batch.NONE)
+                    continue
+                highest = max(key[r, among[p]] for p in places)
+                tied = [p for p in places if key[r, among[p]] == highest]
+                best = max(then[r, among[p]] for p in tied)
+                expected.append(next(p for p in tied if then[r, among[p]] == best))
+            assert newsletter_batch.best_rows(key, candidates, then, chosen).tolist() == expected
