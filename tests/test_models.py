@@ -478,3 +478,29 @@ def test_ease_fits_what_this_machines_memory_holds() -> None:
     assert ease_fits(largest) and not ease_fits(largest + 100)
     assert create("blend", {}).ease_fits(5_000)  # type: ignore[attr-defined]
     assert not create("blend", {}).ease_fits(40_000)  # type: ignore[attr-defined]
+
+
+def test_a_reasons_anchor_is_the_first_most_similar_other_offer_where_that_is_positive(
+        ) -> None:
+    from training.models.base import _most_similar
+
+    rng = np.random.default_rng(5)
+    for _ in range(2000):
+        counts = rng.integers(0, 6, int(rng.integers(1, 8)))
+        targets = np.repeat(rng.integers(0, 5, len(counts)), counts)
+        anchors = rng.integers(0, 5, int(counts.sum()))
+        similarity = rng.integers(-2, 3, len(anchors)).astype(float)  # ties
+        for share, value in ((0.1, np.nan), (0.1, np.inf), (0.1, -np.inf)):
+            similarity[rng.random(len(anchors)) < share] = value
+        expected, start = [], 0
+        for count in counts.tolist():
+            pairs = [p for p in range(start, start + count) if anchors[p] != targets[p]]
+            values = [similarity[p] for p in pairs]
+            start += count
+            if not pairs or any(np.isnan(values)) or not 0 < max(values) < np.inf:
+                expected.append(-1)  # a NaN among the others: no anchor
+                continue
+            expected.append(pairs[values.index(max(values))])
+        assert _most_similar(counts, targets, anchors, similarity).tolist() == expected
+        assert _most_similar(counts, targets, anchors, similarity.astype(np.float32)
+                             ).tolist() == expected
