@@ -407,6 +407,10 @@ def test_csr_rows_picks_rows_and_gives_unknown_ones_an_empty_row() -> None:
     assert picked.shape == (6, 12)
     np.testing.assert_array_equal(picked.toarray(), expected)
     assert csr_rows(matrix, np.zeros(0, np.int64)).shape == (0, 12)
+    for i, row in enumerate(rows.tolist()):  # one row alone: the same entries
+        alone = csr_rows(matrix, np.array([row]))
+        assert alone.shape == (1, 12) and alone.nnz == picked[i].nnz
+        np.testing.assert_array_equal(alone.toarray(), expected[i:i + 1])
 
 
 class TestPopularity(RecommenderContract):
