@@ -38,7 +38,8 @@ class Newsletter:
         if unknown_blocks:
             raise RequestError(f"unknown block(s) {unknown_blocks}; known: {list(BLOCKS)}")
         engine, store = self.engine, self.engine.store
-        consents = store.consents_of(customer_ids, engine.settings.personalization_default)
+        consents, with_records = store.consents_and_holders(
+            customer_ids, engine.settings.personalization_default)
         exposures = store.exposures(customer_ids, engine.window(now))
         live = store.live_events(customer_ids, engine.as_of, now, engine.settings.live_events)
         erased = store.erased_among(customer_ids)
@@ -47,7 +48,6 @@ class Newsletter:
                 engine.forget(customer_id)
         erased = store.erased_among(erased, returned_too=False)  # not back with a consent
         batch = engine.scorer.batch(customer_ids)
-        with_records = store.with_consent_records(customer_ids)
         arbiter = engine.arbiter  # one policy for the call
         used = (store.budget_used(arbiter.budget_keys(now), own_reserve_free=True)
                 if arbiter.budgets else None)

@@ -269,8 +269,6 @@ def _per_customer(build: Callable[[Match], Select[Any]]) -> Select[Any]:
 CONSENT_ROWS = _per_customer(lambda match: select(
     consents.c.customer_id, consents.c.purpose, consents.c.granted, consents.c.double_opt_in
 ).where(match(consents.c.customer_id)))
-CONSENT_HOLDERS = select(consents.c.customer_id).distinct().where(
-    consents.c.customer_id.in_(_CUSTOMERS))
 _IN_WINDOW = feedback.c.timestamp >= bindparam("window")
 EXPOSURE_ROWS = _per_customer(lambda match: (
     select(feedback.c.customer_id, feedback.c.product_id,
@@ -477,15 +475,19 @@ class Store:
                     ) -> dict[str, Consent]:
         """Effective consent per customer: personalisation from the setting where the customer
         has no record of it; messaging channels and sensitive offers never assumed."""
+        return self.consents_and_holders(customer_ids, personalization_default)[0]
+
+    def consents_and_holders(self, customer_ids: Iterable[str], personalization_default: bool
+                             ) -> tuple[dict[str, Consent], set[str]]:
+        """:meth:`consents_of`, and the customers among them the store holds any consent
+        record of, from the same read."""
         ids = list(dict.fromkeys(customer_ids))
         records: dict[str, dict[str, tuple[bool, bool]]] = {cid: {} for cid in ids}
         for row in self._rows_for(CONSENT_ROWS, ids):
             records[row.customer_id][row.purpose] = (row.granted, row.double_opt_in)
-        return {cid: _effective(held, personalization_default) for cid, held in records.items()}
-
-    def with_consent_records(self, customer_ids: Iterable[str]) -> set[str]:
-        """The customers among ``customer_ids`` the store holds any consent record of."""
-        return {row.customer_id for row in self._rows_for(CONSENT_HOLDERS, customer_ids)}
+        return ({cid: _effective(held, personalization_default)
+                 for cid, held in records.items()},
+                {cid for cid, held in records.items() if held})
 
     def _rows_for(self, statement: Select[Any], customer_ids: Iterable[str], **params: Any
                   ) -> list[Row[Any]]:

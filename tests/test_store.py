@@ -99,6 +99,8 @@ def test_a_customers_reads_alone_equal_their_reads_among_others(store: Store) ->
     window = Window(NOW - timedelta(days=14), NOW - timedelta(days=7), NOW - timedelta(days=5),
                     NOW)
     many_consents = store.consents_of(["a", "b", "c"], False)
+    assert store.consents_and_holders(["a", "b", "c", "a"], False) == (many_consents,
+                                                                       {"a", "b"})
     many_exposure = store.exposures(["a", "b", "c"], window)
     many_events = store.live_events(["a", "b", "c"], NOW - timedelta(days=1), NOW, 2)
     assert len(many_events["a"]) == 2 and set(many_exposure) == {"a", "b"}
