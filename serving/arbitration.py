@@ -357,10 +357,11 @@ def _best_of_rows(scores, width):
     """Row, column and count of each offer that fewer than ``width`` offers of its row score
     higher, and which rows hold a NaN (their entries are left for numpy to redo).
 
-    numpy's partition and sort took 27 us a row of 4,000 offers. Here the best few of a
-    strided sample give a score that about two and a half times ``width`` offers of the row
-    reach; one pass keeps those offers (the whole row where it kept too few), a partition
-    finds the ``width``-th score among them, and only the offers at or above it are sorted."""
+    The best few of a strided sample give a score that about two and a half times ``width``
+    offers of the row reach; one pass keeps those offers (the whole row where it kept too
+    few), a partition finds the ``width``-th score among them, and only the offers at or
+    above it are sorted. 4,053 offers, the best 99: 23 us a row of a batch where numpy's
+    partition and sort took 27, and 15 us for a request's lone row where they took 55."""
     rows, n = scores.shape
     unordered = np.zeros(rows, dtype=np.bool_)
     size = rows * width
