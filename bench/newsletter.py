@@ -3,17 +3,21 @@
 batch job in one process, composed a batch at a time and (the reference, in the same run) one
 letter at a time, and on a local Dask cluster of 1 and ``--workers`` worker processes.
 
-    uv run python bench/newsletter.py [--workers 2] [--repeat 5] [--work DIR]
+    uv run python bench/newsletter.py [--workers 2] [--repeat 5] [--work DIR] [--against REF]
 
 The customers are the data set's, ``--repeat`` times over (a list long enough to keep every
 worker busy). Each timing is the best of ``--rounds``; the model's load and check in each
-worker are timed apart. Results go to bench/results/newsletter.md.
+worker are timed apart. ``--against REF`` measures a checkout of that git revision first, on
+the same model, snapshot and store, then this checkout, each in a process of its own with its
+own code on the path. Results go to bench/results/newsletter.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline import ONLINE_RETAIL, RESULTS, calibrated_blend, machine
+from pipeline import ONLINE_RETAIL, RESULTS, ROOT, calibrated_blend, machine
 
 from features.settings import quiet_third_parties
 
@@ -60,11 +64,41 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path,
                         default=Path(tempfile.gettempdir()) / "nbo-bench-newsletter")
+    parser.add_argument("--against", help="a git revision to measure before this checkout")
+    parser.add_argument("--figures", type=Path, help=argparse.SUPPRESS)  # a child's answer
     args = parser.parse_args()
     if not ONLINE_RETAIL.exists():
         raise SystemExit(f"{ONLINE_RETAIL} is absent: it lives in ../shared, beside the "
                          "project checkout")
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.figures:  # one tree's figures, in a process with that tree's code on the path
+        args.figures.write_text(json.dumps(measure(args)))
+        return
+    trees = {"this checkout": ROOT}
+    scratch = Path(tempfile.mkdtemp(prefix="nbo-bench-newsletter-"))
+    if args.against:
+        trees = {f"reference {args.against}": scratch / "reference"} | trees
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(scratch / "reference"),
+                        args.against], cwd=ROOT, check=True)
+    figures = {}
+    try:
+        for label, tree in trees.items():
+            answer = scratch / f"figures{len(figures)}.json"
+            subprocess.run([sys.executable, __file__, "--workers", str(args.workers),
+                            "--repeat", str(args.repeat), "--rounds", str(args.rounds),
+                            "--work", str(args.work), "--figures", str(answer)],
+                           env={**os.environ, "PYTHONPATH": str(tree)}, check=True)
+            figures[label] = json.loads(answer.read_text())
+    finally:
+        if args.against:
+            subprocess.run(["git", "worktree", "remove", "--force",
+                            str(scratch / "reference")], cwd=ROOT, check=False)
+    write(figures, args)
+
+
+def measure(args: argparse.Namespace) -> dict[str, object]:
+    """The figures of the code on this process's path: each path's best time, and whether
+    every path wrote the same letters."""
     model = champion(args.work)
     from features.snapshot import load_snapshot
 
@@ -124,28 +158,41 @@ def main() -> None:
             same = same and table.equals(batched)
         rows.append((f"Dask, {workers} worker process{'es' if workers > 1 else ''}", workers,
                      seconds, load))
+    return {"rows": rows, "same": bool(same), "offers": len(holder.engine.offers),
+            "customers": len(customers), "letters": len(ids)}
+
+
+def write(figures: dict[str, dict], args: argparse.Namespace) -> None:  # type: ignore[type-arg]
     info = machine()
+    first = next(iter(figures.values()))
+    reference = (f" The reference {args.against} is a checkout of that git revision, "
+                 "measured first, on the same model, snapshot and store."
+                 if args.against else "")
     lines = [
         "# The batch newsletter on Online Retail",
         "",
         f"Run {datetime.now(UTC).isoformat(timespec='seconds')} by `bench/newsletter.py` on "
         f"{info['cpu']}, {info['cores']} cores. The default blend with its propensity "
-        f"calibration, as training registers it ({len(holder.engine.offers):,} offers); "
-        f"{len(customers):,} customers, all with e-mail consent, {args.repeat} times over "
-        f"({len(ids):,} letters); the four blocks; each letter in the decision log, as the job "
-        f"writes it. Best of {args.rounds} runs (the reference: of {max(1, args.rounds - 1)}).",
+        f"calibration, as training registers it ({first['offers']:,} offers); "
+        f"{first['customers']:,} customers, all with e-mail consent, {args.repeat} times over "
+        f"({first['letters']:,} letters); the four blocks; each letter in the decision log, "
+        f"as the job writes it. Best of {args.rounds} runs (the one-by-one reference: of "
+        f"{max(1, args.rounds - 1)}).{reference}",
         "",
-        "| path | processes | seconds | letters/s | model load and check per worker, s |",
-        "| --- | ---: | ---: | ---: | ---: |",
-        *[f"| {name} | {n} | {s:.1f} | {len(ids) / s:,.0f} | "
-          f"{'' if load is None else f'{load:.1f}'} |" for name, n, s, load in rows],
+        "| path | tree | processes | seconds | letters/s | model load and check per worker, s |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+        *[f"| {name} | {label} | {n} | {s:.1f} | {first['letters'] / s:,.0f} | "
+          f"{'' if load is None else f'{load:.1f}'} |"
+          for row in range(len(first["rows"])) for label, tree in figures.items()
+          for name, n, s, load in [tree["rows"][row]]],
         "",
-        f"Every path wrote the same letters: {'yes' if same else 'NO'}.",
+        *[f"Every path of {label} wrote the same letters: {'yes' if tree['same'] else 'NO'}."
+          for label, tree in figures.items()],
     ]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "newsletter.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    if not same:
+    if not all(tree["same"] for tree in figures.values()):
         raise SystemExit("the paths wrote different letters")
 
 
