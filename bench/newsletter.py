@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline import ONLINE_RETAIL, RESULTS, ROOT, calibrated_blend, machine
@@ -80,7 +82,7 @@ def main() -> None:
         trees = {f"reference {args.against}": scratch / "reference"} | trees
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(scratch / "reference"),
                         args.against], cwd=ROOT, check=True)
-    figures = {}
+    figures: dict[str, dict[str, Any]] = {}
     try:
         for label, tree in trees.items():
             answer = scratch / f"figures{len(figures)}.json"
@@ -93,6 +95,7 @@ def main() -> None:
         if args.against:
             subprocess.run(["git", "worktree", "remove", "--force",
                             str(scratch / "reference")], cwd=ROOT, check=False)
+        shutil.rmtree(scratch, ignore_errors=True)
     write(figures, args)
 
 
@@ -162,7 +165,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
             "customers": len(customers), "letters": len(ids)}
 
 
-def write(figures: dict[str, dict], args: argparse.Namespace) -> None:  # type: ignore[type-arg]
+def write(figures: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
     info = machine()
     first = next(iter(figures.values()))
     reference = (f" The reference {args.against} is a checkout of that git revision, "
