@@ -812,13 +812,12 @@ class Store:
                 for row in rows
                 if (token := tokens.get(row["customer_id"])) not in erased]
         if kept:
-            settled(lambda: self._insert_rows(decision_log, kept, self.counts))
+            settled(lambda: self._write_decisions(kept))
         return len(kept)
 
-    def _insert_rows(self, table: Table, rows: list[dict[str, Any]],
-                     engine: Engine | None = None) -> None:
-        with (engine or self.engine).begin() as db:
-            db.execute(insert(table), rows)
+    def _write_decisions(self, rows: list[dict[str, Any]]) -> None:
+        with self.counts.begin() as db:
+            db.execute(insert(decision_log), rows)
 
     def sweep_decisions(self, before: datetime) -> int:
         """Delete decision log rows older than ``before`` and those of erased customers (who
