@@ -17,6 +17,7 @@ import pandas as pd
 
 MISSING = -1  # the row of an id the map does not know
 Unknown = Literal["missing", "raise"]
+ONE_BY_ONE = 128  # ids looked up one at a time, up to this many
 
 
 class UnknownIds(KeyError):
@@ -48,7 +49,9 @@ class IdMap:
                  unknown: Unknown = "missing") -> np.ndarray:
         """Row per id: ``MISSING`` for ids the map does not know, or ``UnknownIds`` raised
         with ``unknown="raise"``."""
-        if isinstance(ids, list | np.ndarray) and len(ids) <= 16:  # a request's few ids
+        # up to some hundred ids, one look-up each is the faster: about 0.4 us an id, where
+        # pandas' vector look-up costs about 90 us a call (a request's live events, its cart)
+        if isinstance(ids, list | np.ndarray) and len(ids) <= ONE_BY_ONE:
             rows = np.fromiter((self.row(i) for i in ids), dtype=np.int64, count=len(ids))
         else:
             rows = self.ids.get_indexer(pd.Index(ids).astype(str))

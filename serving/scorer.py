@@ -58,9 +58,10 @@ class Scorer:
             return None
         stored = csr_rows(self.model.matrix, np.array([row]))
         items, weights = with_history(stored.indices, stored.data, act, len(self.model.items))
-        return sparse.csr_matrix((weights.astype(np.float32), (np.zeros(len(items), np.int64),
-                                                               items)),
-                                 shape=(1, len(self.model.items)))
+        # the offers come sorted and once each: the row's arrays as they are, without the
+        # conversion from coordinates (half of this method's time)
+        return sparse.csr_matrix((weights.astype(np.float32), items,
+                                  np.array([0, len(items)])), shape=(1, len(self.model.items)))
 
     def score(self, customer_id: str, row: int, region: str | None, stage: str,
               now: datetime, consent: Consent, history: sparse.csr_matrix | None = None,

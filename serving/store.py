@@ -292,17 +292,36 @@ _LATEST = (func.row_number().over(partition_by=events.c.customer_id,
            .label("latest"))
 
 
+class LiveEvent(NamedTuple):
+    customer_id: str
+    product_id: str
+    event_type: str
+    timestamp: datetime
+    quantity: int
+    rating: float | None
+
+
+LIVE_FIELDS = len(LiveEvent._fields)
+_EVENT_COLUMNS = tuple(events.c[name] for name in LiveEvent._fields)
+
+
+def _since_snapshot(match: Match) -> ColumnElement[bool]:
+    return (match(events.c.customer_id) & (events.c.timestamp >= bindparam("as_of"))
+            & (events.c.timestamp <= bindparam("until")))
+
+
 def _latest_events(match: Match) -> Select[Any]:
-    recent = (select(events.c.customer_id, events.c.product_id, events.c.event_type,
-                     events.c.timestamp, events.c.quantity, events.c.rating, _LATEST)
-              .where(match(events.c.customer_id)
-                     & (events.c.timestamp >= bindparam("as_of"))
-                     & (events.c.timestamp <= bindparam("until")))
-              .subquery())
+    recent = select(*_EVENT_COLUMNS, _LATEST).where(_since_snapshot(match)).subquery()
     return select(recent).where(recent.c.latest <= bindparam("limit"))
 
 
-EVENT_ROWS = _per_customer(_latest_events)
+EVENT_ROWS = _latest_events(lambda column: column.in_(_CUSTOMERS))
+# one customer's needs no window: the index on (customer, time) gives them newest first, and
+# the window function took half of the read of 25 events (110 against 57 us on SQLite)
+_ONE[EVENT_ROWS] = (select(*_EVENT_COLUMNS)
+                    .where(_since_snapshot(lambda column: column == _CUSTOMER))
+                    .order_by(events.c.timestamp.desc(), events.c.seq.desc())
+                    .limit(bindparam("limit")))
 ERASED = select(suppressed.c.token).where(suppressed.c.token == bindparam("token"))
 _BETWEEN: tuple[BindParameter[datetime], BindParameter[datetime]] = (
     bindparam("start"), bindparam("end"))
@@ -351,15 +370,6 @@ class Window:
     @property
     def since(self) -> datetime:
         return min(self.window, self.rest, self.as_of)
-
-
-class LiveEvent(NamedTuple):
-    customer_id: str
-    product_id: str
-    event_type: str
-    timestamp: datetime
-    quantity: int
-    rating: float | None
 
 
 @dataclass(frozen=True)
@@ -674,10 +684,11 @@ class Store:
         to ``until``, newest first."""
         rows = self._rows_for(EVENT_ROWS, customer_ids, as_of=as_of, until=until, limit=limit)
         grouped: dict[str, list[LiveEvent]] = {}
-        for row in rows:
-            grouped.setdefault(row.customer_id, []).append(LiveEvent(
-                row.customer_id, row.product_id, row.event_type, _naive(row.timestamp),
-                row.quantity, row.rating))
+        for row in rows:  # the statements' first columns are LiveEvent's, in its order
+            event = LiveEvent._make(row[:LIVE_FIELDS])
+            if event.timestamp.tzinfo is not None:
+                event = event._replace(timestamp=_naive(event.timestamp))
+            grouped.setdefault(row.customer_id, []).append(event)
         for part in grouped.values():
             part.sort(key=lambda e: e.timestamp, reverse=True)
         return grouped

@@ -177,6 +177,25 @@ class RecommenderContract:
         if fitted.pair_similarity(np.array([0]), np.array([1])) is not None:
             assert sum(r.code == "because_you_bought" for r in batch) > len(batch) // 4
 
+    def test_a_customers_scores_do_not_depend_on_who_is_scored_beside_them(
+            self, fitted: Recommender) -> None:
+        """Known customers (from their training) and unknown ones (from a history given)
+        scored in one call, and each alone: the same scores."""
+        data = BOARD[0]
+        rng = np.random.default_rng(1)
+        given = sparse.random(4, len(data.items), density=0.3, format="csr", dtype=np.float32,
+                              random_state=rng)
+        given.data[:] = rng.uniform(0.5, 2.0, given.nnz)
+        rows = np.array([3, -1, 7, -1])
+        history = sparse.vstack([data.matrix[3], given[1], data.matrix[7], given[3]]).tocsr()
+        features = data.customer_features.iloc[[3, 0, 7, 1]]
+        together = fitted.raw_scores(rows, history, features)
+        for i in range(len(rows)):
+            alone = fitted.raw_scores(rows[i:i + 1], history[i], features.iloc[i:i + 1])
+            np.testing.assert_allclose(together[i], alone[0], rtol=1e-5, atol=1e-6)
+        if self.personal:  # the histories given count
+            assert not np.allclose(together[1], together[3])
+
     def test_one_customer_and_no_customers(self) -> None:
         one = sparse.csr_matrix(np.array([[1.0, 0.0, 1.0, 0.0]], dtype=np.float32))
         features = pd.DataFrame({"region": ["x"], "age_band": ["u"], "lifecycle_stage": ["new"],

@@ -6,19 +6,24 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from service_client import AUTH
 from starlette.testclient import TestClient
 from store_backends import BOTH_DATABASES, ERASURE_KEY
 
+from features.config import EventWeights
+from features.ids import IdMap
 from features.snapshot import load_snapshot
+from features.weights import event_contributions
 from serving.engine import Engine, PolicySettings, Request
+from serving.live import activity
 from serving.policy import Consent
-from serving.store import Store
+from serving.store import NO_TIME, Exposure, LiveEvent, Store
 
 EVERYTHING = Consent(True, frozenset({"email", "sms", "app", "push", "post"}), True)
 
@@ -300,3 +305,51 @@ def test_an_events_check_process_that_died_is_started_again() -> None:
         assert checker._child is not None and checker._child.pid != first.pid
     finally:
         checker.close()
+
+
+def test_a_customers_activity_weighs_each_event_as_the_features_job_does() -> None:
+    """Every kind of event, a repeated purchase, an unknown product, a time with a zone, the
+    feedback's conversion and dismissal and the request's session, page and cart: the sets
+    are plain set arithmetic, the weights those of the features job's history."""
+    items = IdMap([f"p{i}" for i in range(10)])
+    now = datetime(2011, 12, 9, 12)
+    hours = timedelta(hours=1)
+    two_hours_east = timezone(timedelta(hours=2))
+    given = [("p1", "purchase", now - 2 * hours, 3, None), ("p1", "purchase", now - hours, 1, None),
+             ("p2", "return", now - 3 * hours, 1, None), ("p3", "cart", now - 4 * hours, 1, None),
+             ("p4", "wishlist", now - 5 * hours, 1, None), ("p5", "view", now - 6 * hours, 1, None),
+             ("p5", "view", now - 7 * hours, 1, None), ("p6", "rating", now - 8 * hours, 1, 1.0),
+             ("p7", "rating", now - 9 * hours, 1, 5.0), ("new", "purchase", now, 1, None),
+             # 17:00 two hours east of UTC is 15:00 UTC, 45 days ago
+             ("p8", "view", datetime(2011, 10, 25, 17, tzinfo=two_hours_east), 1, None)]
+    events = [LiveEvent("c", *event) for event in given]
+    ns = pd.Timestamp(now).value
+    half_hour_ago = ns - 1_800_000_000_000
+    exposure = Exposure(["p9", "p3", "gone"], np.zeros(3, np.int64), np.zeros(3, bool),
+                        np.array([False, True, True]),
+                        np.array([half_hour_ago, NO_TIME, ns], dtype=np.int64))
+    weights = EventWeights()
+    act = activity(events, exposure, items, ns, weights, session=np.array([0]),
+                   page=np.array([8]), cart=np.array([2]))
+
+    assert act.bought.tolist() == [1, 9]
+    assert act.bought_ns.tolist() == [pd.Timestamp(now - hours).value, half_hour_ago]
+    assert act.returned.tolist() == [2]
+    assert act.carted.tolist() == [2, 3]
+    assert act.wished.tolist() == [4]
+    assert act.seen.tolist() == [0, 5, 6, 7, 8]
+    assert act.page.tolist() == [8]
+    assert act.dismissed.tolist() == [3]
+
+    known = pd.DataFrame(
+        [(product, kind, pd.Timestamp(when).tz_convert(None) if when.tzinfo else when,
+          quantity, np.nan if rating is None else rating)
+         for product, kind, when, quantity, rating in given if product != "new"],
+        columns=["product_id", "event_type", "timestamp", "quantity", "rating"])
+    assert known.timestamp.iloc[-1] == pd.Timestamp(datetime(2011, 10, 25, 15))
+    known["weight"] = event_contributions(known, pd.Timestamp(now), weights)
+    extra = pd.DataFrame({"product_id": ["p9", "p0", "p8", "p2"],
+                          "weight": [weights.purchase, weights.view, weights.view, weights.cart]})
+    expected = pd.concat([known, extra]).groupby("product_id").weight.sum()
+    assert [items.names[i] for i in act.added] == expected.index.tolist()
+    np.testing.assert_allclose(act.weights, expected.to_numpy(), rtol=1e-12)

@@ -11,7 +11,7 @@ from pydantic import Field
 from scipy import sparse
 
 from training.data import TrainData
-from training.models.base import ModelConfig, Param, Recommender, cosine_pairs
+from training.models.base import ModelConfig, Param, Recommender, cosine_pairs, csr_rows
 from training.models.products import FactorScores
 
 # A fold-in solves a request's one row (or a batch's few): one thread. implicit's default
@@ -41,8 +41,10 @@ class FactorModel(Recommender):
         known = rows >= 0
         users[known] = self.user_factors[rows[known]]
         unknown = np.flatnonzero(~known & (np.diff(history.indptr) > 0))
-        if len(unknown):
-            users[unknown] = self._fold_in(history[unknown])
+        if len(unknown) == history.shape[0]:  # a request's history given: all of it
+            users[:] = self._fold_in(history)
+        elif len(unknown):
+            users[unknown] = self._fold_in(csr_rows(history, unknown))
         return self._product(users, self.item_factors)
 
     def _fold_in(self, history: sparse.csr_matrix) -> np.ndarray:
