@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+import numba
 import numpy as np
 import pandas as pd
 from scipy import sparse
@@ -215,17 +216,26 @@ def diversify(order: np.ndarray, category: np.ndarray, max_per_category: int, k:
     """The first ``k`` offers of ``order`` with at most ``max_per_category`` per category,
     counting the categories in ``taken`` (offers already placed, e.g. other newsletter
     blocks) against the cap."""
-    cats = category[order]
-    before = np.zeros(len(order), dtype=np.int64)
-    if taken is not None and len(taken):
-        counts = np.bincount(category[taken], minlength=int(category.max()) + 1)
-        before = counts[cats]
-    # position of each offer within its category along the order, vectorised
-    by_cat = np.argsort(cats, kind="stable")
-    sorted_cats = cats[by_cat]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_cats)) + 1]
-    runs = np.diff(np.r_[starts, len(cats)])
-    within = np.arange(len(cats)) - np.repeat(starts, runs)
-    occurrence = np.empty(len(cats), dtype=np.int64)
-    occurrence[by_cat] = within
-    return order[(occurrence + before) < max_per_category][:k]
+    if not len(order):
+        return order
+    counts = np.bincount(category[taken] if taken is not None else category[:0],
+                         minlength=int(category.max()) + 1)
+    return _diversified(np.asarray(order, dtype=np.int64), np.asarray(category, np.int64),
+                        max_per_category, k, counts)
+
+
+@numba.njit(nogil=True, cache=True)
+def _diversified(order, category, cap, k, counts):
+    """Along ``order``, each offer whose category had fewer than ``cap`` before it
+    (``counts``: the taken ones, counted in place), until ``k``: one compiled pass where
+    numpy's stable sort by category took 24 us of a request."""
+    kept = np.empty(min(k, len(order)), dtype=np.int64)
+    found = 0
+    for offer in order:
+        if found == len(kept):
+            break
+        if counts[category[offer]] < cap:
+            kept[found] = offer
+            found += 1
+        counts[category[offer]] += 1
+    return kept[:found]

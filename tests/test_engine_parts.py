@@ -44,6 +44,41 @@ def test_the_best_of_many_tied_offers_come_by_the_second_score_then_in_offer_ord
         assert best_first(scores, candidates, k, then).tolist() == expected.tolist(), trial
 
 
+def test_a_requests_best_offers_are_the_full_sorts_best_whatever_the_scores_hold() -> None:
+    """A catalogue's worth of scores (float64 or float32): few or many ties, infinities,
+    zeros of either sign, NaN in the scores or in the second score, candidates in any order:
+    the n best are the full sort's n best."""
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        size = int(rng.integers(2, 4_100))
+        scores = rng.normal(size=size)
+        if trial % 4 == 1:
+            scores = np.round(scores * 2) / 2  # many ties
+        if trial % 5 == 2:
+            scores[rng.integers(0, size, 5)] = [np.inf, -np.inf, 0.0, -0.0, np.inf]
+        if trial % 7 == 3:
+            scores[rng.integers(0, size)] = np.nan
+        then = None if trial % 3 == 0 else np.round(rng.normal(size=size))
+        if then is not None and trial % 11 == 4:
+            then[rng.integers(0, size, size // 10 + 1)] = np.nan
+        if trial % 13 == 5:
+            scores = scores.astype(np.float32)
+        candidates = np.flatnonzero(rng.random(size) < 0.9)
+        if trial % 2:
+            candidates = rng.permutation(candidates)
+        if not len(candidates):
+            continue
+        n = int(rng.integers(1, len(candidates) + 1)) if trial % 3 else min(120, len(candidates))
+        keys = ((candidates, -scores[candidates]) if then is None else
+                (candidates, -then[candidates], -scores[candidates]))
+        expected = candidates[np.lexsort(keys)][:n]
+        assert best_first(scores, candidates, n, then).tolist() == expected.tolist(), trial
+    # every score tied, the second score mostly NaN: the two with one, then the first offers
+    then = np.full(300, np.nan)
+    then[[250, 40]] = [1.0, 2.0]
+    assert best_first(np.zeros(300), np.arange(300), 5, then).tolist() == [40, 250, 0, 1, 2]
+
+
 def test_the_ranker_caps_each_category_and_counts_what_others_took() -> None:
     scores = np.array([9.0, 8.0, 7.0, 6.0, 5.0, 4.0])
     category = np.array([0, 0, 0, 1, 1, 2])
@@ -51,6 +86,24 @@ def test_the_ranker_caps_each_category_and_counts_what_others_took() -> None:
     assert ranker.top(scores, allowed, 4, category, 2).tolist() == [0, 1, 3, 4]
     taken = np.array([3])  # a category-1 offer placed elsewhere counts against the cap
     assert ranker.top(scores, allowed, 4, category, 1, taken).tolist() == [0, 5]
+
+
+def test_a_category_keeps_its_first_offers_along_the_order_counting_those_taken() -> None:
+    """Diversity: an offer stays where fewer than the cap of its category came before it
+    in the order or were taken elsewhere; the first k that stay."""
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        n = int(rng.integers(0, 60))
+        category = rng.integers(0, 5, 70)
+        order = rng.permutation(70)[:n]
+        taken = rng.choice(70, size=int(rng.integers(0, 4)), replace=False) if trial % 2 \
+            else None
+        cap, k = int(rng.integers(1, 4)), int(rng.integers(0, 12))
+        held = [] if taken is None else category[taken].tolist()
+        expected = [o for i, o in enumerate(order.tolist())
+                    if (category[order[:i]] == category[o]).sum() + held.count(category[o])
+                    < cap][:k]
+        assert policy.diversify(order, category, cap, k, taken).tolist() == expected, trial
 
 
 def test_the_ranker_picks_one_offer_as_it_picks_a_list() -> None:
