@@ -3,7 +3,7 @@ every rule on, loaded at fixed request rates from a separate process (bench/load
 
     uv run python bench/latency.py [--seconds 15] [--rates 100,...,800] [--models als,blend]
                                    [--workers 2] [--event-share 0.1] [--reuse]
-                                   [--against REF]
+                                   [--against REF [--runs 2]]
     uv run python bench/latency.py --configs   # the settings study, ALS on one worker
 
 By default serves each model (ALS and the blend the demo promotes) with NBO_WORKERS workers,
@@ -12,7 +12,8 @@ then how long an acknowledged event takes to show in the next answer of any work
 ranking's in-process time, and /newsletter throughput; writes bench/results/serving.md and
 serving.json. ``--against REF`` serves each model from a checkout of that git revision too,
 under the same load right before this checkout's, each on a store of its own (this machine's
-speed drifts from hour to hour: a figure of another run compares badly). ``--configs`` runs
+speed drifts from hour to hour: a figure of another run compares badly); ``--runs 2`` serves
+each tree twice, reference first and last. ``--configs`` runs
 the same load against the service's defaults and against configurations that take one of
 them back (BentoML's own defaults first) and counts the worker's full garbage collections
 (bench/results/serving-configs.md).
@@ -263,6 +264,10 @@ def main() -> None:
     parser.add_argument("--events-per-call", type=int, default=25)
     parser.add_argument("--against", help="A git revision whose service is measured too, "
                         "under the same load, before this checkout's.")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="With --against: runs of each tree per model, in the order "
+                        "reference, this checkout, this checkout, reference, ... so that the "
+                        "machine's drift during the benchmark favours neither.")
     parser.add_argument("--configs", action="store_true",
                         help="Run the settings study (ALS, one worker) instead.")
     parser.add_argument("--reuse", action="store_true",
@@ -302,17 +307,19 @@ def main() -> None:
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(checkout),
                         args.against], cwd=ROOT, check=True)
         trees = {f" (reference {args.against})": checkout, "": ROOT}
+    order = list(trees.items())
     try:
         for kind in kinds:
-            for suffix, tree in trees.items():
-                label = kind + suffix
-                fresh_store(work, customers)  # without another run's events and feedback
-                if tree == ROOT:
-                    in_process[label] = ranking_ms(work, customers, tags[kind])
-                    print(json.dumps({label: {"ranking_ms_in_process": in_process[label]}}),
-                          flush=True)
-                runs += serve(work, key, tree, label, tags[kind], rates, ids, products_file,
-                              customers, args, seen, letters)
+            fresh_store(work, customers)
+            in_process[kind] = ranking_ms(work, customers, tags[kind])
+            print(json.dumps({kind: {"ranking_ms_in_process": in_process[kind]}}), flush=True)
+            for run in range(args.runs if args.against else 1):
+                for suffix, tree in order if run % 2 == 0 else order[::-1]:
+                    label = kind + suffix + (f", run {run + 1}" if args.runs > 1 else "")
+                    fresh_store(work, customers)  # without another run's events and feedback
+                    runs += [r | {"this_checkout": tree == ROOT, "kind": kind}
+                             for r in serve(work, key, tree, label, tags[kind], rates, ids,
+                                            products_file, customers, args, seen, letters)]
     finally:
         if args.against:
             subprocess.run(["git", "worktree", "remove", "--force", str(work / "reference")],
@@ -404,7 +411,11 @@ def write_models(runs: list[dict], seen: dict[str, dict[str, float]],
         f"the same load, without events, on `bench/yardstick.py`: the ALS model's top 10 "
         f"and nothing else, under uvicorn with as many workers, measured in the same run."
         + (f" Rows marked (reference {args.against}) serve the same model from a checkout of "
-           f"git revision {args.against}, on a fresh store, right before this checkout's."
+           f"git revision {args.against}, on a fresh store, "
+           + (f"in {args.runs} runs per tree, in the order reference, this checkout, this "
+              "checkout, reference: the machine's speed drifts during a run, and an order "
+              "that alternates favours neither tree."
+              if args.runs > 1 else "right before this checkout's.")
            if args.against else ""),
         "", f"Produced by `uv run python {' '.join(['bench/latency.py', *sys.argv[1:]])}`.",
         "", "| model | rate (req/s) | achieved | p50 ms | p95 ms | p99 ms | max ms | errors "
@@ -422,10 +433,13 @@ def write_models(runs: list[dict], seen: dict[str, dict[str, float]],
     lines += ["", "Targets: p99 at or under 10 ms at 500 req/s; no collapse below 800 req/s.",
               ""]
     for kind in in_process:
-        ok = [r["rate"] for r in runs if r["model"] == kind and r["p99_ms"] <= 10
-              and not r["errors"]]
+        mine = [r for r in runs if r.get("kind") == kind and r["this_checkout"]]
+        held = [max((r["rate"] for r in mine if r["model"] == label and r["p99_ms"] <= 10
+                     and not r["errors"]), default=None)
+                for label in dict.fromkeys(r["model"] for r in mine)]
         lines.append(f"- {kind}: highest rate with p99 at or under 10 ms and no errors: "
-                     f"{max(ok) if ok else 'none'}; the ranking itself in-process "
+                     f"{', '.join('none' if rate is None else f'{rate:.0f}' for rate in held)}"
+                     f"{' (by run)' if len(held) > 1 else ''}; the ranking itself in-process "
                      f"{in_process[kind]:.2f} ms per request")
     lines += ["", "From an acknowledged `/events` purchase of a customer's top offer to the "
               "first `/rank` answer that no longer offers it (each call on a new connection, "
