@@ -8,12 +8,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from pydantic import AfterValidator, BaseModel, Field
 
 from features.columns import PURPOSES
 from serving.engine import Engine, Request
 from serving.policy import RULES, Consent
+from serving.state import moment_ns
 from serving.store import NO_EXPOSURE, Store
 
 SCHEMA = "nbo.customer-export/1"
@@ -110,7 +110,7 @@ def customer_export(engine: Engine, store: Store, customer_id: str, now: datetim
         engine.row_of(customer_id)  # forgets them here too, where this worker had not yet
         return Erased(customer_id=customer_id)
     row = engine.row_of(customer_id)
-    now_ns = int(np.datetime64(now, "ns").astype(np.int64))
+    now_ns = moment_ns(now)
     _, _, stage = engine.staged(Request(customer_id), now, NO_EXPOSURE)
     held = store.held_of(customer_id)
     since = now - timedelta(days=days)

@@ -16,7 +16,7 @@ when the policy changes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import numba
 import numpy as np
@@ -24,6 +24,7 @@ import numpy as np
 from features.columns import CHANNELS
 from serving.offer_policy import NEUTRAL, ContextWeight, PolicyError, Versioned
 from serving.policy import Offers
+from serving.state import moment_ns
 from training.calibration import UNCALIBRATED, Calibration
 
 COMPONENTS = ("propensity", "value", "weight", "context_weight")
@@ -451,8 +452,4 @@ def neutral(offers: Offers, calibration: Calibration | None = None) -> Arbiter:
 
 def _ns(moment: datetime | None, default: int) -> int:
     """A policy's moment (UTC where it names no offset) in nanoseconds."""
-    if moment is None:
-        return default
-    if moment.tzinfo:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return int(np.datetime64(moment, "ns").astype(np.int64))
+    return default if moment is None else moment_ns(moment)

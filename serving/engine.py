@@ -43,7 +43,7 @@ from serving.requests import (
 )
 from serving.scorer import Batch, Scorer
 from serving.similar import similar
-from serving.state import CustomerState
+from serving.state import CustomerState, moment_ns
 from serving.store import NO_EXPOSURE, Exposure, LiveEvent, Store, Window
 from training.calibration import Calibration
 from training.models.base import Query, Recommender
@@ -188,7 +188,7 @@ class Engine:
         """Check the request's channel and offers, and find the customer."""
         if request.channel not in CHANNELS:
             raise RequestError(f"unknown channel {request.channel!r}; known: {list(CHANNELS)}")
-        now_ns = int(np.datetime64(now, "ns").astype(np.int64))
+        now_ns = moment_ns(now)
         session = self.indices(request.session, "session")
         page = self.indices([request.product_id] if request.product_id else [], "product_id")
         cart = self.indices(request.cart, "cart")
@@ -304,7 +304,7 @@ class Engine:
             among = np.zeros(len(self.offers), dtype=bool)
             among[self.indices(list(request.among), "among")] = True
             allowed &= among
-        now_ns = int(np.datetime64(now, "ns").astype(np.int64))
+        now_ns = moment_ns(now)
         weighed = arbiter.priorities(prepared.scores, allowed, request.channel, prepared.stage,
                                      now_ns)
         spent = np.zeros(0, np.int64)

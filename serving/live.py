@@ -11,7 +11,6 @@ they are kept in the store and reach the next training through ``nbo store expor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -19,11 +18,10 @@ from features.columns import EventType as E
 from features.config import EventWeights
 from features.ids import IdMap
 from features.weights import contributions
+from serving.state import moment_ns
 from serving.store import NO_TIME, Exposure, LiveEvent
 
 EMPTY = np.zeros(0, np.int64)
-EPOCH = datetime(1970, 1, 1)
-MICROSECOND = timedelta(microseconds=1)
 NO_WEIGHTS = np.zeros(0)
 
 
@@ -80,7 +78,7 @@ def activity(events: list[LiveEvent], exposure: Exposure, items: IdMap, now_ns: 
     if not known.all():
         rows, events = rows[known], [e for e, k in zip(events, known, strict=True) if k]
     kinds = np.array([e.event_type for e in events], dtype=object)
-    times = np.fromiter((_ns(e.timestamp) for e in events), dtype=np.int64, count=len(events))
+    times = np.fromiter((moment_ns(e.timestamp) for e in events), dtype=np.int64, count=len(events))
     masks = {kind: kinds == kind for kind in E.all}
     converted = _converted(exposure, items)
     bought, bought_ns = _latest(_ints(rows[masks[E.purchase]], converted[0]),
@@ -130,14 +128,6 @@ def with_history(stored: np.ndarray, stored_weights: np.ndarray, act: Activity,
 def _responded(exposure: Exposure) -> bool:
     """Whether the feedback log holds a conversion or dismissal that counts."""
     return bool(exposure.dismissed.any() or (exposure.converted_ns != NO_TIME).any())
-
-
-def _ns(moment: datetime) -> int:
-    """Nanoseconds since the epoch, of UTC where ``moment`` has a time zone (as numpy's
-    datetime64 reads it), in integer arithmetic: numpy's conversion cost 3 us an event."""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return (moment - EPOCH) // MICROSECOND * 1000
 
 
 def _latest(rows: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

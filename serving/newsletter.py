@@ -19,6 +19,7 @@ from serving.policy import Consent
 from serving.reasons import FEATURED
 from serving.requests import Prepared, Request, RequestError
 from serving.scorer import Batch
+from serving.state import moment_ns
 from serving.store import NO_EXPOSURE, Exposure, LiveEvent
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class Newsletter:
         known to the model and not erased, with e-mail consent, not in the control group,
         and no events or responses since the snapshot."""
         engine = self.engine
-        now_ns = int(np.datetime64(now, "ns").astype(np.int64))
+        now_ns = moment_ns(now)
         plain = []
         for customer_id in dict.fromkeys(customer_ids):
             consent = consents[customer_id]
@@ -125,7 +126,7 @@ class Newsletter:
         prepared = engine.prepare(Request(customer_id, "email"), now, consent, batch,
                                   exposure, events, not_erased=True, arbiter=arbiter, used=used)
         allowed = prepared.allowed()
-        now_ns = int(np.datetime64(now, "ns").astype(np.int64))
+        now_ns = moment_ns(now)
         priority = prepared.arbiter.priorities(prepared.scores, allowed, "email",
                                                prepared.stage, now_ns).priority
         placed: list[tuple[str, int, float]] = []

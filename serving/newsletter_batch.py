@@ -20,6 +20,7 @@ from serving.live import EMPTY
 from serving.policy import Consent
 from serving.reasons import FEATURED, Anchors
 from serving.scorer import NON_PERSONALISED, Batch, CustomerScores
+from serving.state import moment_ns
 from serving.store import Exposure
 from training.models.base import POPULAR_REASON, Reason, csr_rows, row_owners
 
@@ -55,7 +56,7 @@ def compose(engine: Engine, plain: list[Plain], blocks: tuple[str, ...], now: da
     """A letter per customer, None for one whose scores or priorities are not all finite
     (left to the one-by-one path, which orders them as a sort does)."""
     state = engine.state
-    now_ns = int(np.datetime64(now, "ns").astype(np.int64))
+    now_ns = moment_ns(now)
     rows = np.array([state.row_of(p.customer_id) for p in plain], dtype=np.int64)
     regions = [state.region_of(row) for row in rows.tolist()]
     answered = [batch.rows[p.customer_id] for p in plain]  # their rows of the model's answer

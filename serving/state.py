@@ -6,7 +6,7 @@ the same call."""
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,6 +23,8 @@ from training.fallbacks import RegionalPopularity
 
 NS_PER_DAY = 86_400 * 10**9
 NO_TIME = np.iinfo(np.int64).min
+EPOCH = datetime(1970, 1, 1)
+MICROSECOND = timedelta(microseconds=1)
 
 
 class HasCustomers(Protocol):
@@ -203,6 +205,15 @@ def birthdays(profile: pd.DataFrame) -> np.ndarray:
     if BIRTHDAY not in profile:
         return np.zeros(len(profile), np.int16)
     return profile[BIRTHDAY].fillna(0).to_numpy(np.int16)
+
+
+def moment_ns(moment: datetime) -> int:
+    """Nanoseconds since the epoch, of UTC where ``moment`` names a time zone (as numpy's
+    datetime64 reads it), in integer arithmetic: numpy's conversion cost 3 us, which a
+    request paid for each of its live events."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return (moment - EPOCH) // MICROSECOND * 1000
 
 
 def nanoseconds(values: pd.Series) -> np.ndarray:

@@ -46,7 +46,7 @@ from serving.decision_log import DecisionLog, ranking_row
 from serving.engine import Engine, Request
 from serving.metrics import METRICS
 from serving.offer_policy import Contact, OfferPolicy, Trigger
-from serving.state import NO_TIME, NS_PER_DAY
+from serving.state import NO_TIME, NS_PER_DAY, moment_ns
 from serving.store import DROPPED, NO_EXPOSURE, SENT, Store
 
 LEASE = "triggers"
@@ -145,7 +145,7 @@ class Triggers:
         occasions: list[dict[str, Any]] = []
         for trigger in policy.triggers:
             if trigger.when in ("stage", "birthday"):  # in time: since the last pass
-                if not 0 < previous < _ns(now):
+                if not 0 < previous < moment_ns(now):
                     continue
                 found = (crossings(engine, store, trigger, previous, now)
                          if trigger.when == "stage"
@@ -162,8 +162,8 @@ class Triggers:
         new = store.add_occasions(occasions)
         if rows:
             store.set_bookmark(EVENTS_BOOKMARK, int(rows[-1].seq))
-        if _ns(now) > previous:
-            store.set_bookmark(MOMENT_BOOKMARK, _ns(now))
+        if moment_ns(now) > previous:
+            store.set_bookmark(MOMENT_BOOKMARK, moment_ns(now))
         return new
 
     def _grow_pending_carts(self, trigger: Trigger, carts: list[dict[str, Any]]
@@ -436,7 +436,7 @@ def crossings(engine: Engine, store: Store, trigger: Trigger, previous_ns: int,
         return stage_from_days(since_first, since_last, state.usual_gap,
                                state.lifecycle)
 
-    crossed = np.flatnonzero((stages(_ns(now)) == trigger.stage)
+    crossed = np.flatnonzero((stages(moment_ns(now)) == trigger.stage)
                              & (stages(previous_ns) != trigger.stage))
     names = state.customers.names
     return [occasion(trigger, str(names[row]), f"{trigger.stage}|{int(last[row])}", [],
@@ -523,10 +523,6 @@ def quiet_until(contact: Contact, engine: Engine, customer_id: str, now: datetim
 def _naive(value: Any) -> datetime:
     moment = pd.Timestamp(value).to_pydatetime()
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
-
-
-def _ns(moment: datetime) -> int:
-    return int(pd.Timestamp(moment).value)
 
 
 def feed_page(store: Store, after: int, limit: int, dropped: bool) -> tuple[list[dict[str, Any]],
