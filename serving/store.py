@@ -258,11 +258,19 @@ Match = Callable[[ColumnElement[str]], ColumnElement[bool]]
 _ONE: dict[Select[Any], Select[Any]] = {}
 
 
+def _among(column: ColumnElement[str]) -> ColumnElement[bool]:
+    return column.in_(_CUSTOMERS)
+
+
+def _the_one(column: ColumnElement[str]) -> ColumnElement[bool]:
+    return column == _CUSTOMER
+
+
 def _per_customer(build: Callable[[Match], Select[Any]]) -> Select[Any]:
     """``build``'s statement for a list of customers (the ``customers`` parameter), with its
     variant for one (``customer``) kept for :meth:`Store._rows_for`."""
-    many = build(lambda column: column.in_(_CUSTOMERS))
-    _ONE[many] = build(lambda column: column == _CUSTOMER)
+    many = build(_among)
+    _ONE[many] = build(_the_one)
     return many
 
 
@@ -287,8 +295,8 @@ EXPOSURE_ROWS = _per_customer(lambda match: (
            & (feedback.c.timestamp >= bindparam("since"))
            & (feedback.c.timestamp <= bindparam("until")))
     .group_by(feedback.c.customer_id, feedback.c.product_id)))
-_LATEST = (func.row_number().over(partition_by=events.c.customer_id,
-                                  order_by=(events.c.timestamp.desc(), events.c.seq.desc()))
+_NEWEST_FIRST = (events.c.timestamp.desc(), events.c.seq.desc())
+_LATEST = (func.row_number().over(partition_by=events.c.customer_id, order_by=_NEWEST_FIRST)
            .label("latest"))
 
 
@@ -315,12 +323,12 @@ def _latest_events(match: Match) -> Select[Any]:
     return select(recent).where(recent.c.latest <= bindparam("limit"))
 
 
-EVENT_ROWS = _latest_events(lambda column: column.in_(_CUSTOMERS))
+EVENT_ROWS = _latest_events(_among)
 # one customer's needs no window: the index on (customer, time) gives them newest first, and
 # the window function took half of the read of 25 events (110 against 57 us on SQLite)
 _ONE[EVENT_ROWS] = (select(*_EVENT_COLUMNS)
-                    .where(_since_snapshot(lambda column: column == _CUSTOMER))
-                    .order_by(events.c.timestamp.desc(), events.c.seq.desc())
+                    .where(_since_snapshot(_the_one))
+                    .order_by(*_NEWEST_FIRST)
                     .limit(bindparam("limit")))
 ERASED = select(suppressed.c.token).where(suppressed.c.token == bindparam("token"))
 _BETWEEN: tuple[BindParameter[datetime], BindParameter[datetime]] = (
