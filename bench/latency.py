@@ -308,14 +308,15 @@ def main() -> None:
                         args.against], cwd=ROOT, check=True)
         trees = {f" (reference {args.against})": checkout, "": ROOT}
     order = list(trees.items())
+    rounds = args.runs if args.against else 1
     try:
         for kind in kinds:
             fresh_store(work, customers)
             in_process[kind] = ranking_ms(work, customers, tags[kind])
             print(json.dumps({kind: {"ranking_ms_in_process": in_process[kind]}}), flush=True)
-            for run in range(args.runs if args.against else 1):
+            for run in range(rounds):
                 for suffix, tree in order if run % 2 == 0 else order[::-1]:
-                    label = kind + suffix + (f", run {run + 1}" if args.runs > 1 else "")
+                    label = kind + suffix + (f", run {run + 1}" if rounds > 1 else "")
                     fresh_store(work, customers)  # without another run's events and feedback
                     runs += [r | {"this_checkout": tree == ROOT, "kind": kind}
                              for r in serve(work, key, tree, label, tags[kind], rates, ids,
